@@ -1,0 +1,1 @@
+"""One module per DVC stage: `python -m synthdet.stages.<name>`."""
