@@ -17,6 +17,7 @@ def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: outputs are written atomically, nothing partial was kept",
-              file=sys.stderr)
+        print(
+            "interrupted: outputs are written atomically, nothing partial was kept", file=sys.stderr
+        )
         sys.exit(130)

@@ -1,0 +1,56 @@
+"""prepare: validate the raw YOLO dataset and split it by photo into personalize/train/val/test."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from synthdet import data, tracking
+from synthdet.cli import run_stage
+from synthdet.params import Params
+
+
+def split_statistics(split: dict[str, list[data.Sample]]) -> dict[str, float]:
+    stats: dict[str, float] = {}
+    for name, samples in split.items():
+        boxes = sum(len(s.boxes) for s in samples)
+        stats[f"{name}.images"] = len(samples)
+        stats[f"{name}.boxes"] = boxes
+        stats[f"{name}.boxes_per_image"] = round(boxes / len(samples), 3) if samples else 0.0
+    return stats
+
+
+def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, float]:
+    p = params.prepare
+    with tracking.stage_run("prepare", params.shared.mlflow_experiment, {"prepare": vars(p)}) as t:
+        samples = data.read_yolo_folder(raw_dir, len(params.shared.class_names))
+        split = data.split_by_group(
+            samples,
+            p.group_pattern,
+            p.val_groups,
+            p.test_groups,
+            p.personalize_images,
+            params.shared.seed,
+        )
+        # Each split is its own DVC output, written whole or not at all.
+        for name in data.SPLITS:
+            with data.atomic_path(out_dir / name) as tmp:
+                data.copy_samples(split[name], tmp)
+        data.write_text(out_dir / "dataset.yaml", data.dataset_yaml(params.shared.class_names))
+        stats = split_statistics(split)
+        data.write_json(metrics_path, stats)
+        t.log_metrics(stats)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True, help="YOLO folder: images/ + labels/")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    run_stage(lambda params: run(params, args.raw, args.out, args.metrics))
+
+
+if __name__ == "__main__":
+    main()

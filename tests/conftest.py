@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny YOLO dataset, the repo's params, and an isolated MLflow store."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network: hub lookups fail at once instead of retrying for minutes.
+# Set before anything imports huggingface_hub, which reads it at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from synthdet.params import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    # One store per session: creating an MLflow SQLite schema takes seconds.
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(mlflow_store, monkeypatch):
+    """Tests log into a throwaway SQLite store, never the project's mlflow.db."""
+    store = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(store))
+    return store
+
+
+@pytest.fixture
+def params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+def write_tiny_yolo_folder(root: Path, photos: int = 6, tiles: int = 3, size: int = 32) -> Path:
+    """`photos` groups of `tiles` images named <photo>_<k>.jpg, each with 1-3 red 'apples'."""
+    rng = random.Random(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for photo in range(photos):
+        for tile in range(tiles):
+            image = Image.new("RGB", (size, size), (40, 110 + 10 * photo, 40))
+            draw = ImageDraw.Draw(image)
+            rows = []
+            for _ in range(rng.randint(1, 3)):
+                w, h = rng.randint(4, 10), rng.randint(4, 10)
+                x, y = rng.randint(0, size - w), rng.randint(0, size - h)
+                draw.ellipse((x, y, x + w, y + h), fill=(200, 30, 30))
+                cx, cy = (x + w / 2) / size, (y + h / 2) / size
+                rows.append(f"0 {cx:.6f} {cy:.6f} {w / size:.6f} {h / size:.6f}\n")
+            stem = f"DSC_{photo:04d}_tree_{tile}"
+            image.save(root / "images" / f"{stem}.jpg", quality=95)
+            (root / "labels" / f"{stem}.txt").write_text("".join(rows))
+    return root
+
+
+@pytest.fixture
+def tiny_yolo_folder(tmp_path) -> Path:
+    return write_tiny_yolo_folder(tmp_path / "raw")

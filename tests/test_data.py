@@ -1,0 +1,125 @@
+import re
+import shutil
+
+import pytest
+
+from synthdet import data
+from synthdet.data import DataError
+
+
+def samples_of(folder):
+    return data.read_yolo_folder(folder, num_classes=1)
+
+
+def test_reads_valid_folder(tiny_yolo_folder):
+    samples = samples_of(tiny_yolo_folder)
+    assert len(samples) == 18
+    assert all(1 <= len(s.boxes) <= 3 for s in samples)
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("0 0.5 0.5 0.1\n", "expected 'class cx cy w h' \\(5 fields\\), got 4"),
+        ("0 0.5 0.5 0.1 x\n", "not a number"),
+        ("1 0.5 0.5 0.1 0.1\n", "class id 1 is not in the 1 class names"),
+        ("0 0.5 0.5 0.0 0.1\n", "box has zero or negative size"),
+        ("0 1.5 0.5 0.1 0.1\n", "coordinates must be normalised to \\[0, 1\\]"),
+    ],
+)
+def test_bad_label_names_file_and_line(tiny_yolo_folder, label, message):
+    path = tiny_yolo_folder / "labels" / "DSC_0000_tree_0.txt"
+    path.write_text("0 0.5 0.5 0.1 0.1\n" + label)
+    with pytest.raises(DataError, match=f"{re.escape(str(path))}:2: {message}"):
+        samples_of(tiny_yolo_folder)
+
+
+def test_zero_byte_image(tiny_yolo_folder):
+    image = tiny_yolo_folder / "images" / "DSC_0001_tree_1.jpg"
+    image.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{re.escape(str(image))}: empty file"):
+        samples_of(tiny_yolo_folder)
+
+
+def test_truncated_jpeg(tiny_yolo_folder):
+    image = tiny_yolo_folder / "images" / "DSC_0001_tree_1.jpg"
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(DataError, match=f"{re.escape(str(image))}: corrupt or truncated"):
+        samples_of(tiny_yolo_folder)
+
+
+def test_not_an_image(tiny_yolo_folder):
+    image = tiny_yolo_folder / "images" / "DSC_0001_tree_1.jpg"
+    image.write_text("hello")
+    with pytest.raises(DataError, match=f"{re.escape(str(image))}: not an image"):
+        samples_of(tiny_yolo_folder)
+
+
+def test_missing_label_and_duplicate_stem(tiny_yolo_folder):
+    (tiny_yolo_folder / "labels" / "DSC_0002_tree_0.txt").unlink()
+    with pytest.raises(DataError, match="no label file"):
+        samples_of(tiny_yolo_folder)
+    (tiny_yolo_folder / "labels" / "DSC_0002_tree_0.txt").write_text("")
+    shutil.copy(
+        tiny_yolo_folder / "images" / "DSC_0002_tree_0.jpg",
+        tiny_yolo_folder / "images" / "DSC_0002_tree_0.png",
+    )
+    with pytest.raises(DataError, match="duplicate file stem"):
+        samples_of(tiny_yolo_folder)
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        samples_of(tmp_path)
+    with pytest.raises(DataError, match="expected an images/ folder"):
+        samples_of(tmp_path / "missing")
+
+
+def test_split_keeps_groups_together_and_is_seeded(tiny_yolo_folder):
+    samples = samples_of(tiny_yolo_folder)
+    split = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    pattern = re.compile(r"(.+)_\d+")
+
+    def groups(name):
+        return {data.group_of(s.image.stem, pattern) for s in split[name]}
+
+    assert len(groups("val")) == 1 and len(groups("test")) == 2 and len(groups("train")) == 3
+    assert not groups("train") & groups("val")
+    assert not groups("train") & groups("test")
+    assert not groups("val") & groups("test")
+    assert len(split["personalize"]) == 4
+    assert set(split["personalize"]) <= set(split["train"])
+    again = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    assert again == split
+
+
+def test_split_errors(tiny_yolo_folder):
+    samples = samples_of(tiny_yolo_folder)
+    with pytest.raises(DataError, match="does not match prepare.group_pattern"):
+        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, 1, seed=0)
+    with pytest.raises(DataError, match="only 6 groups"):
+        data.split_by_group(samples, r"(.+)_\d+", 3, 3, 1, seed=0)
+    with pytest.raises(DataError, match="personalize_images=50"):
+        data.split_by_group(samples, r"(.+)_\d+", 1, 1, 50, seed=0)
+
+
+def test_atomic_path_keeps_old_output_on_failure(tmp_path):
+    target = tmp_path / "out"
+    data.write_text(target / "a.txt", "old")
+    with pytest.raises(RuntimeError), data.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_path_replaces_directory(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "stale.txt").write_text("x")
+    with data.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
