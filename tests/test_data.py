@@ -24,7 +24,7 @@ def test_reads_valid_folder(tiny_yolo_folder):
         ("0 0.5 0.5 0.1 x\n", "not a number"),
         ("1 0.5 0.5 0.1 0.1\n", "class id 1 is not in the 1 class names"),
         ("0 0.5 0.5 0.0 0.1\n", "box has zero or negative size"),
-        ("0 1.5 0.5 0.1 0.1\n", "coordinates must be normalised to \\[0, 1\\]"),
+        ("0 1.5 0.5 0.1 0.1\n", "box centre \\(1.5000, 0.5000\\) lies outside the image"),
     ],
 )
 def test_bad_label_names_file_and_line(tiny_yolo_folder, label, message):

@@ -40,7 +40,7 @@ def test_prepare_bad_label_keeps_previous_outputs(small_params, tiny_yolo_folder
     out, metrics = tmp_path / "prepared", tmp_path / "prepare.json"
     prepare.run(small_params, tiny_yolo_folder, out, metrics)
     before = sorted(p.name for p in (out / "train" / "images").iterdir())
-    (tiny_yolo_folder / "labels" / "DSC_0003_tree_1.txt").write_text("0 0.5 0.5 2 0.1\n")
+    (tiny_yolo_folder / "labels" / "DSC_0003_tree_1.txt").write_text("0 0.5 0.5 0 0.1\n")
     with pytest.raises(DataError, match="DSC_0003_tree_1.txt:1"):
         prepare.run(small_params, tiny_yolo_folder, out, metrics)
     assert sorted(p.name for p in (out / "train" / "images").iterdir()) == before

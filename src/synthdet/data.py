@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,6 @@ class Box:
 @dataclass(frozen=True)
 class Sample:
     image: Path
-    label: Path
     boxes: tuple[Box, ...]
 
 
@@ -101,8 +101,29 @@ def read_jsonl(path: Path) -> list[dict]:
 # ---------------------------------------------------------------- YOLO folders
 
 
-def parse_label_file(path: Path, num_classes: int) -> tuple[Box, ...]:
+def clip_box(
+    class_id: int, x0: float, y0: float, x1: float, y1: float, where: str, repairs: Counter
+) -> Box:
+    """Normalised corners -> YOLO box; a box partly outside the image is clipped and counted."""
+    if x1 <= x0 or y1 <= y0:
+        raise DataError(
+            f"{where}: box has zero or negative size ({x0:.4f},{y0:.4f})-({x1:.4f},{y1:.4f})"
+        )
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if not (0 <= cx <= 1 and 0 <= cy <= 1):
+        raise DataError(f"{where}: box centre ({cx:.4f}, {cy:.4f}) lies outside the image")
+    clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0))
+    if clipped != (x0, y0, x1, y1):
+        repairs["clipped_boxes"] += 1
+        x0, y0, x1, y1 = clipped
+    return Box(class_id, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+
+
+def parse_label_file(
+    path: Path, num_classes: int, repairs: Counter | None = None
+) -> tuple[Box, ...]:
     """Read a YOLO label file, rejecting malformed rows with file:line and the problem."""
+    repairs = Counter() if repairs is None else repairs
     boxes = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
@@ -121,11 +142,8 @@ def parse_label_file(path: Path, num_classes: int) -> tuple[Box, ...]:
                 f"{where}: class id {class_id} is not in the {num_classes} class names "
                 "(shared.class_names)"
             )
-        if w <= 0 or h <= 0:
-            raise DataError(f"{where}: box has zero or negative size (w={w}, h={h})")
-        if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
-            raise DataError(f"{where}: coordinates must be normalised to [0, 1], got {fields[1:]}")
-        boxes.append(Box(class_id, cx, cy, w, h))
+        corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        boxes.append(clip_box(class_id, *corners, where=where, repairs=repairs))
     return tuple(boxes)
 
 
@@ -166,7 +184,7 @@ def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
         label = labels_dir / f"{image.stem}.txt"
         if not label.is_file():
             raise DataError(f"{image}: no label file {label} (write an empty one for background)")
-        samples.append(Sample(image, label, parse_label_file(label, num_classes)))
+        samples.append(Sample(image, parse_label_file(label, num_classes)))
     return samples
 
 
@@ -224,14 +242,6 @@ def split_by_group(
         key=lambda s: s.image.name,
     )
     return split
-
-
-def copy_samples(samples: Iterable[Sample], folder: Path) -> None:
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "labels").mkdir(parents=True, exist_ok=True)
-    for sample in samples:
-        shutil.copy2(sample.image, folder / "images" / sample.image.name)
-        shutil.copy2(sample.label, folder / "labels" / f"{sample.image.stem}.txt")
 
 
 def dataset_yaml(class_names: Iterable[str]) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
-from synthdet import data, tracking
+from synthdet import data, formats, tracking
 from synthdet.cli import run_stage
 from synthdet.params import Params
 
@@ -23,7 +24,7 @@ def split_statistics(split: dict[str, list[data.Sample]]) -> dict[str, float]:
 def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, float]:
     p = params.prepare
     with tracking.stage_run("prepare", params.shared.mlflow_experiment, {"prepare": vars(p)}) as t:
-        samples = data.read_yolo_folder(raw_dir, len(params.shared.class_names))
+        samples, repairs = formats.read_dataset(raw_dir, p.format, params.shared.class_names)
         split = data.split_by_group(
             samples,
             p.group_pattern,
@@ -34,10 +35,20 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         )
         # Each split is its own DVC output, written whole or not at all.
         for name in data.SPLITS:
+            # personalize images are train images too: count their repairs once.
+            counted = Counter() if name == "personalize" else repairs
             with data.atomic_path(out_dir / name) as tmp:
-                data.copy_samples(split[name], tmp)
+                formats.write_yolo_folder(split[name], tmp, counted)
         data.write_text(out_dir / "dataset.yaml", data.dataset_yaml(params.shared.class_names))
-        stats = split_statistics(split)
+        stats = split_statistics(split) | {
+            f"repairs.{key}": repairs.get(key, 0)
+            for key in (
+                "background_images",
+                "clipped_boxes",
+                "reencoded_images",
+                "voc_size_from_image",
+            )
+        }
         data.write_json(metrics_path, stats)
         t.log_metrics(stats)
     return stats
@@ -45,7 +56,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, required=True, help="YOLO folder: images/ + labels/")
+    parser.add_argument("--raw", type=Path, required=True, help="dataset folder (prepare.raw_dir)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
