@@ -138,3 +138,20 @@ def test_written_folder_reads_back_strictly(tmp_path):
     again = read_yolo_folder(tmp_path / "out", len(NAMES))
     assert [len(s.boxes) for s in again] == [1, 0]
     assert again[0].boxes[0].cx == pytest.approx(samples[0].boxes[0].cx, abs=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "coco"])
+def test_export_round_trip(tiny_yolo_folder, tmp_path, fmt):
+    from synthdet.export import export
+
+    count = export(tiny_yolo_folder, fmt, tmp_path / "out", ("apple",))
+    assert count == 18
+    back, _ = formats.read_dataset(tmp_path / "out", fmt, ("apple",))
+    original = read_yolo_folder(tiny_yolo_folder, 1)
+    assert [s.image.name for s in back] == [s.image.name for s in original]
+    for a, b in zip(back, original, strict=True):
+        assert len(a.boxes) == len(b.boxes)
+        for box_a, box_b in zip(a.boxes, b.boxes, strict=True):
+            assert (box_a.cx, box_a.cy, box_a.w, box_a.h) == pytest.approx(
+                (box_b.cx, box_b.cy, box_b.w, box_b.h), abs=0.02
+            )

@@ -198,3 +198,27 @@ def write_normalised_image(source: Path, folder: Path, repairs: Counter) -> Path
         upright.convert("RGB").save(target)
         repairs["reencoded_images"] += 1
         return target
+
+
+def coco_dict(samples: Sequence[Sample], class_names: Sequence[str], image_root: Path) -> dict:
+    """COCO detection JSON of `samples`; file names relative to `image_root`."""
+    images, annotations = [], []
+    for image_id, sample in enumerate(samples, 1):
+        with Image.open(sample.image) as image:
+            width, height = image.size
+        file_name = sample.image.resolve().relative_to(image_root.resolve()).as_posix()
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for box in sample.boxes:
+            x0, y0, x1, y1 = box.xyxy(width, height)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": box.class_id + 1,  # COCO ids start at 1
+                    "bbox": [round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0)],
+                    "area": round((x1 - x0) * (y1 - y0), 3),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+    return {"images": images, "annotations": annotations, "categories": categories}

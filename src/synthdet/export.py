@@ -1,0 +1,60 @@
+"""Export a split (data/prepared/<split>) or the auto-labelled synthetic set (data/annotated).
+
+    python -m synthdet.export data/annotated --format coco --out exports/synthetic
+    python -m synthdet.export data/prepared/test --format yolo --out exports/test
+
+`coco` writes images/ and annotations.json (for CVAT, Label Studio, pycocotools); `yolo` writes
+images/, labels/ and dataset.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from synthdet import data, formats
+from synthdet.errors import SynthdetError
+from synthdet.params import load_params
+
+
+def export(source: Path, fmt: str, out: Path, class_names: tuple[str, ...]) -> int:
+    """Write `source` (a YOLO folder) to `out` in `fmt`; returns the number of images."""
+    samples = data.read_yolo_folder(source, len(class_names))
+    with data.atomic_path(out) as tmp:
+        formats.write_yolo_folder(samples, tmp, Counter())
+        if fmt == "coco":
+            exported = data.read_yolo_folder(tmp, len(class_names))
+            coco = formats.coco_dict(exported, class_names, tmp / "images")
+            data.write_json(tmp / "annotations.json", coco)
+            shutil.rmtree(tmp / "labels")
+        else:
+            names = dict(enumerate(class_names))
+            dataset = {"train": "images", "val": "images", "names": names}
+            (tmp / "dataset.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+    return len(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("source", type=Path, help="a YOLO folder: images/ + labels/")
+    parser.add_argument("--format", choices=("yolo", "coco"), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", default="params.yaml", help="for shared.class_names")
+    args = parser.parse_args()
+    try:
+        class_names = load_params(args.params).shared.class_names
+        count = export(args.source, args.format, args.out, class_names)
+    except SynthdetError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"exported {count} images to {args.out} ({args.format})")
+
+
+if __name__ == "__main__":
+    main()
