@@ -47,6 +47,7 @@ class SharedParams:
 @dataclass(frozen=True)
 class PrepareParams:
     raw_dir: str
+    format: Literal["auto", "yolo", "coco", "voc"]
     group_pattern: str  # regex on the file stem; group 1 (or group 'group') names the photo
     val_groups: int
     test_groups: int
@@ -70,19 +71,61 @@ class BaseParams:
     """Pretraining of the offline `builtin:tiny` Stable Diffusion model on the real train split."""
 
     resolution: int
+    vae_channels: tuple[int, ...]  # AutoencoderKL widths; latents are 2**(levels-1) times smaller
+    unet_channels: tuple[int, ...]  # UNet widths per level; all but the first have cross-attention
+    text_hidden_size: int  # CLIP text encoder width (= UNet cross-attention width)
+    text_layers: int
     vae_steps: int
     unet_steps: int
     batch_size: int
+    vae_crop: int  # the VAE trains on random crops of this size (it is convolutional)
     vae_learning_rate: float
+    vae_kl_weight: float  # KL term next to the reconstruction loss; small, as in SD's VAE
     unet_learning_rate: float
+    lr_scheduler: str  # diffusers.optimization.get_scheduler name, for both phases
+    lr_warmup_steps: int
+    unconditional_probability: float  # class prompt replaced by "" (for classifier-free guidance)
 
     def __post_init__(self) -> None:
-        _require(self.resolution % 8 == 0 and self.resolution >= 32, "base.resolution",
-                 "must be a multiple of 8 and >= 32")
-        for key in ("vae_steps", "unet_steps", "batch_size"):
+        _require(
+            self.resolution % 8 == 0 and self.resolution >= 32,
+            "base.resolution",
+            "must be a multiple of 8 and >= 32",
+        )
+        _require(len(self.vae_channels) >= 2, "base.vae_channels", "needs at least 2 levels")
+        _require(len(self.unet_channels) >= 2, "base.unet_channels", "needs at least 2 levels")
+        latent_size = self.resolution // 2 ** (len(self.vae_channels) - 1)
+        _require(
+            latent_size % 2 ** (len(self.unet_channels) - 1) == 0,
+            "base.unet_channels",
+            f"has too many levels for {latent_size}px latents (base.resolution / "
+            "2**(len(base.vae_channels) - 1) must divide by 2**(levels - 1))",
+        )
+        _require(
+            8 <= self.vae_crop <= self.resolution and self.vae_crop % 8 == 0,
+            "base.vae_crop",
+            "must be a multiple of 8 between 8 and base.resolution",
+        )
+        for key in ("vae_channels", "unet_channels"):
+            _require(
+                all(c >= 8 and c % 8 == 0 for c in getattr(self, key)),
+                f"base.{key}",
+                "must be multiples of 8",
+            )
+        _require(
+            self.text_hidden_size % 16 == 0, "base.text_hidden_size", "must be a multiple of 16"
+        )
+        for key in ("text_layers", "vae_steps", "unet_steps", "batch_size"):
             _require(getattr(self, key) >= 1, f"base.{key}", "must be >= 1")
         for key in ("vae_learning_rate", "unet_learning_rate"):
             _require(getattr(self, key) > 0, f"base.{key}", "must be > 0")
+        _require(self.vae_kl_weight >= 0, "base.vae_kl_weight", "must be >= 0")
+        _require(self.lr_warmup_steps >= 0, "base.lr_warmup_steps", "must be >= 0")
+        _require(
+            0 <= self.unconditional_probability < 1,
+            "base.unconditional_probability",
+            "must be in [0, 1)",
+        )
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,13 @@ class CaptionParams:
             "must name a BLIP model (hub id or local folder) when caption.captioner is 'blip'",
         )
         _require(self.max_new_tokens >= 1, "caption.max_new_tokens", "must be >= 1")
+        try:
+            self.template.format(identifier="", class_noun="", objects="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ParamsError(
+                f"params: 'caption.template' has an unknown or malformed field ({exc}); "
+                "use {identifier}, {class_noun} and {objects}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -119,8 +169,11 @@ class PersonalizeParams:
         _require(self.batch_size >= 1, "personalize.batch_size", "must be >= 1")
         _require(self.learning_rate > 0, "personalize.learning_rate", "must be > 0")
         _require(self.lr_warmup_steps >= 0, "personalize.lr_warmup_steps", "must be >= 0")
-        _require("target_modules" in self.lora, "personalize.lora",
-                 "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])")
+        _require(
+            "target_modules" in self.lora,
+            "personalize.lora",
+            "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])",
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +189,14 @@ class GenerateParams:
     def __post_init__(self) -> None:
         _require(self.num_images >= 1, "generate.num_images", "must be >= 1")
         _require(len(self.prompts) >= 1, "generate.prompts", "must hold at least one prompt")
+        for i, template in enumerate(self.prompts):
+            try:
+                template.format(identifier="", class_noun="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ParamsError(
+                    f"params: 'generate.prompts[{i}]' {template!r} is not a valid template "
+                    f"({exc!r}); the fields are {{identifier}} and {{class_noun}}"
+                ) from exc
         _require(self.num_inference_steps >= 1, "generate.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "generate.guidance_scale", "must be >= 0")
         _require(self.resolution % 8 == 0, "generate.resolution", "must be a multiple of 8")
@@ -149,7 +210,9 @@ class AnnotateParams:
     imgsz: int
 
     def __post_init__(self) -> None:
-        _require(0 <= self.confidence <= 1, "annotate_with_baseline.confidence", "must be in [0, 1]")
+        _require(
+            0 <= self.confidence <= 1, "annotate_with_baseline.confidence", "must be in [0, 1]"
+        )
         _require(0 < self.iou <= 1, "annotate_with_baseline.iou", "must be in (0, 1]")
         _require(self.imgsz % 32 == 0, "annotate_with_baseline.imgsz", "must be a multiple of 32")
 
@@ -160,11 +223,17 @@ class TrainDetectorParams:
     yolo: dict[str, Any] = field(default_factory=dict)  # passed to ultralytics `model.train`
 
     def __post_init__(self) -> None:
-        _require(self.model.endswith((".yaml", ".pt")), "train_detector.model",
-                 "must be an ultralytics model .yaml (from scratch) or .pt (weights)")
+        _require(
+            self.model.endswith((".yaml", ".pt")),
+            "train_detector.model",
+            "must be an ultralytics model .yaml (from scratch) or .pt (weights)",
+        )
         for owned in ("data", "project", "name", "seed", "exist_ok"):
-            _require(owned not in self.yolo, f"train_detector.yolo.{owned}",
-                     "is set by the stage (paths and shared.seed); remove it")
+            _require(
+                owned not in self.yolo,
+                f"train_detector.yolo.{owned}",
+                "is set by the stage (paths and shared.seed); remove it",
+            )
 
 
 @dataclass(frozen=True)
@@ -178,6 +247,7 @@ class EvaluateParams:
     def __post_init__(self) -> None:
         _require(0 <= self.confidence <= 1, "evaluate.confidence", "must be in [0, 1]")
         _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
+        _require(self.imgsz % 32 == 0, "evaluate.imgsz", "must be a multiple of 32")
         _require(self.grid_images >= 1, "evaluate.grid_images", "must be >= 1")
 
 
@@ -232,8 +302,9 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
 
 def parse_section(cls: type, raw: Any, where: str = "") -> Any:
     """Build dataclass `cls` from mapping `raw`; `where` is the dotted key prefix for messages."""
-    _require(isinstance(raw, dict), where or "params.yaml",
-             f"must be a mapping, got {_describe(raw)}")
+    _require(
+        isinstance(raw, dict), where or "params.yaml", f"must be a mapping, got {_describe(raw)}"
+    )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{where}." if where else ""
@@ -248,8 +319,10 @@ def parse_section(cls: type, raw: Any, where: str = "") -> Any:
     for name, spec in fields.items():
         key = prefix + name
         if name not in raw:
-            has_default = (spec.default is not dataclasses.MISSING
-                           or spec.default_factory is not dataclasses.MISSING)
+            has_default = (
+                spec.default is not dataclasses.MISSING
+                or spec.default_factory is not dataclasses.MISSING
+            )
             _require(has_default, key, "is missing")
             continue
         values[name] = _convert(raw[name], hints[name], key)

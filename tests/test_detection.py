@@ -1,0 +1,201 @@
+"""Detector training, prediction, annotation and evaluation on a tiny synthetic dataset.
+
+MLflow logs into conftest's per-test throwaway store (autouse `isolated_mlflow`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from synthdet import detection
+from synthdet.data import Box, format_label, read_yolo_folder
+from synthdet.errors import ModelNotAvailableError
+from synthdet.params import Params, load_params
+from synthdet.stages import annotate_with_baseline, evaluate, train_detector
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+SIZE = 64
+
+
+def write_yolo_folder(folder: Path, count: int, seed: int) -> None:
+    """`count` 64-px images of red 'apples' (rectangles) on green noise, with YOLO labels."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for index in range(count):
+        pixels = np.random.default_rng(seed * 100 + index).integers(0, 60, (SIZE, SIZE, 3))
+        pixels[..., 1] += 80
+        image = Image.fromarray(pixels.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        boxes = []
+        for _ in range(rng.randint(1, 3)):
+            w, h = rng.randint(10, 20), rng.randint(10, 20)
+            x, y = rng.randint(0, SIZE - w), rng.randint(0, SIZE - h)
+            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=(220, 30, 30))
+            boxes.append(Box(0, (x + w / 2) / SIZE, (y + h / 2) / SIZE, w / SIZE, h / SIZE))
+        image.save(folder / "images" / f"tile_{index}.jpg")
+        (folder / "labels" / f"tile_{index}.txt").write_text(format_label(boxes))
+
+
+def tiny_params() -> Params:
+    params = load_params(PARAMS_YAML)
+    yolo = {
+        "epochs": 1,
+        "imgsz": SIZE,
+        "batch": 4,
+        "nbs": 4,
+        "workers": 0,
+        "deterministic": True,
+        "plots": False,
+    }
+    return dataclasses.replace(
+        params,
+        train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
+        annotate_with_baseline=dataclasses.replace(
+            params.annotate_with_baseline, confidence=0.0, imgsz=SIZE
+        ),
+        evaluate=dataclasses.replace(params.evaluate, imgsz=SIZE, grid_images=4),
+    )
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train the tiny detector once through the stage, with MLflow in a temporary store."""
+    root = tmp_path_factory.mktemp("detection")
+    write_yolo_folder(root / "train", 8, seed=1)
+    write_yolo_folder(root / "val", 4, seed=2)
+    before = {name: snapshot(root / name) for name in ("train", "val")}
+    # Module-scoped, so conftest's per-test MLflow isolation does not apply: isolate it here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("DVC_ROOT", str(root))
+        metrics = train_detector.run(
+            tiny_params(),
+            "real",
+            [root / "train", root / "train"],
+            root / "val",
+            root / "models" / "real",
+            root / "metrics" / "train" / "real.csv",
+        )
+    return {"root": root, "before": before, "metrics": metrics}
+
+
+def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> None:
+    root = trained["root"]
+    for name in ("train", "val"):
+        assert snapshot(root / name) == trained["before"][name], f"{name} folder was modified"
+    assert sorted(p.name for p in (root / "models" / "real").iterdir()) == ["args.yaml", "best.pt"]
+    assert trained["metrics"]["train_images"] == 8  # the folder given twice counts once
+    with (root / "metrics" / "train" / "real.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["1"]
+    assert "metrics/mAP50-95" in rows[0]
+
+
+def test_ultralytics_settings_are_private() -> None:
+    ultralytics = detection._ultralytics()
+    from ultralytics.utils import SETTINGS
+
+    assert "synthdet-ultralytics-" in str(SETTINGS.file)
+    assert not SETTINGS["mlflow"] and not SETTINGS["sync"] and not SETTINGS["dvc"]
+    assert ultralytics.__name__ == "ultralytics"
+
+
+def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path) -> None:
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    for index, image in enumerate(sorted((trained["root"] / "val" / "images").iterdir())):
+        Image.open(image).save(generated / f"{index:05d}.png")
+    out = tmp_path / "annotated"
+    metrics = annotate_with_baseline.run(
+        tiny_params(),
+        generated,
+        trained["root"] / "models" / "real" / "best.pt",
+        out,
+        tmp_path / "annotate.json",
+    )
+    samples = read_yolo_folder(out, 1)  # validates every label file
+    assert [s.image.name for s in samples] == sorted(p.name for p in generated.iterdir())
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [
+        f"{index:05d}.txt" for index in range(4)
+    ]
+    assert metrics["images"] == 4
+    assert metrics["boxes"] == sum(len(s.boxes) for s in samples)
+    assert json.loads((tmp_path / "annotate.json").read_text()) == metrics
+
+
+@pytest.mark.slow  # FID in torchmetrics alone takes ~20 s on 2 CPU cores
+def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
+    root = trained["root"]
+    for variant in ("real", "mixed"):
+        (tmp_path / "detectors" / variant).mkdir(parents=True)
+        shutil.copy(root / "models" / "real" / "best.pt", tmp_path / "detectors" / variant)
+    summary = evaluate.run(
+        tiny_params(),
+        root / "val",
+        tmp_path / "detectors",
+        root / "train" / "images",
+        root / "train",
+        root / "val" / "images",
+        tmp_path / "evaluate.json",
+        tmp_path / "pr_curve.csv",
+        tmp_path / "grid.png",
+    )
+    assert summary["mixed.gap_map50_95"] == 0  # same weights as the baseline
+    assert {"real.map50", "real.map75", "mixed.map50_95", "fid", "test_images"} <= set(summary)
+    assert summary["test_images"] == 4
+    header = (tmp_path / "pr_curve.csv").read_text().splitlines()[0]
+    assert header == "recall,real,mixed"
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (2 * 128 + 2, 2 * 128 + 2)
+
+
+def test_weights_not_available_offline_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match=r"\.yaml"):
+        detection.train_detector(
+            "yolov8n-missing.pt", [tmp_path], tmp_path, ("apple",), 0, {}, tmp_path / "out"
+        )
+
+
+def test_unknown_model_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match="yolov8q-missing.yaml"):
+        detection.train_detector(
+            "yolov8q-missing.yaml", [tmp_path], tmp_path, ("apple",), 0, {}, tmp_path / "out"
+        )
+
+
+def test_detector_with_other_classes_is_rejected(trained: dict) -> None:
+    with pytest.raises(ModelNotAvailableError, match="shared.class_names"):
+        detection.load_detector(trained["root"] / "models" / "real" / "best.pt", ("pear",))
+
+
+def test_yolo_boxes_clip_and_drop_degenerate_boxes() -> None:
+    found = detection.Detections(
+        image=Path("x.png"),
+        width=100,
+        height=50,
+        xyxy=np.array([[-10.0, 0.0, 30.0, 50.0], [99.5, 10.0, 120.0, 20.0]]),
+        scores=np.array([0.9, 0.8]),
+        class_ids=np.array([0, 0]),
+    )
+    ((box, score),) = found.yolo_boxes()
+    assert score == 0.9
+    assert box == Box(0, 0.15, 0.5, 0.3, 1.0)
