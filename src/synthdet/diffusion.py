@@ -1,0 +1,487 @@
+"""Stable Diffusion pieces shared by the base, personalize and generate stages.
+
+`builtin:tiny` is an offline stand-in for Stable Diffusion 1.5: the same diffusers classes
+(AutoencoderKL, UNet2DConditionModel with cross-attention, CLIPTextModel + the real CLIP BPE
+tokenizer, a DDPM scheduler) at a size that trains on a CPU in minutes. Everything downstream
+(LoRA training, `load_lora_weights`, generation) is the code path a real SD 1.5 model takes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from synthdet import tracking
+from synthdet.data import DataError, read_jsonl
+from synthdet.errors import ModelNotAvailableError
+from synthdet.params import BaseParams
+
+BUILTIN_TINY = "builtin:tiny"
+CLIP_CONTEXT_LENGTH = 77  # every CLIP text encoder, SD 1.5's included
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default for save_lora_weights
+ADAPTER_INFO_NAME = "adapter.json"
+# Clip the gradient norm as diffusers' training examples do (max_grad_norm=1.0).
+MAX_GRAD_NORM = 1.0
+
+StepCallback = Callable[[int, float], None]  # (1-based step, loss)
+
+
+def configure_torch() -> torch.device:
+    """Use every CPU core this process may run on; return the training/inference device."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _open_clip_vocabulary() -> Path:
+    # find_spec locates the package without importing it (importing open_clip takes seconds).
+    spec = importlib.util.find_spec("open_clip")
+    path = (
+        Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if path is None or not path.is_file():
+        raise ModelNotAvailableError(
+            "the CLIP BPE vocabulary (open_clip/bpe_simple_vocab_16e6.txt.gz) was not found; "
+            "install open-clip-torch, which ships it"
+        )
+    return path
+
+
+def write_clip_vocabulary(folder: Path) -> tuple[Path, Path]:
+    """Write CLIP's `vocab.json` and `merges.txt` from open-clip's BPE file into `folder`.
+
+    Same construction as OpenAI's CLIP tokenizer: 256 byte symbols, the same with the end-of-word
+    marker `</w>`, one token per merge, then the two special tokens (49408 in all).
+    """
+    with gzip.open(_open_clip_vocabulary(), "rt", encoding="utf-8") as bpe_file:
+        lines = bpe_file.read().split("\n")
+    # Line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges.
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_symbols = list(bytes_to_unicode().values())
+    tokens = [
+        *byte_symbols,
+        *(symbol + "</w>" for symbol in byte_symbols),
+        *("".join(merge.split()) for merge in merges),
+        "<|startoftext|>",
+        "<|endoftext|>",
+    ]
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = write_clip_vocabulary(Path(folder))
+        return CLIPTokenizer(
+            str(vocab_file), str(merges_file), model_max_length=CLIP_CONTEXT_LENGTH
+        )
+
+
+# ---------------------------------------------------------------- builtin:tiny
+
+
+def _norm_groups(channels: Sequence[int]) -> int:
+    # GroupNorm needs a group count dividing every channel width; SD uses 32 where it can.
+    return math.gcd(32, *channels)
+
+
+def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
+    """A randomly initialised SD-1.5-shaped pipeline with the sizes in `base`."""
+    tokenizer = build_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=base.text_hidden_size,
+            intermediate_size=4 * base.text_hidden_size,
+            num_hidden_layers=base.text_layers,
+            num_attention_heads=max(1, base.text_hidden_size // 16),
+            max_position_embeddings=CLIP_CONTEXT_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae_levels = len(base.vae_channels)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels,
+        block_out_channels=base.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=_norm_groups(base.vae_channels),
+        sample_size=base.resolution,
+    )
+    # Cross-attention on every level except the finest: attention there costs the most, and the
+    # coarser levels are where layout and the prompt's subject are decided.
+    unet_levels = len(base.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=base.resolution // 2 ** (vae_levels - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=base.unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (unet_levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (unet_levels - 1) + ("UpBlock2D",),
+        cross_attention_dim=base.text_hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=_norm_groups(base.unet_channels),
+    )
+    # SD 1.5's noise schedule; steps_offset/clip_sample as SD 1.5 so the pipeline does not warn.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+# ---------------------------------------------------------------- loading models
+
+
+def load_pipeline(base_model: str, builtin_folder: Path) -> StableDiffusionPipeline:
+    """Load `base_model`: `builtin:tiny` (from `builtin_folder`), a local folder or a hub id."""
+    if base_model == BUILTIN_TINY:
+        if not (Path(builtin_folder) / "model_index.json").is_file():
+            raise ModelNotAvailableError(
+                f"builtin:tiny: {builtin_folder} holds no pipeline (model_index.json); "
+                "run the base stage first (dvc repro base)"
+            )
+        source = str(builtin_folder)
+    else:
+        source = os.path.expanduser(base_model)
+        # Hub ids contain "/" too; only an explicit path can be reported as a missing folder.
+        if base_model.startswith((".", "/", "~")) and not Path(source).is_dir():
+            raise ModelNotAvailableError(f"personalize.base_model: folder {base_model} not found")
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            source, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as exc:  # hub errors are OSErrors, invalid ids ValueErrors
+        raise ModelNotAvailableError(
+            f"personalize.base_model {base_model!r} cannot be loaded here ({exc}). Fix: point "
+            "personalize.base_model at a local diffusers folder (e.g. one saved with "
+            f"`hf download {base_model} --local-dir models/sd15`), or fill the Hugging Face "
+            "cache while online and run with HF_HUB_OFFLINE=1, or use "
+            f"personalize.base_model={BUILTIN_TINY} (trained offline by the base stage)"
+        ) from exc
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# ---------------------------------------------------------------- training data
+
+
+def load_images(paths: Sequence[Path], resolution: int) -> torch.Tensor:
+    """Images resized (shorter side) and centre-cropped to `resolution`, as floats in [-1, 1]."""
+    tensors = []
+    for path in paths:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        scale = resolution / min(image.size)
+        width, height = round(image.width * scale), round(image.height * scale)
+        image = image.resize((max(width, resolution), max(height, resolution)), Image.BICUBIC)
+        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+        tensors.append(array.permute(2, 0, 1) / 127.5 - 1)
+    return torch.stack(tensors)
+
+
+def with_flips(images: torch.Tensor) -> torch.Tensor:
+    """The images followed by their mirror images: the random-flip augmentation, precomputed."""
+    return torch.cat([images, torch.flip(images, dims=[3])])
+
+
+def read_captions(captions_file: Path, image_paths: Sequence[Path]) -> list[str]:
+    """The caption of each image, from `{"file": ..., "caption": ...}` JSON lines."""
+    by_file: dict[str, str] = {}
+    for number, row in enumerate(read_jsonl(captions_file), 1):
+        if not isinstance(row.get("file"), str) or not isinstance(row.get("caption"), str):
+            raise DataError(
+                f"{captions_file}: line {number} needs string fields 'file' and 'caption'"
+            )
+        if row["file"] in by_file:
+            raise DataError(f"{captions_file}: line {number}: second caption for {row['file']}")
+        by_file[row["file"]] = row["caption"]
+    missing = [p.name for p in image_paths if p.name not in by_file]
+    if missing:
+        raise DataError(f"{captions_file}: no caption for {', '.join(missing)}")
+    extra = sorted(set(by_file) - {p.name for p in image_paths})
+    if extra:
+        raise DataError(
+            f"{captions_file}: captions for images that are not in the image folder "
+            f"({', '.join(extra)}); captions are stale, rerun the caption stage"
+        )
+    return [by_file[p.name] for p in image_paths]
+
+
+@torch.no_grad()
+def encode_prompts(pipeline: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+    """Text-encoder hidden states, computed once because the text encoder stays frozen."""
+    tokens = pipeline.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=pipeline.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    device = pipeline.text_encoder.device
+    return pipeline.text_encoder(tokens.input_ids.to(device))[0]
+
+
+@torch.no_grad()
+def encode_latent_distributions(
+    vae: AutoencoderKL, images: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """The VAE posterior parameters (mean and log-variance) of every image, computed once."""
+    return torch.cat(
+        [
+            vae.encode(chunk.to(vae.device)).latent_dist.parameters.cpu()
+            for chunk in images.split(batch_size)
+        ]
+    )
+
+
+def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random `size` x `size` crop of each image."""
+    height, width = images.shape[-2:]
+    tops = torch.randint(0, height - size + 1, (len(images),), generator=generator).tolist()
+    lefts = torch.randint(0, width - size + 1, (len(images),), generator=generator).tolist()
+    return torch.stack(
+        [
+            image[:, y : y + size, x : x + size]
+            for image, y, x in zip(images, tops, lefts, strict=True)
+        ]
+    )
+
+
+def endless_batches(
+    dataset: TensorDataset, batch_size: int, generator: torch.Generator
+) -> Iterator[list[torch.Tensor]]:
+    """Shuffled batches, epoch after epoch (training runs for a number of steps, not epochs)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    while True:
+        yield from loader
+
+
+# ---------------------------------------------------------------- training loops
+
+
+def _optimise(
+    loss: torch.Tensor,
+    parameters: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    base: BaseParams,
+    generator: torch.Generator,
+    on_step: StepCallback,
+) -> None:
+    """Train the autoencoder: pixel reconstruction (MSE) plus a small KL term on the latents.
+
+    It trains on random `base.vae_crop` px crops: the VAE is convolutional, so it works on the
+    full images afterwards (SD's VAE was trained at 256 px too), at a fraction of the cost.
+    """
+    vae.train().requires_grad_(True)
+    parameters = list(vae.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=base.vae_learning_rate)
+    lr_scheduler = get_scheduler(
+        base.lr_scheduler,
+        optimizer,
+        num_warmup_steps=base.lr_warmup_steps,
+        num_training_steps=base.vae_steps,
+    )
+    batches = endless_batches(TensorDataset(with_flips(images)), base.batch_size, generator)
+    for step in range(1, base.vae_steps + 1):
+        (pixels,) = next(batches)
+        pixels = random_crops(pixels, base.vae_crop, generator).to(vae.device)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        # KL summed per latent like SD's VAE, averaged over the batch, weighted small.
+        loss = F.mse_loss(reconstruction, pixels) + base.vae_kl_weight * posterior.kl().mean()
+        _optimise(loss, parameters, optimizer, lr_scheduler)
+        on_step(step, loss.item())
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def latent_scaling_factor(latent_distributions: torch.Tensor) -> float:
+    """1 / std of the latents: unit variance for the diffusion model (SD 1.5 measured 0.18215)."""
+    mean, _ = latent_distributions.chunk(2, dim=1)
+    return float(1 / mean.std())
+
+
+def train_noise_prediction(
+    unet: UNet2DConditionModel,
+    noise_scheduler: DDPMScheduler,
+    latent_distributions: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    *,
+    scaling_factor: float,
+    steps: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    on_step: StepCallback,
+    unconditional_embedding: torch.Tensor | None = None,
+    unconditional_probability: float = 0.0,
+) -> None:
+    """The standard SD objective: predict the noise added to latents at a random timestep.
+
+    Trains whatever parameters of `unet` require grad (all of them for pretraining, the LoRA
+    layers for personalisation). Row i of `latent_distributions` is conditioned on row i of
+    `text_embeddings`, or, with `unconditional_probability`, on `unconditional_embedding` (the
+    empty prompt) so that classifier-free guidance has an unconditional prediction to work with.
+    """
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    unet.train()
+    batches = endless_batches(
+        TensorDataset(latent_distributions, text_embeddings), batch_size, generator
+    )
+    device = unet.device
+    for step in range(1, steps + 1):
+        distributions, conditions = (tensor.to(device) for tensor in next(batches))
+        if unconditional_embedding is not None:
+            dropped = torch.rand(len(conditions), generator=generator) < unconditional_probability
+            conditions = torch.where(
+                dropped.to(device)[:, None, None], unconditional_embedding.to(device), conditions
+            )
+        latents = DiagonalGaussianDistribution(distributions).sample(generator) * scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
+        ).to(device)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = unet(noisy_latents, timesteps, conditions).sample
+        loss = F.mse_loss(prediction.float(), target.float())
+        _optimise(loss, parameters, optimizer, lr_scheduler)
+        on_step(step, loss.item())
+    unet.eval()
+
+
+# ---------------------------------------------------------------- files
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LossCurve:
+    """Per-step losses for the TSV plot; MLflow gets the mean of every `log_every` steps.
+
+    One MLflow call per step would cost about as much as a training step of the tiny model.
+    """
+
+    def __init__(self, run: tracking.StageRun, log_every: int = 10) -> None:
+        self.run, self.log_every = run, log_every
+        self.rows: list[tuple[int, str, float]] = []
+
+    def recorder(self, phase: str, first_step: int = 1) -> StepCallback:
+        """A training-loop callback that numbers its steps from `first_step` in the curve."""
+
+        def on_step(step: int, loss: float) -> None:
+            self.rows.append((first_step + step - 1, phase, loss))
+            if step % self.log_every == 0:
+                window = [row[2] for row in self.rows[-self.log_every :]]
+                self.run.log_metrics(
+                    {f"{phase}_loss": sum(window) / len(window)}, step=first_step + step - 1
+                )
+
+        return on_step
+
+    def _tail_mean(self, losses: list[float]) -> float:
+        # Mean of 10% of the steps: single diffusion losses are very noisy.
+        tail = losses[-max(1, len(losses) // 10) :]
+        return sum(tail) / len(tail)
+
+    def initial(self, phase: str) -> float:
+        """Mean loss of the first 10% of the phase's steps."""
+        return self._tail_mean(self.losses(phase)[::-1])
+
+    def final(self, phase: str) -> float:
+        """Mean loss of the last 10% of the phase's steps."""
+        return self._tail_mean(self.losses(phase))
+
+    def losses(self, phase: str) -> list[float]:
+        return [loss for _, row_phase, loss in self.rows if row_phase == phase]
+
+    def tsv(self) -> str:
+        lines = ["step\tphase\tloss", *(f"{s}\t{p}\t{loss:.6f}" for s, p, loss in self.rows)]
+        return "\n".join(lines) + "\n"
+
+
+def read_adapter_info(adapter_folder: Path) -> dict:
+    """The adapter's `adapter.json`, after checking its weights file matches the recorded hash."""
+    info_file = Path(adapter_folder) / ADAPTER_INFO_NAME
+    if not info_file.is_file():
+        raise DataError(f"{adapter_folder}: no {ADAPTER_INFO_NAME}; run the personalize stage")
+    info = json.loads(info_file.read_text())
+    weights = Path(adapter_folder) / info["weight_name"]
+    if not weights.is_file() or sha256_of(weights) != info["sha256"]:
+        raise DataError(f"{weights}: missing or does not match the sha256 in {info_file}")
+    return info
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A well-mixed per-image seed from (shared.seed, image index), independent of batching."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0])

@@ -1,0 +1,296 @@
+"""The diffusion half: CLIP tokenizer, builtin:tiny, LoRA personalisation, generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from PIL import Image
+
+from synthdet import diffusion
+from synthdet.data import DataError
+from synthdet.errors import ModelNotAvailableError
+from synthdet.params import Params, load_params
+from synthdet.stages import base, generate, personalize
+from tests.conftest import REPO, write_tiny_yolo_folder
+
+SENTENCES = [
+    "a photo of sks apple tree with 12 apples",
+    "A Photo of an APPLE tree, in the sun!",
+    "apples' leaves: 3.5cm  wide   (roughly) — naïve café",
+]
+
+# Smaller than any default: 32 px images, 2-level VAE and UNet, a few steps each.
+TINY_OVERRIDES = {
+    "base": {
+        "resolution": 32,
+        "vae_channels": (8, 16),
+        "unet_channels": (16, 32),
+        "text_hidden_size": 32,
+        "text_layers": 1,
+        "vae_steps": 3,
+        "unet_steps": 3,
+        "batch_size": 4,
+        "vae_crop": 16,
+    },
+    # A high learning rate so that a few steps visibly change the images.
+    "personalize": {"resolution": 32, "max_train_steps": 6, "batch_size": 2, "learning_rate": 0.05},
+    "generate": {"num_images": 4, "num_inference_steps": 3, "resolution": 32, "batch_size": 4},
+}
+
+
+def tiny_params(**sections: dict) -> Params:
+    params = load_params(REPO / "params.yaml")
+    for name, overrides in TINY_OVERRIDES.items():
+        section = dataclasses.replace(getattr(params, name), **overrides)
+        section = dataclasses.replace(section, **sections.get(name, {}))
+        params = dataclasses.replace(params, **{name: section})
+    return params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mlflow_store) -> Path:
+    """Train data, personalize images with captions, and MLflow isolated like conftest does."""
+    root = tmp_path_factory.mktemp("diffusion")
+    write_tiny_yolo_folder(root / "train", photos=2, tiles=3, size=40)
+    personalize_images = write_tiny_yolo_folder(root / "personalize", photos=1, tiles=3, size=40)
+    captions = [
+        {"file": path.name, "caption": f"a photo of sks apple tree with {i + 1} apples"}
+        for i, path in enumerate(sorted((personalize_images / "images").iterdir()))
+    ]
+    (root / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store / 'mlflow.db'}")
+        patch.setenv("DVC_ROOT", str(mlflow_store))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def base_model(workdir) -> Path:
+    out = workdir / "models/base"
+    metrics = base.run(tiny_params(), workdir / "train", out, workdir / "base_loss.tsv")
+    assert metrics["train_images"] == 6
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(workdir, base_model) -> tuple[Path, dict]:
+    out = workdir / "models/personalize"
+    metrics = personalize.run(
+        tiny_params(),
+        workdir / "personalize",
+        workdir / "captions.jsonl",
+        base_model,
+        out,
+        workdir / "personalize_loss.tsv",
+    )
+    return out, metrics
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_tokenizer_matches_open_clip():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    reference = SimpleTokenizer()
+    tokenizer = diffusion.build_clip_tokenizer()
+    assert len(tokenizer) == 49408
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
+    assert tokenizer.model_max_length == 77
+    for sentence in SENTENCES:
+        expected = [reference.sot_token_id, *reference.encode(sentence), reference.eot_token_id]
+        assert tokenizer(sentence).input_ids == expected, sentence
+
+
+def test_builtin_tiny_loads_with_stock_pipeline(workdir, base_model):
+    pipeline = StableDiffusionPipeline.from_pretrained(base_model)
+    assert isinstance(pipeline.scheduler, DDPMScheduler)
+    assert pipeline.tokenizer.model_max_length == 77
+    assert pipeline.unet.config.cross_attention_dim == pipeline.text_encoder.config.hidden_size
+    # Measured from the train latents, not SD 1.5's constant.
+    assert pipeline.vae.config.scaling_factor != pytest.approx(0.18215)
+    assert sorted(p.suffix for p in base_model.rglob("*.safetensors")) == [".safetensors"] * 3
+    image = pipeline(
+        "a photo of apple tree", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    assert image.size == (32, 32)
+
+    rows = (workdir / "base_loss.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "phase", "loss"]
+    steps = [int(row.split("\t")[0]) for row in rows[1:]]
+    assert steps == list(range(1, 3 + 3 + 1))
+    assert all(np.isfinite(float(row.split("\t")[2])) for row in rows[1:])
+
+
+def test_lora_loads_into_stock_pipeline_and_changes_images(base_model, adapter):
+    folder, metrics = adapter
+    assert np.isfinite(metrics["loss_final"])
+    info = json.loads((folder / "adapter.json").read_text())
+    assert info["base_model"] == "builtin:tiny"
+    assert info["max_train_steps"] == 6
+    assert info["lora"]["r"] == 8
+    assert info["sha256"] == diffusion.sha256_of(folder / info["weight_name"])
+
+    pipeline = StableDiffusionPipeline.from_pretrained(base_model)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def sample() -> Image.Image:
+        return pipeline(
+            "a photo of sks apple tree",
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+
+    without = sample()
+    pipeline.load_lora_weights(folder)
+    with_adapter = sample()
+    assert np.abs(pixels(with_adapter) - pixels(without)).max() > 0
+
+
+def test_generate_is_deterministic_per_image_and_writes_manifest(workdir, base_model, adapter):
+    folder, _ = adapter
+    outputs = {}
+    for batch_size in (1, 3):
+        params = tiny_params(generate={"batch_size": batch_size})
+        out = workdir / f"generated_batch{batch_size}"
+        generate.run(params, base_model, folder, out)
+        outputs[batch_size] = out
+    names = sorted(p.name for p in (outputs[1] / "images").iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    for name in names:
+        one, three = (Image.open(outputs[b] / "images" / name) for b in (1, 3))
+        assert one.size == (32, 32)
+        # Batched matrix products may round differently; the noise and hence the image are equal.
+        assert np.abs(pixels(one) - pixels(three)).max() <= 2, name
+
+    manifest = [
+        json.loads(line) for line in (outputs[3] / "manifest.jsonl").read_text().splitlines()
+    ]
+    info = json.loads((folder / "adapter.json").read_text())
+    assert [row["file"] for row in manifest] == names
+    assert {row["prompt"] for row in manifest} == {
+        "a photo of sks apple tree",
+        "a photo of sks apple tree in the sun",
+        "a photo of sks apple tree in the shadow",
+    }
+    assert manifest[0]["prompt"] == manifest[3]["prompt"]  # round-robin over three templates
+    assert len({row["seed"] for row in manifest}) == 4
+    for row in manifest:
+        assert row["negative_prompt"] == "blurry, low quality"
+        assert row["base_model"] == "builtin:tiny"
+        assert row["adapter_sha256"] == info["sha256"]
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".generated")]  # no temp left
+
+
+def test_generate_rejects_adapter_of_another_base_model(workdir, base_model, adapter):
+    folder, _ = adapter
+    params = tiny_params(personalize={"base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5"})
+    with pytest.raises(DataError, match="rerun the personalize stage"):
+        generate.run(params, base_model, folder, workdir / "never")
+    assert not (workdir / "never").exists()
+
+
+def test_unknown_hub_id_says_how_to_fix(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported, so this fails at once.
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(ModelNotAvailableError) as error:
+        diffusion.load_pipeline("no-such-org/no-such-model", tmp_path)
+    message = str(error.value)
+    assert "no-such-org/no-such-model" in message
+    assert "local diffusers folder" in message
+    assert "HF_HUB_OFFLINE=1" in message
+    assert "builtin:tiny" in message
+
+
+def test_missing_builtin_base_and_local_folder_are_named(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="run the base stage"):
+        diffusion.load_pipeline("builtin:tiny", tmp_path / "models/base")
+    with pytest.raises(ModelNotAvailableError, match="not found"):
+        diffusion.load_pipeline("./models/sd15", tmp_path)
+
+
+def test_captions_must_cover_exactly_the_images(tmp_path):
+    images = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(
+        json.dumps({"file": "a.jpg", "caption": "a photo of sks apple tree"}) + "\n"
+    )
+    with pytest.raises(DataError, match=r"no caption for b\.jpg"):
+        diffusion.read_captions(captions, images)
+    captions.write_text(
+        "".join(json.dumps({"file": name, "caption": "x"}) + "\n" for name in "abc")
+    )
+    with pytest.raises(DataError, match="stale"):
+        diffusion.read_captions(captions, [tmp_path / name for name in "ab"])
+    captions.write_text(json.dumps({"file": "a.jpg"}) + "\n")
+    with pytest.raises(DataError, match="line 1 needs string fields"):
+        diffusion.read_captions(captions, images[:1])
+
+
+def test_image_seed_depends_on_seed_and_index_only():
+    assert diffusion.image_seed(42, 3) == diffusion.image_seed(42, 3)
+    assert len({diffusion.image_seed(seed, i) for seed in (1, 2) for i in range(100)}) == 200
+
+
+@pytest.mark.slow
+def test_stage_clis_run_as_in_dvc_yaml(tmp_path):
+    """The three stage commands of dvc.yaml, as subprocesses, on the tiny configuration."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, overrides in TINY_OVERRIDES.items():
+        params[name].update(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
+        )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_yolo_folder(tmp_path / "train", photos=1, tiles=4)
+    personalize_images = write_tiny_yolo_folder(tmp_path / "pers", photos=1, tiles=2)
+    (tmp_path / "captions.jsonl").write_text(
+        "".join(
+            json.dumps({"file": p.name, "caption": "a photo of sks apple tree"}) + "\n"
+            for p in (personalize_images / "images").iterdir()
+        )
+    )
+    commands = [
+        ["base", "--train", "train", "--out", "models/base", "--loss", "metrics/base_loss.tsv"],
+        [
+            "personalize",
+            "--images",
+            "pers",
+            "--captions",
+            "captions.jsonl",
+            "--builtin-base",
+            "models/base",
+            "--out",
+            "models/personalize",
+            "--loss",
+            "metrics/personalize_loss.tsv",
+        ],
+        [
+            "generate",
+            "--builtin-base",
+            "models/base",
+            "--adapter",
+            "models/personalize",
+            "--out",
+            "data/generated",
+        ],
+    ]
+    for stage, *args in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", f"synthdet.stages.{stage}", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "data/generated/images").iterdir())) == 4
