@@ -123,3 +123,10 @@ def test_atomic_path_replaces_directory(tmp_path):
         tmp.mkdir()
         (tmp / "new.txt").write_text("y")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_atomic_path_removes_leftovers_of_a_killed_run(tmp_path):
+    leftover = tmp_path / ".out.abc123" / "out"
+    leftover.mkdir(parents=True)
+    data.write_text(tmp_path / "out", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -51,9 +51,13 @@ def write_micro_project(root: Path) -> None:
             shutil.copy(REPO / "data/raw/labels" / f"{stem}.txt", root / "data/raw/labels")
 
 
+def repro_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first, so `dvc` and `python` are ours."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=repro_env(), capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -129,3 +133,84 @@ def test_remote_round_trip_to_a_fresh_clone(micro_project, tmp_path):
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone)
     shared = ["data/prepared", "data/generated", "data/annotated", "models"]
     assert file_hashes(clone, shared) == file_hashes(micro_project, shared)
+
+
+OUTPUTS = ["data/prepared", "data/generated", "data/annotated", "models", "data/captions.jsonl"]
+
+
+def stage_processes(parent: int) -> list:
+    import psutil
+
+    return [
+        child
+        for child in psutil.Process(parent).children(recursive=True)
+        if "synthdet.stages" in " ".join(child.cmdline())
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["prepare", "generate", "annotate-with-baseline"])
+def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project, stage):
+    import random
+    import signal
+    import time
+
+    stage_outputs = [path for path in OUTPUTS if not path.startswith("models")]
+    before = file_hashes(micro_project, stage_outputs)
+    started = time.monotonic()
+    run(["dvc", "repro", "--force", "--single-item", stage], micro_project)
+    duration = time.monotonic() - started
+    assert file_hashes(micro_project, stage_outputs) == before, "the stage is not deterministic"
+    rng = random.Random(stage)
+    for fraction in (rng.uniform(0.3, 0.7), rng.uniform(0.7, 1.0)):
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "--force", "--single-item", stage],
+            cwd=micro_project,
+            env=repro_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(duration * fraction)
+        for process in stage_processes(dvc.pid):
+            process.send_signal(signal.SIGKILL)
+        dvc.wait()
+        run(["dvc", "repro"], micro_project)
+        assert file_hashes(micro_project, stage_outputs) == before, f"killed at {fraction:.2f}"
+        assert "Data and pipelines are up to date" in run(["dvc", "status"], micro_project)
+    leftovers = [p for p in micro_project.glob("data/**/.*") if p.is_dir()]
+    assert not leftovers, f"temporary outputs left behind: {leftovers}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "prepared"
+    stage = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synthdet.stages.prepare",
+            "--raw",
+            str(REPO / "data/raw"),
+            "--out",
+            str(out),
+            "--metrics",
+            str(tmp_path / "prepare.json"),
+        ],
+        cwd=micro_project,
+        env=repro_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*")):
+        assert stage.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    stage.send_signal(signal.SIGINT)
+    _, stderr = stage.communicate()
+    assert stage.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not any(out.glob(".*")), "a temporary output was left behind"
+    assert not (tmp_path / "prepare.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import random
@@ -60,10 +61,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final` to write into; rename it over `final` on success.
 
     Works for files and directories. On error the temporary is removed and `final` is untouched,
-    so a crash never leaves a half-written output behind.
+    so a crash never leaves a half-written output behind; temporaries of a killed run are removed
+    by the next write of the same output.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a run killed with SIGKILL (no cleanup possible then); one writer per output.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
     try:
         yield tmp
