@@ -16,8 +16,10 @@ install: $(STAMP)
 repro: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
+# Two workers, one test file each at a time: the micro DAG test (a few minutes of subprocesses)
+# runs next to the rest of the suite instead of before it.
 test: $(STAMP)
-	. $(VENV)/bin/activate && pytest
+	. $(VENV)/bin/activate && pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

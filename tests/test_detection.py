@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image, ImageDraw
 
@@ -102,7 +103,11 @@ def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> 
     root = trained["root"]
     for name in ("train", "val"):
         assert snapshot(root / name) == trained["before"][name], f"{name} folder was modified"
-    assert sorted(p.name for p in (root / "models" / "real").iterdir()) == ["args.yaml", "best.pt"]
+    assert sorted(p.name for p in (root / "models" / "real").iterdir()) == [
+        "args.yaml",
+        "weights.safetensors",
+        "yolov8n.yaml",
+    ]
     assert trained["metrics"]["train_images"] == 8  # the folder given twice counts once
     with (root / "metrics" / "train" / "real.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -130,7 +135,7 @@ def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path)
     metrics = annotate_with_baseline.run(
         tiny_params(),
         generated,
-        trained["root"] / "models" / "real" / "best.pt",
+        trained["root"] / "models" / "real",
         trained["root"] / "val",
         out,
         tmp_path / "annotate.json",
@@ -164,8 +169,7 @@ def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path)
 def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
     root = trained["root"]
     for variant in ("real", "mixed"):
-        (tmp_path / "detectors" / variant).mkdir(parents=True)
-        shutil.copy(root / "models" / "real" / "best.pt", tmp_path / "detectors" / variant)
+        shutil.copytree(root / "models" / "real", tmp_path / "detectors" / variant)
     (tmp_path / "prepare.json").write_text(json.dumps({"test.images": 4, "test.boxes": 7}))
     (tmp_path / "annotate.json").write_text(json.dumps({"images": 8, "annotator.recall": 0.5}))
     summary = evaluate.run(
@@ -237,11 +241,53 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
     assert "`builtin:tiny`" in page and "## Limits" in page and "One seed per variant" in page
 
 
-def test_weights_not_available_offline_name_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotAvailableError, match=r"\.yaml"):
+@pytest.mark.parametrize("model", ["yolov8n-missing.pt", "models/yolov8n.pt", "/tmp/best.pt"])
+def test_pickles_from_paths_are_refused_naming_the_fix(model: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match=r"never from a path.*synthdet\.export"):
+        detection.train_detector(model, [tmp_path], tmp_path, ("apple",), 0, {}, tmp_path / "out")
+
+
+def test_release_asset_not_downloadable_offline_names_the_fix(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no yolov8n.pt lying around
+    with pytest.raises(ModelNotAvailableError, match=r"cannot be downloaded.*\.yaml"):
         detection.train_detector(
-            "yolov8n-missing.pt", [tmp_path], tmp_path, ("apple",), 0, {}, tmp_path / "out"
+            "yolov8n.pt", [tmp_path], tmp_path, ("apple",), 0, {}, tmp_path / "out"
         )
+
+
+def test_saved_detector_is_pickle_free_and_predicts_like_the_trained_one(trained: dict) -> None:
+    from safetensors.torch import load_file
+
+    folder = trained["root"] / "models" / "real"
+    state = load_file(str(folder / detection.WEIGHTS_NAME))  # safetensors: tensors only
+    assert all(tensor.dtype == torch.float32 for tensor in state.values())
+    detector = detection.load_detector(folder, ("apple",))
+    images = sorted((trained["root"] / "val" / "images").iterdir())
+    first = detection.predict(detector, images, imgsz=64, confidence=0.0, iou=0.7)
+    again = detection.predict(
+        detection.load_detector(folder, ("apple",)), images, 64, confidence=0.0, iou=0.7
+    )
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_allclose(a.xyxy, b.xyxy)
+
+
+def test_training_can_start_from_a_detector_folder(trained: dict, tmp_path: Path) -> None:
+    folder = trained["root"] / "models" / "real"
+    detector = detection._initial_detector(str(folder))
+    loaded = detection.load_detector(folder, ("apple",))
+    for (name, a), b in zip(
+        detector.model.state_dict().items(), loaded.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert detector.ckpt  # ultralytics seeds train() from the loaded weights only when set
+
+
+def test_mismatched_weights_are_a_clear_error(trained: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "detector"
+    shutil.copytree(trained["root"] / "models" / "real", folder)
+    (folder / "yolov8n.yaml").rename(folder / "yolov8s.yaml")  # another scale: other shapes
+    with pytest.raises(ModelNotAvailableError, match="does not fit yolov8s.yaml"):
+        detection.load_detector(folder, ("apple",))
 
 
 def test_unknown_model_yaml_is_a_clear_error(tmp_path: Path) -> None:
@@ -253,7 +299,7 @@ def test_unknown_model_yaml_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_detector_with_other_classes_is_rejected(trained: dict) -> None:
     with pytest.raises(ModelNotAvailableError, match="shared.class_names"):
-        detection.load_detector(trained["root"] / "models" / "real" / "best.pt", ("pear",))
+        detection.load_detector(trained["root"] / "models" / "real", ("pear",))
 
 
 def test_yolo_boxes_clip_and_drop_degenerate_boxes() -> None:

@@ -28,8 +28,11 @@ import yaml
 from synthdet.data import Box, atomic_path, read_yolo_folder, verify_image
 from synthdet.errors import ModelNotAvailableError, SynthdetError
 
-# Files copied from the ultralytics run folder into a detector's output folder.
-KEPT_RUN_FILES = ("weights/best.pt", "args.yaml")
+# A trained detector is a folder: the weights as safetensors (no pickle, so loading one cannot run
+# code) and the model's architecture as an ultralytics model yaml named after the model, so that
+# ultralytics infers the same scale (n/s/m/l/x) from the file name when it rebuilds it.
+WEIGHTS_NAME = "weights.safetensors"
+TRAIN_ARGS_NAME = "args.yaml"  # the ultralytics train arguments, for the record
 
 # Ultralytics integrations that would log or sync on their own; we log to our stage run instead.
 DISABLED_SETTINGS = {
@@ -72,34 +75,125 @@ def _ultralytics() -> ModuleType:
     return ultralytics
 
 
-def _require_model_available(model: str) -> None:
-    """Weights must be a local file: ultralytics would try to download a missing one."""
-    if model.endswith(".pt") and not Path(model).is_file():
-        raise ModelNotAvailableError(
-            f"detector weights {model!r} are not a local file and cannot be downloaded offline; "
-            "use an ultralytics model .yaml (e.g. yolov8n.yaml, trained from scratch) or a path "
-            "to a local .pt file (train_detector.model)"
-        )
+def _check_model_source(model: str) -> None:
+    """Refuse pickled checkpoints from user paths; weights must be a local synthdet detector.
+
+    Ultralytics `.pt` files are pickles that it loads with `weights_only=False`, so one from an
+    arbitrary path can run code. The only `.pt` files accepted are ultralytics' release assets by
+    bare name (e.g. `yolov8n.pt`), which ultralytics resolves and downloads from its own releases.
+    """
+    _ultralytics()  # configure it before anything from ultralytics is imported
+    path = Path(model)
+    if model.endswith(".pt"):
+        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+        if path.name != model or model not in GITHUB_ASSETS_NAMES:
+            raise ModelNotAvailableError(
+                f"train_detector.model {model!r}: pickled .pt checkpoints are only loaded by the "
+                "name of an ultralytics release asset (e.g. yolov8n.pt), never from a path, as "
+                "unpickling can run arbitrary code. Use a model .yaml (from scratch), a synthdet "
+                f"detector folder ({WEIGHTS_NAME} + model yaml, e.g. models/detectors/real), or "
+                "convert a checkpoint you trust with `python -m synthdet.export FILE.pt --format "
+                "detector --out FOLDER`"
+            )
+    elif not model.endswith(".yaml"):
+        if not (path / WEIGHTS_NAME).is_file():
+            raise ModelNotAvailableError(
+                f"train_detector.model {model!r} is neither an ultralytics model .yaml, a release "
+                f"asset name (e.g. yolov8n.pt) nor a detector folder with {WEIGHTS_NAME}"
+            )
 
 
-def load_detector(weights: str | Path, class_names: Sequence[str]) -> Any:
-    """Load trained YOLO weights and check they predict the classes in shared.class_names."""
-    if not Path(weights).is_file():
+def _architecture_file(folder: Path) -> Path:
+    found = sorted(p for p in Path(folder).glob("*.yaml") if p.name != TRAIN_ARGS_NAME)
+    if len(found) != 1:
         raise ModelNotAvailableError(
-            f"detector weights {weights} not found; train them first (dvc repro train-detector)"
+            f"detector folder {folder} must hold exactly one model .yaml next to {WEIGHTS_NAME}, "
+            f"found {[p.name for p in found]}; train it with the train-detector stage"
         )
-    yolo = _ultralytics().YOLO
+    return found[0]
+
+
+def save_detector(model: Any, folder: Path) -> None:
+    """Write a trained `ultralytics.nn.tasks.DetectionModel` as `WEIGHTS_NAME` + model yaml."""
+    from safetensors.torch import save_file
+
+    architecture = {k: v for k, v in model.yaml.items() if k != "yaml_file"}
+    architecture["names"] = [model.names[i] for i in sorted(model.names)]
+    stem = Path(model.yaml.get("yaml_file") or "model.yaml").stem
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(Path(folder) / WEIGHTS_NAME))
+    (Path(folder) / f"{stem}.yaml").write_text(yaml.safe_dump(architecture, sort_keys=False))
+
+
+def _load_yolo(folder: Path) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ModelNotAvailableError(
+            f"detector {folder}: no {WEIGHTS_NAME}; train it first (dvc repro train-detector)"
+        )
+    architecture_file = _architecture_file(folder)
+    names = yaml.safe_load(architecture_file.read_text()).get("names")
+    detector = _ultralytics().YOLO(str(architecture_file), task="detect")
     try:
-        detector = yolo(str(weights))
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        raise ModelNotAvailableError(f"cannot load detector {weights}: {exc}") from exc
-    names = [detector.names[i] for i in sorted(detector.names)]
+        detector.model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+    except (RuntimeError, SafetensorError) as exc:
+        raise ModelNotAvailableError(
+            f"detector {folder}: {WEIGHTS_NAME} does not fit {architecture_file.name}: {exc}"
+        ) from exc
+    detector.model.names = dict(enumerate(names))
+    detector.model.eval()
+    return detector
+
+
+def load_detector(folder: str | Path, class_names: Sequence[str]) -> Any:
+    """Load a detector folder (safetensors + yaml) and check it predicts shared.class_names."""
+    detector = _load_yolo(Path(folder))
+    names = [detector.model.names[i] for i in sorted(detector.model.names)]
     if names != list(class_names):
         raise ModelNotAvailableError(
-            f"detector {weights} predicts classes {names}, but shared.class_names is "
+            f"detector {folder} predicts classes {names}, but shared.class_names is "
             f"{list(class_names)}; retrain it or fix shared.class_names"
         )
     return detector
+
+
+def convert_checkpoint(checkpoint: Path, out: Path) -> list[str]:
+    """Rewrite an ultralytics `.pt` the user trusts as a detector folder; returns its classes.
+
+    This unpickles `checkpoint` (it may run code): only for files from a source you trust.
+    """
+    if not Path(checkpoint).is_file():
+        raise ModelNotAvailableError(f"{checkpoint}: no such checkpoint file")
+    detector = _ultralytics().YOLO(str(checkpoint))
+    with atomic_path(Path(out)) as staging:
+        staging.mkdir()
+        save_detector(detector.model, staging)
+    return [detector.names[i] for i in sorted(detector.names)]
+
+
+def _initial_detector(model: str) -> Any:
+    """The YOLO to train: from a yaml, a release asset, or a synthdet detector folder's weights."""
+    _check_model_source(model)
+    if model.endswith((".yaml", ".pt")):
+        try:
+            return _ultralytics().YOLO(model)
+        except FileNotFoundError as exc:
+            raise ModelNotAvailableError(
+                f"train_detector.model {model!r} is not an ultralytics model yaml: {exc}"
+            ) from exc
+        except ConnectionError as exc:
+            raise ModelNotAvailableError(
+                f"detector weights {model!r} cannot be downloaded here ({exc}); use an "
+                "ultralytics model .yaml (e.g. yolov8n.yaml, trained from scratch) or a synthdet "
+                "detector folder (train_detector.model)"
+            ) from exc
+    # Model.load(module) seeds training from the module's weights, as a loaded .pt would; the
+    # detection head is re-made when the classes differ (fine-tuning a COCO model, say).
+    detector = _load_yolo(Path(model))
+    return detector.load(detector.model)
 
 
 # ---------------------------------------------------------------- training
@@ -167,13 +261,13 @@ def train_detector(
     out_dir: Path,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainingResult:
-    """Train a YOLO detector; write `out_dir/{best.pt,args.yaml}` atomically.
+    """Train a YOLO detector; write its best weights to `out_dir` (see `save_detector`) and the
+    ultralytics train arguments to `out_dir/args.yaml`, atomically.
 
     `on_epoch` receives each epoch's row (losses, validation metrics, learning rates) as soon as
     the epoch ends, e.g. to log it to MLflow.
     """
-    _require_model_available(model)
-    ultralytics = _ultralytics()
+    detector = _initial_detector(model)
     rows: list[dict[str, float]] = []
     in_training_epoch = False
 
@@ -195,13 +289,6 @@ def train_detector(
         if on_epoch is not None:
             on_epoch(row)
 
-    try:
-        detector = ultralytics.YOLO(model)
-    except FileNotFoundError as exc:
-        raise ModelNotAvailableError(
-            f"train_detector.model {model!r} is neither an ultralytics model yaml nor a "
-            f"local .pt file: {exc}"
-        ) from exc
     with tempfile.TemporaryDirectory(prefix="synthdet-train-") as tmp:
         data_yaml, train_images = dataset_view(
             Path(tmp) / "data", train_folders, val_folder, class_names
@@ -219,8 +306,9 @@ def train_detector(
         run_dir = Path(detector.trainer.save_dir)
         with atomic_path(Path(out_dir)) as staging:
             staging.mkdir()
-            for name in KEPT_RUN_FILES:
-                shutil.copy2(run_dir / name, staging / Path(name).name)
+            # After training, ultralytics has reloaded its best checkpoint into detector.model.
+            save_detector(detector.model, staging)
+            shutil.copy2(run_dir / TRAIN_ARGS_NAME, staging / TRAIN_ARGS_NAME)
     best = {_metric_name(k): float(v) for k, v in metrics.results_dict.items()}
     return TrainingResult(train_images=train_images, epochs=rows, best=best)
 

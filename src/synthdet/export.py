@@ -5,6 +5,11 @@
 
 `coco` writes images/ and annotations.json (for CVAT, Label Studio, pycocotools); `yolo` writes
 images/, labels/ and dataset.yaml.
+
+`detector` converts an ultralytics checkpoint you trust (a pickle: loading it may run code) into
+a pickle-free detector folder that `train_detector.model` accepts:
+
+    python -m synthdet.export yolov8n.pt --format detector --out models/pretrained/yolov8n
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from synthdet import data, formats
+from synthdet import data, detection, formats
 from synthdet.errors import SynthdetError
 from synthdet.params import load_params
 
@@ -43,12 +48,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("source", type=Path, help="a YOLO folder: images/ + labels/")
-    parser.add_argument("--format", choices=("yolo", "coco"), required=True)
+    parser.add_argument("source", type=Path, help="a YOLO folder, or a .pt for --format detector")
+    parser.add_argument("--format", choices=("yolo", "coco", "detector"), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", default="params.yaml", help="for shared.class_names")
     args = parser.parse_args()
     try:
+        if args.format == "detector":
+            names = detection.convert_checkpoint(args.source, args.out)
+            print(f"wrote {args.out}/{detection.WEIGHTS_NAME} (classes: {', '.join(names)})")
+            return
         class_names = load_params(args.params).shared.class_names
         count = export(args.source, args.format, args.out, class_names)
     except SynthdetError as exc:
