@@ -14,12 +14,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from synthdet import detection, report
-from synthdet.data import Box, format_label, read_yolo_folder
+from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
 from synthdet.stages import annotate_with_baseline, evaluate, train_detector
@@ -91,7 +91,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         metrics = train_detector.run(
             tiny_params(),
             "real",
-            [root / "train", root / "train"],
+            42,
+            root / "train",
+            None,
             root / "val",
             root / "models" / "real",
             root / "metrics" / "train" / "real.csv",
@@ -108,7 +110,8 @@ def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> 
         "weights.safetensors",
         "yolov8n.yaml",
     ]
-    assert trained["metrics"]["train_images"] == 8  # the folder given twice counts once
+    assert trained["metrics"]["train_images"] == 8
+    assert (trained["metrics"]["real_images"], trained["metrics"]["synthetic_images"]) == (8, 0)
     with (root / "metrics" / "train" / "real.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [row["epoch"] for row in rows] == ["1"]
@@ -127,14 +130,14 @@ def test_ultralytics_settings_are_private() -> None:
 def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path) -> None:
     from pycocotools.coco import COCO
 
-    generated = tmp_path / "generated"
-    generated.mkdir()
+    generated = tmp_path / "generated" / "images"
+    generated.mkdir(parents=True)
     for index, image in enumerate(sorted((trained["root"] / "val" / "images").iterdir())):
         Image.open(image).save(generated / f"{index:05d}.png")
     out = tmp_path / "annotated"
     metrics = annotate_with_baseline.run(
         tiny_params(),
-        generated,
+        generated.parent,
         trained["root"] / "models" / "real",
         trained["root"] / "val",
         out,
@@ -165,40 +168,163 @@ def test_annotate_writes_one_label_file_per_image(trained: dict, tmp_path: Path)
     assert [category["name"] for category in coco.loadCats(coco.getCatIds())] == ["apple"]
 
 
+def test_reviewed_labels_replace_the_auto_labels_of_the_same_image(
+    trained: dict, tmp_path: Path
+) -> None:
+    root = trained["root"]
+    generated = tmp_path / "generated" / "images"
+    generated.mkdir(parents=True)
+    for index, image in enumerate(sorted((root / "val" / "images").iterdir())):
+        Image.open(image).save(generated / f"{index:05d}.png")
+    corrections = tmp_path / "corrections"
+    (corrections / "images").mkdir(parents=True)
+    (corrections / "labels").mkdir()
+    reviewed = (Box(0, 0.5, 0.5, 0.25, 0.25), Box(0, 0.2, 0.2, 0.1, 0.1))
+    # reviewed under another name: matched by content
+    shutil.copy(generated / "00001.png", corrections / "images" / "review_a.png")
+    (corrections / "labels" / "review_a.txt").write_text(format_label(reviewed))
+    # an image that is no longer generated: counted, applied to nothing
+    Image.new("RGB", (64, 64), "blue").save(corrections / "images" / "gone.png")
+    (corrections / "labels" / "gone.txt").write_text(format_label(reviewed[:1]))
+    params = tiny_params()
+    metrics = annotate_with_baseline.run(
+        params,
+        generated.parent,
+        root / "models" / "real",
+        root / "val",
+        tmp_path / "annotated",
+        tmp_path / "annotate.json",
+        corrections=corrections,
+    )
+    assert (metrics["corrected_images"], metrics["corrections_unused"]) == (1, 1)
+    samples = {s.image.name: s.boxes for s in read_yolo_folder(tmp_path / "annotated", 1)}
+    np.testing.assert_allclose(
+        [dataclasses.astuple(b) for b in samples["00001.png"]],
+        [dataclasses.astuple(b) for b in reviewed],
+        atol=1e-6,
+    )
+    # without the folder's images, the auto-labels stay
+    (tmp_path / "empty").mkdir()
+    plain = annotate_with_baseline.run(
+        params,
+        generated.parent,
+        root / "models" / "real",
+        root / "val",
+        tmp_path / "plain",
+        tmp_path / "plain.json",
+        corrections=tmp_path / "empty",
+    )
+    assert plain["corrected_images"] == 0
+    assert read_yolo_folder(tmp_path / "plain", 1)[1].boxes != samples["00001.png"]
+
+
+def detections(image: str, rows: list[list[float]], scores: list[float]) -> detection.Detections:
+    return detection.Detections(
+        image=Path(image),
+        width=100,
+        height=100,
+        xyxy=np.array(rows, dtype=np.float64).reshape(-1, 4),
+        scores=np.array(scores, dtype=np.float64),
+        class_ids=np.zeros(len(scores), dtype=np.int64),
+    )
+
+
+def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) -> None:
+    labels = tmp_path / "train" / "labels"
+    labels.mkdir(parents=True)
+    # the source image's real boxes: one the baseline also found, one it missed
+    (labels / "tree_3.txt").write_text(
+        format_label([Box(0, 0.25, 0.25, 0.2, 0.2), Box(0, 0.7, 0.7, 0.2, 0.2)])
+    )
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"file": "00000.png", "source": "tree_3.jpg"}, {"file": "00001.png", "source": None}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    found = [
+        detections("00000.png", [[16, 15, 36, 35], [80, 5, 95, 20]], [0.9, 0.3]),
+        detections("00001.png", [[10, 10, 30, 30]], [0.8]),
+    ]
+    config = dataclasses.replace(
+        tiny_params().annotate_with_baseline, source_boxes=True, source_box_confidence=0.5
+    )
+    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    assert counts == {"source_images": 1, "source_boxes_offered": 2, "source_boxes_kept": 1}
+    # the overlapping pair keeps the baseline's more confident box; the missed apple is added
+    np.testing.assert_allclose(
+        merged[0].xyxy, [[16, 15, 36, 35], [80, 5, 95, 20], [60, 60, 80, 80]], atol=1e-4
+    )
+    np.testing.assert_allclose(merged[0].scores, [0.9, 0.3, 0.5])
+    assert merged[1] is found[1]  # txt2img: no source, the predictions as they are
+    # a source box scored above the prediction replaces it
+    config = dataclasses.replace(config, source_box_confidence=0.95)
+    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    assert counts["source_boxes_kept"] == 2
+    np.testing.assert_allclose(merged[0].scores, [0.3, 0.95, 0.95])
+    # a source without labels is an error naming it
+    (labels / "tree_3.txt").unlink()
+    with pytest.raises(DataError, match=r"tree_3\.jpg.*tree_3\.txt"):
+        annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+
+
 @pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores
 def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
     root = trained["root"]
-    for variant in ("real", "mixed"):
-        shutil.copytree(root / "models" / "real", tmp_path / "detectors" / variant)
+    params = tiny_params()
+    params = dataclasses.replace(
+        params,
+        train_detector=dataclasses.replace(
+            params.train_detector, seeds=(42, 7), mix_synthetic_fractions=(0.2,)
+        ),
+    )
+    detectors = tmp_path / "detectors"
+    # every variant x seed; DVC writes the integer share of `mix_real_shares: [1]` as "1"
+    for variant in ("real", "synthetic", "mixed", "mix-r1-f0.2"):
+        for seed in (42, 7):
+            shutil.copytree(root / "models" / "real", detectors / variant / f"seed{seed}")
+    shutil.copytree(root / "models" / "real", detectors / "stale-variant" / "seed42")
+    generated = tmp_path / "generated"
+    shutil.copytree(root / "train" / "images", generated / "images")
     (tmp_path / "prepare.json").write_text(json.dumps({"test.images": 4, "test.boxes": 7}))
     (tmp_path / "annotate.json").write_text(json.dumps({"images": 8, "annotator.recall": 0.5}))
+    out = tmp_path / "metrics"
     summary = evaluate.run(
-        tiny_params(),
+        params,
         root / "val",
-        tmp_path / "detectors",
-        root / "train" / "images",
+        detectors,
+        generated,
         root / "train",
+        root / "train",
+        root / "val",
         root / "val" / "images",
-        tmp_path / "evaluate.json",
-        tmp_path / "pr_curve.csv",
-        tmp_path / "grid.png",
         tmp_path / "prepare.json",
         tmp_path / "annotate.json",
-        tmp_path / "report.md",
+        out / "evaluate.json",
+        out,
     )
+    variants = ["real", "synthetic", "mixed", "mix-r1.0-f0.2"]
     assert summary["mixed.gap_map50_95"] == 0  # same weights as the baseline
-    assert {"real.map50", "real.map75", "mixed.map50_95", "fid", "test_images"} <= set(summary)
+    assert summary["mixed.gap_map50_95_std"] == 0 and summary["real.map50_95_std"] == 0
+    assert summary["real.seeds"] == 2
+    assert (summary["mix-r1.0-f0.2.real_images"], summary["mix-r1.0-f0.2.synthetic_images"]) == (
+        8,
+        2,
+    )
     assert summary["kid_subset_size"] == 4  # min(50, 4 real val images, 8 generated)
-    assert summary["kid_std"] >= 0
+    assert summary["clip_score"] is None and "evaluate.clip_model" in summary["clip_score_reason"]
+    assert 0 <= summary["real_vs_generated.accuracy"] <= 1
+    assert summary["real_vs_generated.tested"] == 8
+    assert 0 <= summary["subject.generated_share"] <= 1
     assert summary["test_images"] == 4
-    header = (tmp_path / "pr_curve.csv").read_text().splitlines()[0]
-    assert header == "recall,real,mixed"
-    with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (2 * 128 + 2, 2 * 128 + 2)
-    page = (tmp_path / "report.md").read_text()
-    for row in report.detection_table(summary, ["real", "mixed"]):
+    with (out / "detection_table.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert [row["variant"] for row in table] == variants
+    with (out / "pr_curve.csv").open() as file:
+        assert {row["variant"] for row in csv.DictReader(file)} == set(variants)
+    with Image.open(out / "test_grid.png") as grid:
+        assert grid.size == (5 * 128 + 4 * 2, 16 + 4 * 128 + 3 * 2)  # GT + 4 variants, 4 rows
+    page = (out / "report.md").read_text()
+    for row in report.detection_table(summary, variants):
         assert row in page
-    assert "](grid.png)" in page and "](pr_curve.csv)" in page
+    assert "](test_grid.png)" in page and "](pr_curve.csv)" in page
 
 
 def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> None:
@@ -210,6 +336,27 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
         "synthetic.map50": 0.3,
         "synthetic.map75": 0.05,
         "synthetic.gap_map50_95": -0.15,
+        "synthetic.gap_map50_95_std": 0.03,
+        "real.map50_95_std": 0.02,
+        "real.map_small": 0.12,
+        "real.seeds": 3,
+        "synthetic.seeds": 3,
+        "real.real_images": 116,
+        "real.synthetic_images": 0,
+        "synthetic.real_images": 0,
+        "synthetic.synthetic_images": 32,
+        "clip_score": None,
+        "clip_score_reason": "no CLIP model configured",
+        "real_vs_generated.accuracy": 0.55,
+        "real_vs_generated.tested": 64,
+        "real_vs_generated.correct": 35,
+        "real_vs_generated.p_value": 0.2557,
+        "real_vs_generated.train_accuracy": 0.9,
+        "real_vs_generated.folds": 4,
+        "subject.generated_share": 0.0625,
+        "subject.generated_images": 32,
+        "subject.reference_share": 1.0,
+        "subject.reference_images": 25,
         "fid": 123.456,
         "kid_mean": 0.1234,
         "kid_std": 0.01,
@@ -221,23 +368,24 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
     }
     prepared = {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
     annotated = {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
-    metrics_dir = tmp_path / "metrics"
     page = report.render(
         tiny_params(),
         evaluation,
         prepared,
         annotated,
         ["real", "synthetic"],
-        metrics_dir / "pr_curve.csv",
-        metrics_dir / "synthetic_grid.png",
-        metrics_dir / "report.md",
+        tmp_path / "metrics" / "report.md",
     )
-    assert "| real | 0.250 | 0.500 | 0.200 | (baseline) |" in page
-    assert "| synthetic | 0.100 | 0.300 | 0.050 | -0.150 |" in page
+    assert "| real | 116 | 0 | 3 | 0.250 ± 0.020 | 0.500 | 0.200 | (baseline) |" in page
+    assert "| synthetic | 0 | 32 | 3 | 0.100 | 0.300 | 0.050 | -0.150 ± 0.030 |" in page
+    assert "| real | 0.120 | n/a | n/a |" in page  # mAP by object size
+    assert "CLIP score: n/a (no CLIP model configured)" in page
+    assert "held-out accuracy 0.550 on 64 images" in page and "p = 0.26" in page
+    assert "found in 0.062 of the 32 generated images, and in 1.000 of the 25" in page
     assert "| real train | 116 | 1059 |" in page
     assert "| n/a | 0.400 |" in page  # precision undefined: no boxes kept
     assert "FID 123.46 and KID 0.1234 ± 0.0100" in page
-    assert "[synthetic_grid.png](synthetic_grid.png)" in page
+    assert "(synthetic_grid.png)" in page and "(test_grid.png)" in page
     assert "`builtin:tiny`" in page and "## Limits" in page and "One seed per variant" in page
 
 

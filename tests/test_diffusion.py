@@ -20,7 +20,7 @@ from synthdet import diffusion
 from synthdet.data import DataError
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
-from synthdet.stages import base, generate, personalize
+from synthdet.stages import base, class_images, generate, personalize
 from tests.conftest import REPO, write_tiny_yolo_folder
 
 SENTENCES = [
@@ -43,7 +43,16 @@ TINY_OVERRIDES = {
         "vae_crop": 16,
     },
     # A high learning rate so that a few steps visibly change the images.
-    "personalize": {"resolution": 32, "max_train_steps": 6, "batch_size": 2, "learning_rate": 0.05},
+    "personalize": {
+        "method": "lora",
+        "resolution": 32,
+        "max_train_steps": 6,
+        "batch_size": 2,
+        "learning_rate": 0.05,
+        "validation_seeds": (0,),
+        "validation_steps": 2,
+    },
+    "class_images": {"count": 0},
     "generate": {"num_images": 4, "num_inference_steps": 3, "resolution": 32, "batch_size": 4},
 }
 
@@ -62,12 +71,15 @@ def workdir(tmp_path_factory, mlflow_store) -> Path:
     """Train data, personalize images with captions, and MLflow isolated like conftest does."""
     root = tmp_path_factory.mktemp("diffusion")
     write_tiny_yolo_folder(root / "train", photos=2, tiles=3, size=40)
-    personalize_images = write_tiny_yolo_folder(root / "personalize", photos=1, tiles=3, size=40)
+    personalize_images = write_tiny_yolo_folder(
+        root / "personalize" / "apple_tree", photos=1, tiles=3, size=40
+    )
     captions = [
         {"file": path.name, "caption": f"a photo of sks apple tree with {i + 1} apples"}
         for i, path in enumerate(sorted((personalize_images / "images").iterdir()))
     ]
-    (root / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
+    (root / "captions").mkdir()
+    (root / "captions/apple_tree.jsonl").write_text("".join(json.dumps(c) + "\n" for c in captions))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_store / 'mlflow.db'}")
         patch.setenv("DVC_ROOT", str(mlflow_store))
@@ -84,14 +96,17 @@ def base_model(workdir) -> Path:
 
 @pytest.fixture(scope="module")
 def adapter(workdir, base_model) -> tuple[Path, dict]:
-    out = workdir / "models/personalize"
+    out = workdir / "models/personalize/apple_tree"
+    class_images.run(tiny_params(), "apple_tree", base_model, workdir / "class_images/apple_tree")
     metrics = personalize.run(
         tiny_params(),
-        workdir / "personalize",
-        workdir / "captions.jsonl",
+        "apple_tree",
+        workdir / "personalize/apple_tree",
+        workdir / "captions/apple_tree.jsonl",
+        workdir / "class_images/apple_tree",
         base_model,
         out,
-        workdir / "personalize_loss.tsv",
+        workdir / "metrics/personalize/apple_tree",
     )
     return out, metrics
 
@@ -138,9 +153,12 @@ def test_lora_loads_into_stock_pipeline_and_changes_images(base_model, adapter):
     assert np.isfinite(metrics["loss_final"])
     info = json.loads((folder / "adapter.json").read_text())
     assert info["base_model"] == "builtin:tiny"
+    assert (info["subject"], info["method"], info["family"]) == ("apple_tree", "lora", "sd")
     assert info["max_train_steps"] == 6
     assert info["lora"]["r"] == 8
-    assert info["sha256"] == diffusion.sha256_of(folder / info["weight_name"])
+    assert info["weight_files"] == [diffusion.LORA_WEIGHT_NAME]
+    assert info["sha256"] == diffusion.files_sha256(folder, info["weight_files"])
+    assert diffusion.read_adapter_info(folder) == info
 
     pipeline = StableDiffusionPipeline.from_pretrained(base_model)
     pipeline.set_progress_bar_config(disable=True)
@@ -253,27 +271,37 @@ def test_stage_clis_run_as_in_dvc_yaml(tmp_path):
         )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_tiny_yolo_folder(tmp_path / "train", photos=1, tiles=4)
-    personalize_images = write_tiny_yolo_folder(tmp_path / "pers", photos=1, tiles=2)
-    (tmp_path / "captions.jsonl").write_text(
-        "".join(
-            json.dumps({"file": p.name, "caption": "a photo of sks apple tree"}) + "\n"
-            for p in (personalize_images / "images").iterdir()
-        )
-    )
+    write_tiny_yolo_folder(tmp_path / "pers/apple_tree", photos=1, tiles=2)
     commands = [
         ["base", "--train", "train", "--out", "models/base", "--loss", "metrics/base_loss.tsv"],
+        ["caption", "--images", "pers", "--out", "data/captions"],
         [
-            "personalize",
-            "--images",
-            "pers",
-            "--captions",
-            "captions.jsonl",
+            "class_images",
+            "--subject",
+            "apple_tree",
             "--builtin-base",
             "models/base",
             "--out",
-            "models/personalize",
-            "--loss",
-            "metrics/personalize_loss.tsv",
+            "data/class_images/apple_tree",
+        ],
+        [
+            "personalize",
+            "--subject",
+            "apple_tree",
+            "--images",
+            "pers/apple_tree",
+            "--captions",
+            "data/captions/apple_tree.jsonl",
+            "--class-images",
+            "data/class_images/apple_tree",
+            "--builtin-base",
+            "models/base",
+            "--out",
+            "models/personalize/apple_tree",
+            "--metrics",
+            "metrics/personalize/apple_tree",
+            "--checkpoints",
+            ".checkpoints/personalize/apple_tree",
         ],
         [
             "generate",

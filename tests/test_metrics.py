@@ -153,8 +153,9 @@ CROSS_PREDICTIONS = [
 ]
 
 
-def coco_stats(predictions, targets) -> tuple[float, float, float]:
-    """mAP@[.5:.95], @.5, @.75 from pycocotools' COCOeval run directly."""
+def coco_stats(predictions, targets, size: int = 100, stats: int = 3) -> tuple[float, ...]:
+    """The first `stats` COCOeval summary numbers, from pycocotools run directly: mAP@[.5:.95],
+    @.5, @.75, then mAP@[.5:.95] of small, medium and large objects."""
     import contextlib
     import io
 
@@ -163,7 +164,7 @@ def coco_stats(predictions, targets) -> tuple[float, float, float]:
 
     images, annotations, results = [], [], []
     for image_id, (rows, (boxes_, scores)) in enumerate(zip(targets, predictions, strict=True), 1):
-        images.append({"id": image_id, "width": 100, "height": 100})
+        images.append({"id": image_id, "width": size, "height": size})
         for x0, y0, x1, y1 in rows:
             annotations.append(
                 {
@@ -196,7 +197,7 @@ def coco_stats(predictions, targets) -> tuple[float, float, float]:
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return tuple(float(v) for v in evaluation.stats[:3])
+    return tuple(float(v) for v in evaluation.stats[:stats])
 
 
 def test_detection_metrics_agree_with_pycocotools() -> None:
@@ -249,3 +250,136 @@ def test_precision_recall_classes_do_not_match_each_other() -> None:
 def test_precision_is_undefined_without_predictions() -> None:
     result = precision_recall([boxes([], [])], [boxes([[0, 0, 10, 10]])])
     assert result.precision is None and result.recall == 0.0
+
+
+# ---------------------------------------------------------------- mAP by object size
+
+# 300 px images with boxes on both sides of COCO's size limits (32² and 96² px of area).
+SIZED_TARGETS = [
+    [[10, 10, 30, 30], [50, 50, 100, 100], [120, 120, 240, 250]],
+    [[5, 200, 25, 225], [150, 20, 260, 140], [40, 40, 70, 72]],
+    [[200, 200, 290, 290], [10, 250, 24, 262]],
+]
+SIZED_PREDICTIONS = [
+    (
+        [[11, 10, 31, 31], [55, 52, 104, 100], [130, 125, 245, 250], [0, 0, 9, 9]],
+        [0.9, 0.8, 0.4, 0.7],
+    ),
+    ([[5, 203, 26, 224], [160, 30, 250, 150], [200, 0, 230, 30]], [0.5, 0.85, 0.6]),
+    ([[205, 195, 290, 285], [12, 250, 26, 263], [40, 40, 70, 72]], [0.3, 0.95, 0.2]),
+]
+
+
+def test_map_by_object_size_agrees_with_pycocotools() -> None:
+    predictions = [boxes(rows, scores) for rows, scores in SIZED_PREDICTIONS]
+    targets = [boxes(rows) for rows in SIZED_TARGETS]
+    result = detection_metrics(predictions, targets)
+    reference = coco_stats(SIZED_PREDICTIONS, SIZED_TARGETS, size=300, stats=6)
+    assert all(0 < value < 1 for value in reference[3:])  # every size range is exercised
+    mine = (result.map50_95, result.map50, result.map75)
+    mine += (result.map_small, result.map_medium, result.map_large)
+    assert mine == pytest.approx(reference, abs=0.01)
+
+
+def test_a_size_without_ground_truth_is_undefined() -> None:
+    predictions = [boxes([[10, 10, 50, 50], [50, 50, 90, 80]], [0.9, 0.8])]
+    result = detection_metrics(predictions, [boxes([[10, 10, 50, 50], [50, 50, 90, 80]])])
+    assert result.map_medium == pytest.approx(1.0)  # 1600 and 1200 px²: both medium
+    assert result.map_small is None and result.map_large is None
+
+
+def test_spread_is_the_sample_std_over_seeds() -> None:
+    from synthdet.metrics import spread
+
+    result = spread([0.2, 0.3, 0.4])
+    assert (result.mean, result.std, result.n) == pytest.approx((0.3, 0.1, 3))
+    assert spread([0.25]).std is None  # one seed: no spread to report
+
+
+# ---------------------------------------------------------------- CLIP score
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A random CLIP model and processor built from configs, saved like a hub model."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
+
+    from synthdet.diffusion import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer()
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16
+    )
+    model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+        tokenizer=tokenizer,
+    )
+    folder = tmp_path_factory.mktemp("clip")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_runs_a_configured_clip_model(tmp_path: Path, tiny_clip: Path) -> None:
+    from transformers import CLIPModel, CLIPProcessor
+
+    from synthdet.metrics import clip_score
+
+    images = write_images(tmp_path / "images", 3, 48, seed=0, mean=120)
+    prompts = ["a photo of sks apple tree", "an apple", "a photo of sks apple tree in the sun"]
+    score = clip_score(images, prompts, str(tiny_clip))
+    # the same by hand: 100 x cosine similarity of image and text embeddings, the mean floored
+    # at 0 (torchmetrics' definition)
+    model, processor = (
+        CLIPModel.from_pretrained(tiny_clip),
+        CLIPProcessor.from_pretrained(tiny_clip),
+    )
+    pixels = [np.asarray(Image.open(path).convert("RGB")) for path in images]
+    inputs = processor(text=prompts, images=pixels, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=inputs["pixel_values"])
+        text = model.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        )
+    image = getattr(image, "pooler_output", image)
+    text = getattr(text, "pooler_output", text)
+    cosine = torch.nn.functional.cosine_similarity(image, text)
+    assert float((100 * cosine).mean()) > 0  # so the floor does not hide a difference
+    assert score == pytest.approx(float((100 * cosine).mean()), abs=1e-3)
+
+
+def test_clip_model_that_is_not_there_names_the_param(tmp_path: Path) -> None:
+    from synthdet.errors import ModelNotAvailableError
+    from synthdet.metrics import clip_score
+
+    images = write_images(tmp_path / "images", 1, 32, seed=0, mean=120)
+    with pytest.raises(ModelNotAvailableError, match="evaluate.clip_model"):
+        clip_score(images, ["a photo"], str(tmp_path / "no-clip-here"))

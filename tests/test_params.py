@@ -80,3 +80,61 @@ def test_missing_and_invalid_file(tmp_path):
     bad.write_text("shared: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_subjects_parse_into_dataclasses(raw):
+    raw["shared"]["subjects"]["green"] = {
+        "identifier": "zwx",
+        "class_noun": "apple tree",
+        "images": 4,
+        "stem_pattern": "green",
+    }
+    subjects = parse_params(raw).shared.subjects
+    assert list(subjects) == ["apple_tree", "green"]
+    assert subjects["green"].identifier == "zwx" and subjects["green"].images == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"idenitfier": "sks"},
+            r"unknown key 'shared.subjects.apple_tree.idenitfier'.*"
+            r"'shared.subjects.apple_tree.identifier'",
+        ),
+        ({"images": 0}, r"'shared.subjects.apple_tree.images' must be >= 1"),
+        ({"images": "8"}, r"'shared.subjects.apple_tree.images' must be an integer"),
+        ({"identifier": "two words"}, r"'shared.subjects.apple_tree.identifier' must be one"),
+        ({"stem_pattern": "("}, r"'shared.subjects.apple_tree.stem_pattern' is not a valid"),
+    ],
+)
+def test_bad_subject_names_the_key(raw, change, message):
+    raw["shared"]["subjects"]["apple_tree"].update(change)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)
+
+
+def test_subject_name_and_missing_subject_key(raw):
+    broken = copy.deepcopy(raw)
+    broken["shared"]["subjects"]["a b"] = broken["shared"]["subjects"]["apple_tree"]
+    with pytest.raises(ParamsError, match=r"'shared.subjects.a b' is not a valid subject name"):
+        parse_params(broken)
+    del raw["shared"]["subjects"]["apple_tree"]["class_noun"]
+    with pytest.raises(ParamsError, match=r"'shared.subjects.apple_tree.class_noun' is missing"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("method", "hypernetwork", r"'personalize.method' must be one of"),
+        ("optimizer", "sgd", r"'personalize.optimizer' must be one of"),
+        ("snr_gamma", 0, r"'personalize.snr_gamma' must be > 0"),
+        ("validation_prompts", ["a {subject}"], r"'personalize.validation_prompts\[0\]'"),
+        ("textual_inversion", {"num_vectors": 0, "initializer_token": None}, "num_vectors"),
+    ],
+)
+def test_bad_personalize_values_name_the_key(raw, key, value, message):
+    raw["personalize"][key] = value
+    with pytest.raises(ParamsError, match=message):
+        parse_params(raw)

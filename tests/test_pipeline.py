@@ -17,24 +17,47 @@ from tests.conftest import REPO
 
 # Small enough for CI, large enough that every stage does its real work.
 MICRO_OVERRIDES = {
-    "prepare": {"val_groups": 1, "test_groups": 1, "personalize_images": 2},
+    "shared": {
+        "subjects": {
+            "apple_tree": {
+                "identifier": "sks",
+                "class_noun": "apple tree",
+                "images": 2,
+                "stem_pattern": ".*",
+            }
+        }
+    },
+    "prepare": {"val_groups": 1, "test_groups": 1},
     "base": {"resolution": 32, "vae_steps": 2, "unet_steps": 2, "batch_size": 2},
-    "personalize": {"resolution": 32, "max_train_steps": 2, "batch_size": 1},
+    "class_images": {"count": 2, "resolution": 32, "num_inference_steps": 2, "batch_size": 2},
+    "personalize": {
+        "resolution": 32,
+        "max_train_steps": 2,
+        "batch_size": 1,
+        "class_batch_size": 1,
+        "validation_steps": 1,
+        "validation_seeds": [0],
+    },
     "generate": {"num_images": 3, "num_inference_steps": 2, "resolution": 32, "batch_size": 2},
     "annotate_with_baseline": {"imgsz": 64, "confidence": 0.0},
-    "train_detector": {"yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0}},
-    "evaluate": {"imgsz": 64, "grid_images": 3},
+    "train_detector": {
+        "yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0},
+        "seeds": [42],
+        "mix_synthetic_fractions": [0.1],
+    },
+    "evaluate": {"imgsz": 64, "grid_images": 3, "classifier_epochs": 1, "classifier_folds": 2},
 }
 
 
 def write_micro_project(root: Path) -> None:
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("src", "plots", "data/corrections"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in MICRO_OVERRIDES.items():
         for key, value in values.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and section != "shared":
                 params[section][key].update(value)
             else:
                 params[section][key] = value
@@ -105,8 +128,9 @@ def test_changing_num_images_reruns_only_downstream(micro_project):
     assert would_run == {
         "generate",
         "annotate-with-baseline",
-        "train-detector@synthetic",
-        "train-detector@mixed",
+        "train-synthetic@synthetic-42",
+        "train-synthetic@mixed-42",
+        "train-mix@1.0-0.1-42",
         "evaluate",
     }
 
@@ -135,7 +159,7 @@ def test_remote_round_trip_to_a_fresh_clone(micro_project, tmp_path):
     assert file_hashes(clone, shared) == file_hashes(micro_project, shared)
 
 
-OUTPUTS = ["data/prepared", "data/generated", "data/annotated", "models", "data/captions.jsonl"]
+OUTPUTS = ["data/prepared", "data/generated", "data/annotated", "models", "data/captions"]
 
 
 def stage_processes(parent: int) -> list:

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from synthdet.data import DataError, read_jsonl
+from synthdet.params import SubjectParams
 from synthdet.stages import caption, prepare
 
 
@@ -12,9 +13,21 @@ def with_prepare(params, **changes):
     return dataclasses.replace(params, prepare=dataclasses.replace(params.prepare, **changes))
 
 
+def with_subjects(params, **subjects):
+    shared = dataclasses.replace(params.shared, subjects=subjects)
+    return dataclasses.replace(params, shared=shared)
+
+
+def with_method(params, method):
+    return dataclasses.replace(
+        params, personalize=dataclasses.replace(params.personalize, method=method)
+    )
+
+
 @pytest.fixture
 def small_params(params):
-    return with_prepare(params, val_groups=1, test_groups=1, personalize_images=3)
+    params = with_prepare(params, val_groups=1, test_groups=1)
+    return with_subjects(params, apple_tree=SubjectParams("sks", "apple tree", 3, ".*"))
 
 
 def test_prepare_writes_splits_yaml_and_stats(small_params, tiny_yolo_folder, tmp_path):
@@ -22,11 +35,12 @@ def test_prepare_writes_splits_yaml_and_stats(small_params, tiny_yolo_folder, tm
     stats = prepare.run(small_params, tiny_yolo_folder, out, metrics)
     assert json.loads(metrics.read_text()) == stats
     assert stats["train.images"] + stats["val.images"] + stats["test.images"] == 18
-    assert stats["personalize.images"] == 3
-    for split in ("train", "val", "test", "personalize"):
+    assert stats["personalize.images"] == stats["personalize.apple_tree.images"] == 3
+    for split in ("train", "val", "test", "personalize/apple_tree"):
         images = sorted(p.stem for p in (out / split / "images").iterdir())
         labels = sorted(p.stem for p in (out / split / "labels").iterdir())
-        assert images == labels and len(images) == stats[f"{split}.images"]
+        assert images == labels and len(images) == stats[f"{split.replace('/', '.')}.images"]
+    assert sorted(p.name for p in (out / "personalize").iterdir()) == ["apple_tree"]
     dataset = yaml.safe_load((out / "dataset.yaml").read_text())
     assert dataset == {
         "train": "train/images",
@@ -49,11 +63,11 @@ def test_prepare_bad_label_keeps_previous_outputs(small_params, tiny_yolo_folder
 def test_template_captions_count_objects(small_params, tiny_yolo_folder, tmp_path):
     out = tmp_path / "prepared"
     prepare.run(small_params, tiny_yolo_folder, out, tmp_path / "prepare.json")
-    rows = caption.run(small_params, out / "personalize", tmp_path / "captions.jsonl")
-    assert rows == read_jsonl(tmp_path / "captions.jsonl")
+    rows = caption.run(small_params, out / "personalize", tmp_path / "captions")["apple_tree"]
+    assert rows == read_jsonl(tmp_path / "captions" / "apple_tree.jsonl")
     assert len(rows) == 3
     for row in rows:
-        label = (out / "personalize" / "labels" / row["file"]).with_suffix(".txt")
+        label = (out / "personalize/apple_tree/labels" / row["file"]).with_suffix(".txt")
         n = len(label.read_text().splitlines())
         noun = "apple" if n == 1 else "apples"
         assert row["caption"] == f"a photo of sks apple tree with {n} {noun}"
@@ -119,7 +133,7 @@ def test_blip_captioner_appends_description(small_params, tiny_yolo_folder, tmp_
             max_new_tokens=4,
         ),
     )
-    rows = caption.run(blip_params, out / "personalize", tmp_path / "captions.jsonl")
+    rows = caption.run(blip_params, out / "personalize", tmp_path / "captions")["apple_tree"]
     assert len(rows) == 3
     for row in rows:
         assert row["caption"].startswith("a photo of sks apple tree, apple")
@@ -131,3 +145,47 @@ def test_blip_model_missing_says_how_to_fix():
 
     with pytest.raises(ModelNotAvailableError, match="caption.captioner=template"):
         BlipCaptioner("no-such-org/no-such-blip", 5)
+
+
+def test_subjects_draw_from_train_only_and_independently(params, tiny_yolo_folder, tmp_path):
+    """Each subject gets its own train images (stem_pattern), never a val/test image, and its
+    draw does not depend on the other subjects."""
+    params = with_prepare(params, val_groups=1, test_groups=1)
+    red = SubjectParams("sks", "apple tree", 2, ".*")
+    green = SubjectParams("zwx", "apple tree", 2, r"tree_[01]$")
+    out = tmp_path / "prepared"
+    prepare.run(with_subjects(params, red=red, green=green), tiny_yolo_folder, out, tmp_path / "m")
+    stems = {
+        name: sorted(p.stem for p in (out / "personalize" / name / "images").iterdir())
+        for name in ("red", "green")
+    }
+    train = {p.stem for p in (out / "train" / "images").iterdir()}
+    held_out = {p.stem for split in ("val", "test") for p in (out / split / "images").iterdir()}
+    for chosen in stems.values():
+        assert len(chosen) == 2 and set(chosen) <= train and not set(chosen) & held_out
+    assert all(stem.endswith(("tree_0", "tree_1")) for stem in stems["green"])
+    alone = tmp_path / "alone"
+    prepare.run(with_subjects(params, red=red), tiny_yolo_folder, alone, tmp_path / "m2")
+    assert sorted(p.stem for p in (alone / "personalize/red/images").iterdir()) == stems["red"]
+    too_many = SubjectParams("zwx", "apple tree", 50, ".*")
+    with pytest.raises(DataError, match=r"shared.subjects.green: images=50"):
+        prepare.run(with_subjects(params, green=too_many), tiny_yolo_folder, alone, tmp_path / "m")
+
+
+def test_textual_inversion_captions_use_the_placeholder_not_the_concept(
+    small_params, tiny_yolo_folder, tmp_path
+):
+    out = tmp_path / "prepared"
+    prepare.run(small_params, tiny_yolo_folder, out, tmp_path / "prepare.json")
+    params = with_method(small_params, "textual_inversion")
+    rows = caption.run(params, out / "personalize", tmp_path / "captions")["apple_tree"]
+    for row in rows:
+        assert row["caption"].startswith("a photo of <sks> with ")
+        assert "tree" not in row["caption"]
+    from synthdet.captioning import subject_caption
+
+    text = subject_caption("{identifier}", "sks", "apple tree", "", "textual_inversion", "a tree")
+    assert text == "<sks>, a <sks>"
+    assert subject_caption("{identifier} {class_noun}", "sks", "apple tree", "", "lora") == (
+        "sks apple tree"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,47 @@ def objects_phrase(boxes: Sequence[Box], class_names: Sequence[str]) -> str:
 
 def template_caption(template: str, identifier: str, class_noun: str, objects: str) -> str:
     return template.format(identifier=identifier, class_noun=class_noun, objects=objects)
+
+
+def concept_token(identifier: str, method: str) -> str:
+    """What names the subject in prompts: the identifier, or for textual inversion the new
+    placeholder token `<identifier>` (a token the tokenizer does not have yet)."""
+    if method != "textual_inversion" or (identifier.startswith("<") and identifier.endswith(">")):
+        return identifier
+    return f"<{identifier}>"
+
+
+def replace_concept(text: str, class_noun: str, placeholder: str) -> str:
+    """Textual inversion captions: the class noun (or its head word, 'tree' of 'apple tree') is
+    replaced by the placeholder, which is learned to mean the subject; no duplicate placeholder."""
+    for word in (class_noun, class_noun.split()[-1]):
+        text = re.sub(rf"\b{re.escape(word)}\b", placeholder, text, flags=re.IGNORECASE)
+    doubled = rf"{re.escape(placeholder)}(\s+{re.escape(placeholder)})+"
+    return re.sub(r"\s+", " ", re.sub(doubled, placeholder, text)).strip()
+
+
+def subject_caption(
+    template: str,
+    identifier: str,
+    class_noun: str,
+    objects: str,
+    method: str,
+    description: str = "",
+) -> str:
+    """The training caption of one image of a subject; `description` is BLIP's text, if any.
+
+    DreamBooth / LoRA: 'a photo of sks apple tree with 12 apples'. Textual inversion: the
+    placeholder stands for the whole concept, so the class noun never appears:
+    'a photo of <sks> with 12 apples'.
+    """
+    token = concept_token(identifier, method)
+    textual_inversion = method == "textual_inversion"
+    caption = template_caption(template, token, "" if textual_inversion else class_noun, objects)
+    if description:
+        caption = f"{caption}, {description}"
+    if textual_inversion:
+        caption = replace_concept(caption, class_noun, token)
+    return re.sub(r"\s+", " ", caption).strip()
 
 
 class BlipCaptioner:

@@ -249,6 +249,26 @@ def split_by_group(
     return split
 
 
+def subject_images(
+    train: list[Sample], subject: str, stem_pattern: str, count: int, seed: int
+) -> list[Sample]:
+    """`count` images of the train split for personalising `subject`, seeded per subject.
+
+    Candidates are the train images whose stem matches `stem_pattern` (re.search), so val/test
+    images can never be chosen. The draw depends on (seed, subject) only: changing one subject
+    leaves the images of the others unchanged.
+    """
+    compiled = re.compile(stem_pattern)
+    candidates = [s for s in train if compiled.search(s.image.stem)]
+    if len(candidates) < count:
+        raise DataError(
+            f"shared.subjects.{subject}: images={count} but only {len(candidates)} train images "
+            f"match stem_pattern {stem_pattern!r}"
+        )
+    chosen = random.Random(f"{seed}:{subject}").sample(candidates, count)
+    return sorted(chosen, key=lambda s: s.image.name)
+
+
 def dataset_yaml(class_names: Iterable[str]) -> str:
     """An ultralytics dataset yaml with paths relative to the yaml's own folder."""
     names = dict(enumerate(class_names))

@@ -96,12 +96,11 @@ def _check_model_source(model: str) -> None:
                 "convert a checkpoint you trust with `python -m synthdet.export FILE.pt --format "
                 "detector --out FOLDER`"
             )
-    elif not model.endswith(".yaml"):
-        if not (path / WEIGHTS_NAME).is_file():
-            raise ModelNotAvailableError(
-                f"train_detector.model {model!r} is neither an ultralytics model .yaml, a release "
-                f"asset name (e.g. yolov8n.pt) nor a detector folder with {WEIGHTS_NAME}"
-            )
+    elif not model.endswith(".yaml") and not (path / WEIGHTS_NAME).is_file():
+        raise ModelNotAvailableError(
+            f"train_detector.model {model!r} is neither an ultralytics model .yaml, a release "
+            f"asset name (e.g. yolov8n.pt) nor a detector folder with {WEIGHTS_NAME}"
+        )
 
 
 def _architecture_file(folder: Path) -> Path:

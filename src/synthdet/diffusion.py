@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
+    DiffusionPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -42,7 +44,11 @@ from synthdet.params import BaseParams
 BUILTIN_TINY = "builtin:tiny"
 CLIP_CONTEXT_LENGTH = 77  # every CLIP text encoder, SD 1.5's included
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default for save_lora_weights
+# Textual inversion: {placeholder: [num_vectors, dim]} per text encoder, as load_textual_inversion
+# reads it (SDXL: the second file goes to text_encoder_2 / tokenizer_2).
+EMBEDDINGS_NAMES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
 ADAPTER_INFO_NAME = "adapter.json"
+FAMILY_PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 # Clip the gradient norm as diffusers' training examples do (max_grad_norm=1.0).
 MAX_GRAD_NORM = 1.0
 
@@ -50,8 +56,10 @@ StepCallback = Callable[[int, float], None]  # (1-based step, loss)
 
 
 def configure_torch() -> torch.device:
-    """Use every CPU core this process may run on; return the training/inference device."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    """Use every CPU core this process may run on (or SYNTHDET_TORCH_THREADS, for a machine
+    shared with other jobs, where spinning threads slow each other down); return the device."""
+    threads = int(os.environ.get("SYNTHDET_TORCH_THREADS") or 0)
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -179,34 +187,73 @@ def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
 # ---------------------------------------------------------------- loading models
 
 
-def load_pipeline(base_model: str, builtin_folder: Path) -> StableDiffusionPipeline:
-    """Load `base_model`: `builtin:tiny` (from `builtin_folder`), a local folder or a hub id."""
+def family_of(pipeline: DiffusionPipeline) -> str:
+    """'sdxl' for pipelines with two text encoders and size/crop conditioning, else 'sd'."""
+    return "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+
+
+def _model_source(base_model: str, builtin_folder: Path) -> str:
     if base_model == BUILTIN_TINY:
         if not (Path(builtin_folder) / "model_index.json").is_file():
             raise ModelNotAvailableError(
                 f"builtin:tiny: {builtin_folder} holds no pipeline (model_index.json); "
                 "run the base stage first (dvc repro base)"
             )
-        source = str(builtin_folder)
-    else:
-        source = os.path.expanduser(base_model)
-        # Hub ids contain "/" too; only an explicit path can be reported as a missing folder.
-        if base_model.startswith((".", "/", "~")) and not Path(source).is_dir():
-            raise ModelNotAvailableError(f"personalize.base_model: folder {base_model} not found")
+        return str(builtin_folder)
+    source = os.path.expanduser(base_model)
+    # Hub ids contain "/" too; only an explicit path can be reported as a missing folder.
+    if base_model.startswith((".", "/", "~")) and not Path(source).is_dir():
+        raise ModelNotAvailableError(f"personalize.base_model: folder {base_model} not found")
+    return source
+
+
+def _unavailable(what: str, name: str, exc: Exception) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"{what} {name!r} cannot be loaded here ({exc}). Fix: point {what} at a local diffusers "
+        f"folder (e.g. one saved with `hf download {name} --local-dir models/sd15`), or fill the "
+        "Hugging Face cache while online and run with HF_HUB_OFFLINE=1, or use "
+        f"personalize.base_model={BUILTIN_TINY} (trained offline by the base stage)"
+    )
+
+
+def load_pipeline(
+    base_model: str, builtin_folder: Path, vae: str | None = None
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """Load `base_model` (`builtin:tiny` from `builtin_folder`, a local folder or a hub id) as the
+    txt2img pipeline of its family, SD 1.x/2.x or SDXL, read from its model_index.json;
+    `vae` replaces its VAE (e.g. an fp16-fix VAE for SDXL)."""
+    source = _model_source(base_model, builtin_folder)
+    try:  # hub errors are OSErrors, invalid ids ValueErrors
+        index = DiffusionPipeline.load_config(source)
+    except (OSError, ValueError) as exc:
+        raise _unavailable("personalize.base_model", base_model, exc) from exc
+    family = "sdxl" if "text_encoder_2" in index else "sd"
+    extra: dict = {}
+    if family == "sd":
+        extra |= {"safety_checker": None, "requires_safety_checker": False}
+    if vae:
+        try:
+            extra["vae"] = AutoencoderKL.from_pretrained(os.path.expanduser(vae))
+        except (OSError, ValueError) as exc:
+            raise _unavailable("personalize.vae", vae, exc) from exc
     try:
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            source, safety_checker=None, requires_safety_checker=False
-        )
-    except (OSError, ValueError) as exc:  # hub errors are OSErrors, invalid ids ValueErrors
-        raise ModelNotAvailableError(
-            f"personalize.base_model {base_model!r} cannot be loaded here ({exc}). Fix: point "
-            "personalize.base_model at a local diffusers folder (e.g. one saved with "
-            f"`hf download {base_model} --local-dir models/sd15`), or fill the Hugging Face "
-            "cache while online and run with HF_HUB_OFFLINE=1, or use "
-            f"personalize.base_model={BUILTIN_TINY} (trained offline by the base stage)"
-        ) from exc
+        pipeline = FAMILY_PIPELINES[family].from_pretrained(source, **extra)
+    except (OSError, ValueError) as exc:
+        raise _unavailable("personalize.base_model", base_model, exc) from exc
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def model_fingerprint(base_model: str, builtin_folder: Path) -> str | None:
+    """sha256 over the files of a local model folder (`builtin:tiny` included); None for hub ids,
+    whose revision the hub pins. An adapter records it, so a retrained base model is noticed."""
+    source = Path(_model_source(base_model, builtin_folder))
+    if not source.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(source).as_posix()}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- training data
@@ -470,16 +517,98 @@ class LossCurve:
         return "\n".join(lines) + "\n"
 
 
+def files_sha256(folder: Path, files: Sequence[str]) -> str:
+    """One hash over several files (relative paths and contents), e.g. all weights of an adapter."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{sha256_of(Path(folder) / name)}\n".encode())
+    return digest.hexdigest()
+
+
 def read_adapter_info(adapter_folder: Path) -> dict:
-    """The adapter's `adapter.json`, after checking its weights file matches the recorded hash."""
+    """The subject's `adapter.json`, after checking its weight files match the recorded sha256.
+
+    Keys: subject, identifier (the token that names the subject in prompts: 'sks', or the
+    textual-inversion placeholder '<sks>'), class_noun, instance_prompt, method, family ('sd' or
+    'sdxl'), pipeline_class, base_model, base_fingerprint, vae, weight_files, sha256, and the
+    training settings.
+    """
     info_file = Path(adapter_folder) / ADAPTER_INFO_NAME
     if not info_file.is_file():
         raise DataError(f"{adapter_folder}: no {ADAPTER_INFO_NAME}; run the personalize stage")
     info = json.loads(info_file.read_text())
-    weights = Path(adapter_folder) / info["weight_name"]
-    if not weights.is_file() or sha256_of(weights) != info["sha256"]:
-        raise DataError(f"{weights}: missing or does not match the sha256 in {info_file}")
+    files = info.get("weight_files") or []
+    missing = [name for name in files if not (Path(adapter_folder) / name).is_file()]
+    if not files or missing or files_sha256(adapter_folder, files) != info.get("sha256"):
+        raise DataError(
+            f"{adapter_folder}: weight files missing ({', '.join(missing) or 'none listed'}) or "
+            f"not matching the sha256 in {info_file}; rerun the personalize stage"
+        )
     return info
+
+
+def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict) -> None:
+    """Put a personalize output into `pipeline` with diffusers' own loaders."""
+    folder = Path(adapter_folder)
+    method = info["method"]
+    if method in ("lora", "dreambooth_lora"):
+        pipeline.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME)
+    elif method == "textual_inversion":
+        encoders = [(pipeline.text_encoder, pipeline.tokenizer)]
+        if info["family"] == "sdxl":
+            encoders.append((pipeline.text_encoder_2, pipeline.tokenizer_2))
+        for name, (text_encoder, tokenizer) in zip(EMBEDDINGS_NAMES, encoders, strict=False):
+            pipeline.load_textual_inversion(
+                str(folder),
+                weight_name=name,
+                token=info["identifier"],
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+            )
+    elif method == "dreambooth":
+        dtype = pipeline.unet.dtype
+        pipeline.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+        for name in ("text_encoder", "text_encoder_2"):
+            if (folder / name).is_dir():
+                model_class = type(getattr(pipeline, name))
+                setattr(pipeline, name, model_class.from_pretrained(folder / name, dtype=dtype))
+    else:
+        raise DataError(f"{folder}: unknown personalisation method {method!r} in adapter.json")
+
+
+def load_personalized_pipeline(
+    adapter_folder: Path, builtin_folder: Path, base_model: str | None = None
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """The txt2img pipeline of the adapter's family with the subject's adapter applied.
+
+    Refuses an adapter trained on another base model: another `base_model` name than the caller
+    expects, or a `builtin:tiny` / local folder whose files changed since training.
+    """
+    info = read_adapter_info(adapter_folder)
+    if base_model is not None and info["base_model"] != base_model:
+        raise DataError(
+            f"{adapter_folder}: the adapter was trained on {info['base_model']!r}, but "
+            f"personalize.base_model is {base_model!r}; rerun the personalize stage"
+        )
+    recorded = info.get("base_fingerprint")
+    if recorded is not None:
+        current = model_fingerprint(info["base_model"], builtin_folder)
+        if current != recorded:
+            where = builtin_folder if info["base_model"] == BUILTIN_TINY else info["base_model"]
+            raise DataError(
+                f"{adapter_folder}: the adapter was trained on {info['base_model']!r} with "
+                f"fingerprint {recorded[:12]}, but {where} now holds {str(current)[:12]} (the base "
+                "model changed); rerun the personalize stage"
+            )
+    pipeline = load_pipeline(info["base_model"], builtin_folder, vae=info.get("vae"))
+    if family_of(pipeline) != info["family"]:
+        raise DataError(
+            f"{adapter_folder}: adapter family {info['family']!r} does not match the base model "
+            f"({family_of(pipeline)!r}); rerun the personalize stage"
+        )
+    apply_adapter(pipeline, adapter_folder, info)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def image_seed(seed: int, index: int) -> int:

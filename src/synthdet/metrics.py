@@ -53,6 +53,11 @@ class DetectionMetrics:
     map75: float
     recall: tuple[float, ...]  # recall grid of the PR curve
     precision: tuple[float, ...]  # precision at PR_CURVE_IOU for each recall of the grid
+    # mAP@[.5:.95] by COCO object size (box area in pixels of the original image: small < 32²,
+    # medium < 96², large above); None when the images have no ground-truth box of that size
+    map_small: float | None = None
+    map_medium: float | None = None
+    map_large: float | None = None
 
 
 def target_boxes(sample: Sample) -> dict[str, Tensor]:
@@ -99,7 +104,31 @@ def detection_metrics(
         map75=float(result["map_75"]),
         recall=tuple(round(float(r), 6) for r in metric.rec_thresholds),
         precision=tuple(round(float(p), 6) for p in precision),
+        map_small=_defined(result["map_small"]),
+        map_medium=_defined(result["map_medium"]),
+        map_large=_defined(result["map_large"]),
     )
+
+
+def _defined(value: Tensor) -> float | None:
+    # COCO writes -1 for "no ground truth in this range".
+    return None if float(value) < 0 else float(value)
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float | None  # sample standard deviation (n - 1); None for a single value
+    n: int
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Mean and sample standard deviation, e.g. of one variant's mAP over its seeds."""
+    if not values:
+        raise ValueError("no values to average")
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return Spread(float(array.mean()), std, len(array))
 
 
 @dataclass(frozen=True)
@@ -346,3 +375,58 @@ def nearest_matches(
         NearestMatch(query, references[int(i)], float(s))
         for query, i, s in zip(queries, index, best, strict=True)
     ]
+
+
+# ---------------------------------------------------------------- CLIP score
+
+
+def clip_score(images: Sequence[Path], prompts: Sequence[str], model: str) -> float:
+    """torchmetrics' CLIP score: 100 x the cosine similarity of each image with its prompt,
+    averaged and floored at 0; `model` is a hub id or a local folder with a CLIP model and
+    processor."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from transformers import CLIPModel, CLIPProcessor
+
+    if len(images) != len(prompts) or not images:
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+
+    def load() -> tuple[CLIPModel, CLIPProcessor]:
+        try:
+            return CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
+        except OSError as exc:
+            raise ModelNotAvailableError(
+                f"evaluate.clip_model {model!r} cannot be loaded ({exc}); use a local folder with "
+                "a CLIP model and processor (save_pretrained), a cached hub id with "
+                "HF_HUB_OFFLINE=1, or null"
+            ) from exc
+
+    metric = CLIPScore(model_name_or_path=lambda: (lambda m, p: (_ClipFeatures(m), p))(*load()))
+    for start in range(0, len(images), 16):
+        batch = []
+        for path in images[start : start + 16]:
+            verify_image(path)
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            batch.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        metric.update(batch, list(prompts[start : start + 16]))
+    return float(metric.compute())
+
+
+class _ClipFeatures(nn.Module):
+    """A CLIP model whose feature methods return tensors, as torchmetrics (<= 1.9) expects;
+    transformers >= 5 returns model outputs with the projected features as `pooler_output`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    @staticmethod
+    def _tensor(output: Tensor | object) -> Tensor:
+        return output if isinstance(output, Tensor) else output.pooler_output
+
+    def get_image_features(self, *args: object, **kwargs: object) -> Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: object, **kwargs: object) -> Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))

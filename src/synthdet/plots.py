@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from synthdet.data import Sample, atomic_path
+from synthdet.data import Box, Sample, atomic_path
 
 # One outline colour per class id (cycled), chosen to stand out against foliage and fruit.
 BOX_COLOURS = ("#00e5ff", "#ffea00", "#ff00ff", "#ffffff", "#76ff03")
@@ -37,5 +37,34 @@ def box_grid(samples: Sequence[Sample], path: Path, cell: int = 128, gap: int = 
     for index, sample in enumerate(samples):
         row, column = divmod(index, columns)
         grid.paste(draw_boxes(sample, cell), (column * (cell + gap), row * (cell + gap)))
+    with atomic_path(Path(path)) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+def comparison_grid(
+    images: Sequence[Path],
+    columns: Mapping[str, Sequence[Sequence[Box]]],
+    path: Path,
+    cell: int = 128,
+    gap: int = 2,
+    header: int = 16,
+) -> None:
+    """One row per image, one column per box set (e.g. ground truth, then each detector's boxes),
+    each column titled; written as PNG."""
+    if not images or not columns:
+        raise ValueError(f"no images or box sets to put in the grid {path}")
+    for title, boxes in columns.items():
+        if len(boxes) != len(images):
+            raise ValueError(f"column {title!r} has {len(boxes)} box sets for {len(images)} images")
+    width = len(columns) * (cell + gap) - gap
+    height = header + len(images) * (cell + gap) - gap
+    grid = Image.new("RGB", (width, height), "black")
+    draw = ImageDraw.Draw(grid)
+    for column, (title, boxes) in enumerate(columns.items()):
+        x = column * (cell + gap)
+        draw.text((x + 2, 2), title[: cell // 6], fill="white")
+        for row, image in enumerate(images):
+            tile = draw_boxes(Sample(Path(image), tuple(boxes[row])), cell)
+            grid.paste(tile, (x, header + row * (cell + gap)))
     with atomic_path(Path(path)) as tmp:
         grid.save(tmp, format="PNG")

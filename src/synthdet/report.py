@@ -5,7 +5,6 @@ Everything in it is read from the run's metrics files and params; nothing is com
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,27 +23,102 @@ def _number(value: Any, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _link(target: Path, report: Path) -> str:
-    return Path(os.path.relpath(Path(target).resolve(), Path(report).resolve().parent)).as_posix()
+def _mean_std(evaluation: Mapping[str, Any], key: str, signed: bool = False) -> str:
+    mean, std = evaluation.get(key), evaluation.get(f"{key}_std")
+    text = _number(mean, signed=signed)
+    return text if std is None or mean is None else f"{text} ± {std:.3f}"
 
 
 def detection_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
-    """Rows shaped like Genfusion's Table 1; the gap is the variant's mAP@[.5:.95] minus real's."""
+    """Rows shaped like Genfusion's Table 1: mean ± std over seeds; the gap is the variant's
+    mAP@[.5:.95] minus real's at the same seed, averaged over seeds (± its std)."""
     rows = [
-        "| variant | mAP@[.5:.95] | mAP@.5 | mAP@.75 | gap to real (mAP@[.5:.95]) |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | real images | synthetic images | seeds | mAP@[.5:.95] | mAP@.5 | mAP@.75 "
+        "| gap to real (mAP@[.5:.95]) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in variants:
-        gap = evaluation.get(f"{variant}.gap_map50_95")
         cells = [
             variant,
-            _number(evaluation[f"{variant}.map50_95"]),
-            _number(evaluation[f"{variant}.map50"]),
-            _number(evaluation[f"{variant}.map75"]),
-            "(baseline)" if variant == BASELINE else _number(gap, signed=True),
+            _number(evaluation.get(f"{variant}.real_images")),
+            _number(evaluation.get(f"{variant}.synthetic_images")),
+            _number(evaluation.get(f"{variant}.seeds")),
+            _mean_std(evaluation, f"{variant}.map50_95"),
+            _mean_std(evaluation, f"{variant}.map50"),
+            _mean_std(evaluation, f"{variant}.map75"),
+            "(baseline)"
+            if variant == BASELINE
+            else _mean_std(evaluation, f"{variant}.gap_map50_95", signed=True),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def size_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
+    """mAP@[.5:.95] by COCO object size (mean over seeds); n/a: no test box of that size."""
+    rows = [
+        "| variant | small (< 32² px) | medium | large (> 96² px) |",
+        "|---|---:|---:|---:|",
+    ]
+    for variant in variants:
+        cells = [variant] + [
+            _mean_std(evaluation, f"{variant}.map_{size}") for size in ("small", "medium", "large")
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def image_quality(params: Params, evaluation: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"- FID {_number(evaluation.get('fid'), 2)} and KID "
+        f"{_number(evaluation.get('kid_mean'), 4)} ± {_number(evaluation.get('kid_std'), 4)} "
+        f"(std over KID subsets of {evaluation.get('kid_subset_size')} images) between "
+        f"{evaluation.get('fid_generated_images')} generated and "
+        f"{evaluation.get('fid_real_images')} real {params.evaluate.fid_real_split} images.",
+    ]
+    if evaluation.get("clip_score") is not None:
+        lines.append(
+            f"- CLIP score (image vs its prompt, `{params.evaluate.clip_model}`): "
+            f"{_number(evaluation['clip_score'], 2)}."
+        )
+    else:
+        lines.append(f"- CLIP score: n/a ({evaluation.get('clip_score_reason', 'not computed')}).")
+    if "real_vs_generated.accuracy" in evaluation:
+        lines.append(
+            "- Real vs generated (a `{model}` trained from scratch to tell them apart, "
+            "{folds}-fold): held-out accuracy {acc} on {tested} images ({correct} right; "
+            "0.5 = indistinguishable; one-sided binomial p = {p}); accuracy on its own training "
+            "images {fit}.".format(
+                model=params.evaluate.classifier_model,
+                folds=evaluation.get("real_vs_generated.folds"),
+                acc=_number(evaluation["real_vs_generated.accuracy"]),
+                tested=evaluation.get("real_vs_generated.tested"),
+                correct=evaluation.get("real_vs_generated.correct"),
+                p=f"{evaluation.get('real_vs_generated.p_value', float('nan')):.2g}",
+                fit=_number(evaluation.get("real_vs_generated.train_accuracy")),
+            )
+        )
+    if "subject.generated_share" in evaluation:
+        lines.append(
+            "- Subject check (a classifier of real subject crops vs box-free background, "
+            "held-out crop accuracy {crop} on {crops} crops, {fp} of background crops taken for "
+            "the subject): the subject is found in {gen} of the {n_gen} generated images, and in "
+            "{ref} of the {n_ref} real val images (the reference).".format(
+                crop=_number(evaluation.get("subject.crop_accuracy")),
+                crops=evaluation.get("subject.crop_tested"),
+                fp=_number(evaluation.get("subject.background_false_positive_rate")),
+                gen=_number(evaluation["subject.generated_share"]),
+                n_gen=evaluation.get("subject.generated_images"),
+                ref=_number(evaluation.get("subject.reference_share")),
+                n_ref=evaluation.get("subject.reference_images"),
+            )
+        )
+    if "leak_max_similarity" in evaluation:
+        lines.append(
+            f"- Closest generated-to-test similarity {_number(evaluation['leak_max_similarity'])}"
+            f" (the run fails above evaluate.leak_threshold = {params.evaluate.leak_threshold})."
+        )
+    return lines
 
 
 def render(
@@ -53,14 +127,15 @@ def render(
     prepared: Mapping[str, Any],
     annotated: Mapping[str, Any],
     variants: Sequence[str],
-    pr_curve: Path,
-    grid: Path,
     report: Path,
 ) -> str:
-    """The report as Markdown; `pr_curve`, `grid` are linked relative to `report`."""
-    generate, yolo = params.generate, params.train_detector.yolo
+    """The report as Markdown; the tables and grids it links lie next to `report`."""
+    generate, detector = params.generate, params.train_detector
+    yolo = detector.train_args()
     base_model = params.personalize.base_model
     epochs = yolo.get("epochs", "ultralytics' default number of")
+    seeds = ", ".join(str(seed) for seed in detector.seeds)
+    preset = f", preset `{detector.preset}`" if detector.preset else ""
     lines = ["# synthdet run report", "", "## Data", ""]
     lines += ["| split | images | boxes |", "|---|---:|---:|"]
     for split in SPLITS:
@@ -79,21 +154,37 @@ def render(
         f"{_number(prepared.get('personalize.images'))} personalize images.",
         f"- Generation: {generate.num_images} images at {generate.resolution} px, "
         f"{generate.num_inference_steps} denoising steps, guidance {generate.guidance_scale}.",
-        f"- Detectors: `{params.train_detector.model}`, {epochs} epochs at imgsz "
-        f"{yolo.get('imgsz', 'default')}, seed {params.shared.seed}, identical for every variant.",
+        f"- Detectors: `{detector.model_source}` ({detector.architecture}{preset}), {epochs} "
+        f"epochs at imgsz {yolo.get('imgsz', 'default')}, optimizer "
+        f"{yolo.get('optimizer', 'auto')}, seeds {seeds}; identical for every variant.",
         f"- Annotation: confidence >= {params.annotate_with_baseline.confidence}, "
-        f"NMS IoU {params.annotate_with_baseline.iou}.",
+        f"NMS IoU {params.annotate_with_baseline.iou}"
+        + (
+            f"; the img2img source images' real boxes merged in (score "
+            f"{params.annotate_with_baseline.source_box_confidence}, merge IoU "
+            f"{params.annotate_with_baseline.merge_iou})"
+            if params.annotate_with_baseline.source_boxes
+            else ""
+        )
+        + f"; {_number(annotated.get('corrected_images', 0))} images with reviewed labels.",
         "",
         f"## Detection on the real test split ({evaluation.get('test_images')} images, "
         f"{evaluation.get('test_boxes')} boxes)",
         "",
+        "Mean ± sample standard deviation over seeds (no ± with one seed). The gap is paired by "
+        "seed: the variant's mAP minus `real`'s with the same seed, averaged.",
+        "",
         *detection_table(evaluation, variants),
         "",
-        "Gaps at IoU .5 and .75 are in `metrics/evaluate.json` (`<variant>.gap_map50`, "
-        "`.gap_map75`).",
+        "By COCO object size (box area in test-image pixels), mAP@[.5:.95]:",
         "",
-        f"## Annotator (the `{BASELINE}` detector on the real val split, "
-        f"{_number(annotated.get('annotator.val_images'))} images, "
+        *size_table(evaluation, variants),
+        "",
+        "Per detector: [detection_runs.csv](detection_runs.csv); gaps at IoU .5 and .75 are in "
+        "`metrics/evaluate.json` (`<variant>.gap_map50`, `.gap_map75`).",
+        "",
+        f"## Annotator (the `{BASELINE}` detector of seed {params.shared.seed} on the real val "
+        f"split, {_number(annotated.get('annotator.val_images'))} images, "
         f"{_number(annotated.get('annotator.val_boxes'))} boxes)",
         "",
         "At the labelling settings above; precision and recall match boxes greedily at IoU 0.5. "
@@ -113,29 +204,26 @@ def render(
         f"image, {_number(annotated.get('images_without_boxes'))} images without any box, mean "
         f"confidence {_number(annotated.get('mean_confidence'))}.",
         "",
-        "## Image realism",
+        "## Generated images",
         "",
-        f"- FID {_number(evaluation.get('fid'), 2)} and KID "
-        f"{_number(evaluation.get('kid_mean'), 4)} ± {_number(evaluation.get('kid_std'), 4)} "
-        f"(std over KID subsets of {evaluation.get('kid_subset_size')} images) between "
-        f"{evaluation.get('fid_generated_images')} generated and "
-        f"{evaluation.get('fid_real_images')} real {params.evaluate.fid_real_split} images.",
-    ]
-    if "leak_max_similarity" in evaluation:
-        lines.append(
-            f"- Closest generated-to-test similarity {_number(evaluation['leak_max_similarity'])}"
-            f" (the run fails above evaluate.leak_threshold = {params.evaluate.leak_threshold})."
-        )
-    lines += [
+        *image_quality(params, evaluation),
         "",
         "## Plots",
         "",
-        f"- Precision-recall at IoU .5 of every variant: `dvc plots show` "
-        f"(data: [{pr_curve.name}]({_link(pr_curve, report)})); validation mAP per epoch: "
-        "same command.",
-        f"- Synthetic images with their auto-labels: [{grid.name}]({_link(grid, report)})",
+        "`dvc plots show` draws the precision-recall curves of every variant "
+        "([pr_curve.csv](pr_curve.csv)), the mAP bars with error bars "
+        "([detection_table.csv](detection_table.csv)), the ratio curve of mAP against the "
+        "synthetic share and count ([ratio_curve.csv](ratio_curve.csv)) and the validation mAP "
+        "per epoch of every detector.",
         "",
-        f"![synthetic images with auto-labels]({_link(grid, report)})",
+        f"Real test images: ground truth, then each variant's boxes (seed {params.shared.seed}, "
+        f"confidence >= {params.evaluate.grid_confidence}):",
+        "",
+        "![test images, ground truth vs predicted](test_grid.png)",
+        "",
+        "Generated images with their labels:",
+        "",
+        "![synthetic images with auto-labels](synthetic_grid.png)",
         "",
         "## Limits",
         "",
@@ -159,11 +247,19 @@ def limits(
             f"Diffusion: the images are {resolution} px and low fidelity, so these numbers do not "
             "predict what a real base model gives."
         )
-    found.append(
-        f"One seed per variant (shared.seed = {params.shared.seed}), no error bars: a gap smaller "
-        "than the seed-to-seed spread of the detector is not evidence; repeat with "
-        "`dvc exp run -S shared.seed=...`."
-    )
+    seeds = params.train_detector.seeds
+    if len(seeds) == 1:
+        found.append(
+            f"One seed per variant ({seeds[0]}), no error bars: a gap smaller than the "
+            "seed-to-seed spread of the detector is not evidence; train 5 seeds as Genfusion "
+            "did with `dvc exp run -S 'train_detector.seeds=[1,2,3,4,5]' -S shared.seed=1`."
+        )
+    else:
+        found.append(
+            f"{len(seeds)} seeds per variant: the ± is the spread of training randomness on a "
+            "fixed test set and fixed training images, not of the data; with few seeds the std "
+            "itself is uncertain."
+        )
     found.append(
         f"The test split has {evaluation.get('test_images')} tiles cut from "
         f"{params.prepare.test_groups} photos; tiles of one photo are correlated, so the test "
@@ -180,10 +276,19 @@ def limits(
         "but noisy at this size. Both use Inception features of images upscaled from "
         f"{resolution} px to 299 px."
     )
-    if params.train_detector.model.endswith(".yaml"):
+    if params.train_detector.model_source.endswith(".yaml"):
         found.append(
-            f"Detectors are trained from scratch (`{params.train_detector.model}`, no pretrained "
-            f"weights) for {params.train_detector.yolo.get('epochs', 'the default')} epochs; "
-            "gaps may change with pretrained weights or longer training."
+            f"Detectors are trained from scratch (`{params.train_detector.model_source}`, no "
+            "pretrained weights) for "
+            f"{params.train_detector.train_args().get('epochs', 'the default')} epochs; gaps may "
+            "change with pretrained weights or longer training."
+        )
+    if "real_vs_generated.train_accuracy" in evaluation:
+        found.append(
+            "The classifier checks use small networks trained from scratch on few images: an "
+            "accuracy near 0.5 only means indistinguishable to this classifier, and only if it "
+            "fit its own training images (see its training accuracy); the subject check counts "
+            "an image when any window scores above 0.5, so compare its share with the real "
+            "reference, not with 1."
         )
     return found

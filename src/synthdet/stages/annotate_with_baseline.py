@@ -10,29 +10,45 @@ settings it labels with (`confidence`, `iou`, `imgsz`): `annotator.precision` / 
 the boxes it keeps, matched greedily at IoU 0.5 (`metrics.precision_recall`);
 `annotator.map50` / `.map50_95` are COCO mAP of those same boxes, so they are lower than the
 evaluate stage's mAP of this detector, which ranks boxes down to a confidence of 0.001.
+
+Two further label sources:
+
+- `source_boxes` (img2img / ControlNet): the real boxes of the train image a generated image was
+  made from (manifest `source`) are merged with the baseline's boxes (`source_proposals`).
+- Reviewed labels: a YOLO folder (`--corrections`, default `data/corrections`: images/ +
+  labels/, e.g. Label Studio's YOLO export of `annotations.json` after review) replaces the
+  labels of every generated image whose bytes equal one of its images. Corrections that match no
+  generated image are counted (`corrections_unused`), never applied to another image.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from synthdet import detection, formats, metrics
+import torch
+from torchvision.ops import batched_nms
+
+from synthdet import detection, formats, metrics, variants
 from synthdet.cli import run_stage
 from synthdet.data import (
+    Box,
     DataError,
     Sample,
     atomic_path,
     format_label,
     list_images,
+    parse_label_file,
+    read_jsonl,
     read_yolo_folder,
     write_json,
 )
-from synthdet.params import Params
+from synthdet.params import AnnotateParams, Params
 from synthdet.tracking import stage_run
 
 
@@ -58,22 +74,121 @@ def annotator_quality(detector: Any, val_dir: Path, params: Params) -> dict[str,
     }
 
 
+def source_proposals(
+    detections: list[detection.Detections],
+    manifest: Path,
+    source_labels: Path,
+    config: AnnotateParams,
+    num_classes: int,
+) -> tuple[list[detection.Detections], dict[str, int]]:
+    """Merge each generated image's source boxes into the baseline's detections.
+
+    img2img and ControlNet start from a real train image (manifest `source`); its real boxes,
+    read from `source_labels/<stem>.txt` in the image's normalised coordinates, are offered with
+    score `source_box_confidence` next to the baseline's boxes, and class-wise NMS at `merge_iou`
+    keeps the higher-scoring box of each overlapping pair. Images without a source (txt2img) keep
+    the baseline's boxes.
+    """
+    rows = {row.get("file"): row for row in read_jsonl(manifest)} if manifest.is_file() else {}
+    merged, offered, kept, with_source = [], 0, 0, 0
+    for found in detections:
+        source = rows.get(found.image.name, {}).get("source")
+        if not source:
+            merged.append(found)
+            continue
+        label = Path(source_labels) / f"{Path(source).stem}.txt"
+        if not label.is_file():
+            raise DataError(
+                f"{manifest}: {found.image.name} was made from {source}, which has no label file "
+                f"{label} (annotate_with_baseline.source_boxes)"
+            )
+        source_boxes = parse_label_file(label, num_classes)
+        real = [box.xyxy(found.width, found.height) for box in source_boxes]
+        classes = [box.class_id for box in source_boxes]
+        with_source += 1
+        offered += len(real)
+        boxes = torch.cat(
+            [
+                torch.as_tensor(found.xyxy, dtype=torch.float64).reshape(-1, 4),
+                torch.tensor(real, dtype=torch.float64).reshape(-1, 4),
+            ]
+        )
+        scores = torch.cat(
+            [
+                torch.as_tensor(found.scores, dtype=torch.float64),
+                torch.full((len(real),), config.source_box_confidence, dtype=torch.float64),
+            ]
+        )
+        labels = torch.cat(
+            [
+                torch.as_tensor(found.class_ids, dtype=torch.int64),
+                torch.tensor(classes, dtype=torch.int64),
+            ]
+        )
+        keep = batched_nms(boxes.float(), scores.float(), labels, config.merge_iou)
+        keep = keep.sort().values  # the baseline's boxes first, in their order
+        kept += int((keep >= len(found.scores)).sum())
+        merged.append(
+            dataclasses.replace(
+                found,
+                xyxy=boxes[keep].numpy(),
+                scores=scores[keep].numpy(),
+                class_ids=labels[keep].numpy(),
+            )
+        )
+    counts = {
+        "source_images": with_source,
+        "source_boxes_offered": offered,
+        "source_boxes_kept": kept,
+    }
+    return merged, counts
+
+
+def read_corrections(corrections: Path | None, num_classes: int) -> dict[str, tuple[Box, ...]]:
+    """{sha256 of an image: its corrected boxes} from a reviewed YOLO folder (images/ + labels/).
+
+    A correction applies to the generated image with exactly the same bytes, whatever its name,
+    so a label reviewed for one image never lands on a regenerated, different one.
+    """
+    if corrections is None or not (Path(corrections) / "images").is_dir():
+        return {}
+    if not list_images(Path(corrections) / "images"):
+        return {}
+    return {
+        _sha256(sample.image): sample.boxes
+        for sample in read_yolo_folder(Path(corrections), num_classes)
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def run(
     params: Params,
-    images_dir: Path,
+    generated_dir: Path,
     baseline: Path,
     val_dir: Path,
     out_dir: Path,
     metrics_path: Path,
+    source_labels: Path | None = None,
+    corrections: Path | None = None,
 ) -> dict:
     config = params.annotate_with_baseline
-    images = list_images(images_dir) if Path(images_dir).is_dir() else []
+    variants.check_annotator_seed(params)
+    images_dir = Path(generated_dir) / "images"
+    images = list_images(images_dir) if images_dir.is_dir() else []
     if not images:
         raise DataError(f"{images_dir}: no images to annotate (run the generate stage first)")
+    if config.source_boxes and source_labels is None:
+        raise DataError("annotate_with_baseline.source_boxes needs --source-labels")
+    num_classes = len(params.shared.class_names)
+    corrected = read_corrections(corrections, num_classes)
     logged_params = {
         "baseline": str(baseline),
-        "images": str(images_dir),
+        "generated": str(generated_dir),
         "val": str(val_dir),
+        "corrections": str(corrections),
         "annotate_with_baseline": dataclasses.asdict(config),
     }
     with stage_run(
@@ -84,21 +199,37 @@ def run(
         detections = detection.predict(
             detector, images, imgsz=config.imgsz, confidence=config.confidence, iou=config.iou
         )
+        source_counts: dict[str, int] = {}
+        if config.source_boxes:
+            detections, source_counts = source_proposals(
+                detections,
+                Path(generated_dir) / "manifest.jsonl",
+                Path(source_labels),
+                config,
+                num_classes,
+            )
         boxes_per_image = []
         confidences = []
         labelled = []
+        used_corrections = set()
         with atomic_path(Path(out_dir)) as staging:
             (staging / "images").mkdir(parents=True)
             (staging / "labels").mkdir()
             for found in detections:
-                boxes = found.yolo_boxes()
+                digest = _sha256(found.image)
+                if digest in corrected:
+                    used_corrections.add(digest)
+                    boxes = corrected[digest]
+                else:
+                    scored = found.yolo_boxes()
+                    boxes = tuple(box for box, _ in scored)
+                    confidences.extend(score for _, score in scored)
                 image = staging / "images" / found.image.name
                 shutil.copy2(found.image, image)
-                labelled.append(Sample(image, tuple(box for box, _ in boxes)))
+                labelled.append(Sample(image, boxes))
                 label = staging / "labels" / f"{found.image.stem}.txt"
-                label.write_text(format_label(box for box, _ in boxes))
+                label.write_text(format_label(boxes))
                 boxes_per_image.append(len(boxes))
-                confidences.extend(score for _, score in boxes)
             coco = formats.coco_dict(labelled, params.shared.class_names, staging / "images")
             write_json(staging / "annotations.json", coco)
         metrics = {
@@ -108,6 +239,9 @@ def run(
             "boxes_per_image": round(statistics.fmean(boxes_per_image), 6),
             # undefined (null) when the baseline found nothing at annotate_with_baseline.confidence
             "mean_confidence": round(statistics.fmean(confidences), 6) if confidences else None,
+            "corrected_images": len(used_corrections),
+            "corrections_unused": len(set(corrected) - used_corrections),
+            **source_counts,
             **quality,
         }
         write_json(metrics_path, metrics)
@@ -118,19 +252,42 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder of generated images")
-    parser.add_argument("--baseline", type=Path, required=True, help="baseline detector best.pt")
+    parser.add_argument(
+        "--generated", type=Path, required=True, help="generate's folder: images/, manifest.jsonl"
+    )
+    parser.add_argument("--baseline", type=Path, required=True, help="baseline detector folder")
     parser.add_argument(
         "--val",
         type=Path,
         required=True,
         help="real labelled YOLO folder the annotator is measured on",
     )
+    parser.add_argument(
+        "--source-labels",
+        type=Path,
+        default=None,
+        help="labels/ of the real images img2img started from (source_boxes)",
+    )
+    parser.add_argument(
+        "--corrections",
+        type=Path,
+        default=None,
+        help="reviewed YOLO folder (images/ + labels/) whose labels replace the auto-labels",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output YOLO folder")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()
     run_stage(
-        lambda params: run(params, args.images, args.baseline, args.val, args.out, args.metrics)
+        lambda params: run(
+            params,
+            args.generated,
+            args.baseline,
+            args.val,
+            args.out,
+            args.metrics,
+            args.source_labels,
+            args.corrections,
+        )
     )
 
 

@@ -31,7 +31,7 @@ def run(params: Params, train: Path, out: Path, loss_file: Path) -> dict:
     images = diffusion.load_images([s.image for s in samples], base.resolution)
     pipeline = diffusion.build_tiny_pipeline(base).to(device)
     pipeline.text_encoder.requires_grad_(False)
-    class_prompt = f"a photo of {params.shared.class_noun}"
+    class_prompt = base.class_prompt
     stage_params = {
         "base": dataclasses.asdict(base),
         "class_prompt": class_prompt,

@@ -1,4 +1,8 @@
-"""caption: one caption per personalisation image (identifier template, optionally + BLIP)."""
+"""caption: one caption per personalisation image of every subject (template, optionally + BLIP).
+
+Writes `<out>/<subject>.jsonl` with `{"file": ..., "caption": ...}` lines. For textual inversion
+the captions name the subject by its placeholder token only (no class noun).
+"""
 
 from __future__ import annotations
 
@@ -10,39 +14,52 @@ from synthdet.cli import run_stage
 from synthdet.params import Params
 
 
-def run(params: Params, images_dir: Path, out_path: Path) -> list[dict[str, str]]:
+def run(params: Params, images_dir: Path, out_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """Caption `images_dir/<subject>/` (YOLO) for every subject into `out_dir/<subject>.jsonl`."""
     p, shared = params.caption, params.shared
-    with tracking.stage_run("caption", shared.mlflow_experiment, {"caption": vars(p)}) as t:
-        samples = data.read_yolo_folder(images_dir, len(shared.class_names))
-        captions = [
-            captioning.template_caption(
-                p.template,
-                shared.identifier,
-                shared.class_noun,
-                captioning.objects_phrase(s.boxes, shared.class_names) if p.count_objects else "",
-            )
-            for s in samples
-        ]
-        if p.captioner == "blip":
-            blip = captioning.BlipCaptioner(p.blip_model, p.max_new_tokens)
-            described = blip([s.image for s in samples])
-            captions = [
-                f"{caption}, {text}" if text else caption
-                for caption, text in zip(captions, described, strict=True)
-            ]
-        rows = [
-            {"file": s.image.name, "caption": c} for s, c in zip(samples, captions, strict=True)
-        ]
-        data.write_jsonl(out_path, rows)
-        t.log_metrics({"captions": len(rows)})
-        t.log_artifact(out_path)
-    return rows
+    method = params.personalize.method
+    stage_params = {"caption": vars(p), "method": method, "subjects": list(shared.subjects)}
+    with tracking.stage_run("caption", shared.mlflow_experiment, stage_params) as t:
+        blip = (
+            captioning.BlipCaptioner(p.blip_model, p.max_new_tokens)
+            if p.captioner == "blip"
+            else None
+        )
+        result = {}
+        with data.atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            for name, subject in shared.subjects.items():
+                samples = data.read_yolo_folder(images_dir / name, len(shared.class_names))
+                described = blip([s.image for s in samples]) if blip else [""] * len(samples)
+                rows = [
+                    {
+                        "file": s.image.name,
+                        "caption": captioning.subject_caption(
+                            p.template,
+                            subject.identifier,
+                            subject.class_noun,
+                            captioning.objects_phrase(s.boxes, shared.class_names)
+                            if p.count_objects
+                            else "",
+                            method,
+                            description,
+                        ),
+                    }
+                    for s, description in zip(samples, described, strict=True)
+                ]
+                data.write_jsonl(tmp / f"{name}.jsonl", rows)
+                result[name] = rows
+        t.log_metrics({"captions": sum(len(rows) for rows in result.values())})
+        t.log_artifact(out_dir)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=Path, required=True, help="YOLO folder to caption")
-    parser.add_argument("--out", type=Path, required=True, help="captions JSONL")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="folder of per-subject YOLO folders"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder of <subject>.jsonl")
     args = parser.parse_args()
     run_stage(lambda params: run(params, args.images, args.out))
 

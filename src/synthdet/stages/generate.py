@@ -1,109 +1,136 @@
-"""Stage `generate`: synthetic images from the base model with the personalisation LoRA.
+"""Stage `generate`: the synthetic dataset, from every subject's personalised model.
 
-Writes `images/<index:05d>.png` and `manifest.jsonl` (one line per image: file name in images/,
-prompt, negative prompt, seed, base model, adapter sha256). Image i depends only on
-(shared.seed, i), not on the batch size. The folder is written atomically.
+Writes into `--out` (persistent between runs, see `synthdet.generation`): `images/` (kept
+images, `<subject>_<index:06d>.png`), `dropped/` (filtered out), `manifest.jsonl` (one row per
+image: prompt, negative prompt, seed, mode, source train image, base model and revision, adapter
+hash, filter scores, kept or why dropped) and `cache/` (Inception features); `--metrics` gets the
+counts and FID before / after the filters. Run it on several devices with
+`accelerate launch --multi_gpu --num_processes N -m synthdet.stages.generate ...`: the images are
+byte-identical to a one-process run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
 
-import torch
-from diffusers import DPMSolverMultistepScheduler
 from tqdm import tqdm
 
-from synthdet import diffusion, tracking
+from synthdet import diffusion, generation, tracking
 from synthdet.cli import run_stage
-from synthdet.data import DataError, atomic_path
+from synthdet.data import DataError, write_json
 from synthdet.params import Params
 
 
-def run(params: Params, builtin_base: Path, adapter: Path, out: Path) -> dict:
-    settings = params.generate
-    base_model = params.personalize.base_model
+def run(
+    params: Params,
+    builtin_base: Path,
+    adapters: Path,
+    train: Path,
+    personalize: Path,
+    out: Path,
+    metrics_file: Path,
+) -> dict | None:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    settings, seed = params.generate, params.shared.seed
     device = diffusion.configure_torch()
+    # configure_torch gives every process all cores, also under `accelerate launch` (which asks
+    # for 1 thread per CPU process): on CPU the float summation order, hence the last bit of a
+    # pixel, depends on the thread count, and images must not depend on the process count.
+    state = PartialState(cpu=device.type == "cpu")
+    device = state.device if device.type == "cuda" else device
     started = time.perf_counter()
-    adapter_info = diffusion.read_adapter_info(adapter)
-    if adapter_info["base_model"] != base_model:
-        raise DataError(
-            f"{adapter}: the adapter was trained on {adapter_info['base_model']!r}, but "
-            f"personalize.base_model is {base_model!r}; rerun the personalize stage"
+    plans = generation.subject_plans(params, adapters, builtin_base, train, personalize)
+    controlnet = None
+    if settings.mode == "controlnet":
+        controlnet = generation.load_controlnet(settings.controlnet_model, device)
+    identity = generation.engine_identity(
+        settings,
+        generation.model_revision(settings.controlnet_model) if controlnet is not None else None,
+    )
+
+    def load_engine(subject: generation.SubjectPlan) -> generation.Engine:
+        pipeline = diffusion.load_personalized_pipeline(
+            adapters / subject.name, builtin_base, params.personalize.base_model
         )
-    shared = params.shared
-    prompts = [
-        template.format(identifier=shared.identifier, class_noun=shared.class_noun)
-        for template in settings.prompts
-    ]
-    pipeline = diffusion.load_pipeline(base_model, builtin_base)
-    pipeline.load_lora_weights(str(adapter), weight_name=adapter_info["weight_name"])
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
-    pipeline.to(device)
+        return generation.Engine(pipeline, settings, device, controlnet)
+
     stage_params = {
         "generate": dataclasses.asdict(settings),
-        "base_model": base_model,
-        "adapter_sha256": adapter_info["sha256"],
-        "seed": params.shared.seed,
+        "subjects": {p.name: p.identity for p in plans},
+        "seed": seed,
+        "processes": state.num_processes,
     }
-
-    with tracking.stage_run("generate", params.shared.mlflow_experiment, stage_params) as run_log:
-        with atomic_path(out) as folder:
-            (folder / "images").mkdir(parents=True)
-            manifest = []
-            progress = tqdm(total=settings.num_images, desc="generate", unit="image")
-            for first in range(0, settings.num_images, settings.batch_size):
-                indices = range(first, min(first + settings.batch_size, settings.num_images))
-                seeds = [diffusion.image_seed(params.shared.seed, i) for i in indices]
-                batch_prompts = [prompts[i % len(prompts)] for i in indices]
-                with torch.inference_mode():
-                    images = pipeline(
-                        prompt=batch_prompts,
-                        negative_prompt=[settings.negative_prompt] * len(indices),
-                        height=settings.resolution,
-                        width=settings.resolution,
-                        num_inference_steps=settings.num_inference_steps,
-                        guidance_scale=settings.guidance_scale,
-                        # CPU generators: the same noise on any device and in any batch.
-                        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-                    ).images
-                for index, seed, prompt, image in zip(
-                    indices, seeds, batch_prompts, images, strict=True
-                ):
-                    file = f"{index:05d}.png"
-                    image.save(folder / "images" / file)
-                    manifest.append(
-                        {
-                            "file": file,
-                            "prompt": prompt,
-                            "negative_prompt": settings.negative_prompt,
-                            "seed": seed,
-                            "base_model": base_model,
-                            "adapter_sha256": adapter_info["sha256"],
-                        }
-                    )
-                progress.update(len(indices))
-            progress.close()
-            (folder / "manifest.jsonl").write_text(
-                "".join(json.dumps(row, sort_keys=True) + "\n" for row in manifest)
-            )
-        seconds = time.perf_counter() - started
-        metrics = {"images": settings.num_images, "seconds": seconds}
-        run_log.log_metrics(metrics)
-        run_log.log_artifact(out / "manifest.jsonl")
+    tracked = (
+        tracking.stage_run("generate", params.shared.mlflow_experiment, stage_params)
+        if state.is_main_process
+        else contextlib.nullcontext()
+    )
+    with tracked as log:
+        progress = tqdm(
+            total=sum(p.count for p in plans),
+            desc="generate",
+            unit="image",
+            disable=not state.is_main_process,
+        )
+        stats, _, metrics = generation.generate_dataset(
+            plans,
+            settings,
+            seed,
+            out,
+            load_engine,
+            real_images=generation.subject_images(train, ".*"),
+            identity=identity,
+            distribution=generation.Distribution(
+                state.process_index, state.num_processes, state.wait_for_everyone, gather_object
+            ),
+            on_image=progress.update,
+        )
+        progress.close()
+        if metrics is None:  # not the main process: its images are written
+            return None
+        metrics.update(
+            main_process_generation_seconds=round(stats.seconds, 2),
+            main_process_images_computed=stats.computed,
+            seconds=round(time.perf_counter() - started, 2),
+            processes=state.num_processes,
+        )
+        write_json(metrics_file, metrics)
+        log.log_metrics(metrics)
+        log.log_artifact(out / "manifest.jsonl")
+    if metrics["kept"] == 0:
+        raise DataError(
+            f"all {metrics['images']} generated images were dropped by the filters "
+            f"(see {metrics_file}); loosen generate.filters"
+        )
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--builtin-base", type=Path, required=True, help="builtin:tiny folder")
-    parser.add_argument("--adapter", type=Path, required=True, help="personalize stage output")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--adapter", type=Path, required=True, help="personalize outputs")
+    parser.add_argument("--train", type=Path, required=True, help="real train split (YOLO)")
+    parser.add_argument("--personalize", type=Path, required=True, help="personalize images")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (persistent)")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()
-    run_stage(lambda params: run(params, args.builtin_base, args.adapter, args.out))
+    run_stage(
+        lambda params: run(
+            params,
+            args.builtin_base,
+            args.adapter,
+            args.train,
+            args.personalize,
+            args.out,
+            args.metrics,
+        )
+    )
 
 
 if __name__ == "__main__":

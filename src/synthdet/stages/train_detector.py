@@ -1,78 +1,136 @@
-"""Stage train-detector: train one YOLO detector per data variant (real, synthetic, mixed).
+"""Stage train-detector: train one YOLO detector per data variant and seed.
 
-Every variant trains with the same `train_detector` params; only the training folders differ.
-The `real` variant is also the baseline that annotates the synthetic images.
+Every variant and seed trains with the same `train_detector` params (`train_args()`: the `yolo`
+block, overridden by the `preset` if one is set); only the training images (`synthdet.variants`)
+and the seed differ. The `real` detector of shared.seed is also the baseline that annotates the
+synthetic images.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import tempfile
 from pathlib import Path
 
-from synthdet import detection
+from synthdet import detection, variants
 from synthdet.cli import run_stage
+from synthdet.data import DataError, list_images
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
 
+def training_folders(
+    variant: variants.Variant,
+    real_dir: Path,
+    synthetic_dir: Path | None,
+    seed: int,
+    scratch: Path,
+) -> tuple[list[Path], variants.Composition]:
+    """YOLO folders holding exactly the variant's images: the sources themselves when a variant
+    uses all of a source, otherwise linked subsets in `scratch`."""
+    if variant.uses_synthetic and synthetic_dir is None:
+        raise DataError(f"variant {variant.name} trains on synthetic images: pass --synthetic")
+    real_images = list_images(Path(real_dir) / "images")
+    synthetic_images = list_images(Path(synthetic_dir) / "images") if variant.uses_synthetic else []
+    composition = variants.compose(variant, real_images, synthetic_images, seed)
+    folders = []
+    for name, source, chosen, available in (
+        ("real", real_dir, composition.real, real_images),
+        ("synthetic", synthetic_dir, composition.synthetic, synthetic_images),
+    ):
+        if not chosen:
+            continue
+        if len(chosen) == len(available):
+            folders.append(Path(source))
+        else:
+            folders.append(variants.subset_view(Path(source), chosen, scratch / name))
+    return folders, composition
+
+
 def run(
     params: Params,
-    variant: str,
-    train_folders: Sequence[Path],
+    variant_name: str,
+    seed: int,
+    real_dir: Path,
+    synthetic_dir: Path | None,
     val_folder: Path,
     out_dir: Path,
     results_csv: Path,
 ) -> dict:
     config = params.train_detector
+    variants.check_annotator_seed(params)
+    variant = variants.parse(variant_name)
+    train_args = config.train_args()
     logged_params = {
-        "variant": variant,
-        "model": config.model,
-        "seed": params.shared.seed,
-        "train": [str(folder) for folder in dict.fromkeys(train_folders)],
+        "variant": variant.name,
+        "real_share": variant.real_share,
+        "synthetic_fraction": variant.synthetic_fraction,
+        "model": config.model_source,
+        "preset": config.preset,
+        "seed": seed,
+        "real": str(real_dir),
+        "synthetic": str(synthetic_dir),
         "val": str(val_folder),
-        "yolo": config.yolo,
+        "yolo": train_args,
     }
-    stage = f"train-detector@{variant}"
-    with stage_run(stage, params.shared.mlflow_experiment, logged_params) as tracking:
+    stage = f"train-detector@{variant.name}-{seed}"
+    with (
+        stage_run(stage, params.shared.mlflow_experiment, logged_params) as tracking,
+        tempfile.TemporaryDirectory(prefix="synthdet-variant-") as scratch,
+    ):
+        folders, composition = training_folders(
+            variant, real_dir, synthetic_dir, params.shared.seed, Path(scratch)
+        )
         result = detection.train_detector(
-            model=config.model,
-            train_folders=train_folders,
+            model=config.model_source,
+            train_folders=folders,
             val_folder=val_folder,
             class_names=params.shared.class_names,
-            seed=params.shared.seed,
-            yolo_args=config.yolo,
+            seed=seed,
+            yolo_args=train_args,
             out_dir=out_dir,
             on_epoch=lambda row: tracking.log_metrics(row, step=int(row["epoch"])),
         )
         detection.write_epochs_csv(result.epochs, results_csv)
         metrics = {
             "train_images": result.train_images,
+            "real_images": len(composition.real),
+            "synthetic_images": len(composition.synthetic),
+            "synthetic_share": round(composition.synthetic_share, 6),
             "epochs": len(result.epochs),
             **{f"best.{name}": value for name, value in result.best.items()},
         }
         tracking.log_metrics(metrics)
-        tracking.log_artifact(Path(out_dir) / "best.pt", "weights")
+        tracking.log_artifact(out_dir, "detector")
         tracking.log_artifact(results_csv)
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", required=True, help="name of the data variant, e.g. real")
     parser.add_argument(
-        "--train",
-        type=Path,
-        action="append",
-        required=True,
-        help="YOLO folder (images/ + labels/) to train on; repeat for more",
+        "--variant", required=True, help="real, synthetic, mixed or mix-r<share>-f<fraction>"
+    )
+    parser.add_argument("--seed", type=int, required=True, help="training seed")
+    parser.add_argument("--real", type=Path, required=True, help="real train YOLO folder")
+    parser.add_argument(
+        "--synthetic", type=Path, default=None, help="auto-labelled synthetic YOLO folder"
     )
     parser.add_argument("--val", type=Path, required=True, help="YOLO folder to validate on")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for best.pt")
+    parser.add_argument("--out", type=Path, required=True, help="output detector folder")
     parser.add_argument("--results", type=Path, required=True, help="per-epoch results CSV")
     args = parser.parse_args()
     run_stage(
-        lambda params: run(params, args.variant, args.train, args.val, args.out, args.results)
+        lambda params: run(
+            params,
+            args.variant,
+            args.seed,
+            args.real,
+            args.synthetic,
+            args.val,
+            args.out,
+            args.results,
+        )
     )
 
 
