@@ -52,9 +52,7 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def tiny_sd_pipeline(
-    seed: int = 0, prediction_type: str = "epsilon"
-) -> StableDiffusionPipeline:
+def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
     """SD 1.x-shaped (prediction_type='v_prediction' for the SD 2.x 768 models' objective)."""
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()

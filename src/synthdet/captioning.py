@@ -76,7 +76,9 @@ class BlipCaptioner:
 
         try:
             self.processor = BlipProcessor.from_pretrained(model_name)
-            self.model = BlipForConditionalGeneration.from_pretrained(model_name).eval()
+            self.model = BlipForConditionalGeneration.from_pretrained(
+                model_name, use_safetensors=True
+            ).eval()
         except OSError as exc:
             raise ModelNotAvailableError(
                 f"caption.blip_model {model_name!r} cannot be loaded here ({exc}). Use a local "

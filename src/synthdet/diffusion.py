@@ -228,12 +228,15 @@ def load_pipeline(
     except (OSError, ValueError) as exc:
         raise _unavailable("personalize.base_model", base_model, exc) from exc
     family = "sdxl" if "text_encoder_2" in index else "sd"
-    extra: dict = {}
+    # Weights from safetensors only: a .bin is a pickle, and unpickling can run code.
+    extra: dict = {"use_safetensors": True}
     if family == "sd":
         extra |= {"safety_checker": None, "requires_safety_checker": False}
     if vae:
         try:
-            extra["vae"] = AutoencoderKL.from_pretrained(os.path.expanduser(vae))
+            extra["vae"] = AutoencoderKL.from_pretrained(
+                os.path.expanduser(vae), use_safetensors=True
+            )
         except (OSError, ValueError) as exc:
             raise _unavailable("personalize.vae", vae, exc) from exc
     try:
@@ -567,11 +570,17 @@ def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict)
             )
     elif method == "dreambooth":
         dtype = pipeline.unet.dtype
-        pipeline.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+        pipeline.unet = UNet2DConditionModel.from_pretrained(
+            folder / "unet", torch_dtype=dtype, use_safetensors=True
+        )
         for name in ("text_encoder", "text_encoder_2"):
             if (folder / name).is_dir():
                 model_class = type(getattr(pipeline, name))
-                setattr(pipeline, name, model_class.from_pretrained(folder / name, dtype=dtype))
+                setattr(
+                    pipeline,
+                    name,
+                    model_class.from_pretrained(folder / name, dtype=dtype, use_safetensors=True),
+                )
     else:
         raise DataError(f"{folder}: unknown personalisation method {method!r} in adapter.json")
 

@@ -626,7 +626,8 @@ class FeatureCache:
                 self.features[key] = row.astype(np.float32)
         self.used.update(keys)
         if not keys:
-            return np.zeros((0, FidInceptionFeatures.num_features), np.float32)
+            width = getattr(self._extractor, "num_features", FidInceptionFeatures.num_features)
+            return np.zeros((0, width), np.float32)
         return np.stack([self.features[k] for k in keys])
 
     def save(self) -> None:
@@ -637,9 +638,7 @@ class FeatureCache:
         os.close(handle)
         try:
             features = (
-                np.stack([self.features[k] for k in keys])
-                if keys
-                else np.zeros((0, FidInceptionFeatures.num_features), np.float32)
+                np.stack([self.features[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
             )
             np.savez(tmp, keys=np.array(keys, dtype=str), features=features)
             os.replace(tmp, self.path)

@@ -392,7 +392,10 @@ def clip_score(images: Sequence[Path], prompts: Sequence[str], model: str) -> fl
 
     def load() -> tuple[CLIPModel, CLIPProcessor]:
         try:
-            return CLIPModel.from_pretrained(model), CLIPProcessor.from_pretrained(model)
+            return (
+                CLIPModel.from_pretrained(model, use_safetensors=True),
+                CLIPProcessor.from_pretrained(model),
+            )
         except OSError as exc:
             raise ModelNotAvailableError(
                 f"evaluate.clip_model {model!r} cannot be loaded ({exc}); use a local folder with "
