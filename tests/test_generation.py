@@ -172,7 +172,8 @@ def sdxl_pipeline():
     return tiny_sdxl_pipeline()
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+# SDXL's generation path also runs in the default suite through the personalisation tests' loads.
+@pytest.mark.parametrize("family", ["sd", pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_engine_modes_and_families(family, sd_pipeline, sdxl_pipeline, real):
     base = sd_pipeline if family == "sd" else sdxl_pipeline
     for mode in ("txt2img", "img2img", "controlnet"):
