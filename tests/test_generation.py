@@ -172,7 +172,7 @@ def sdxl_pipeline():
     return tiny_sdxl_pipeline()
 
 
-# SDXL's generation path also runs in the default suite through the personalisation tests' loads.
+# SDXL's engine path (pooled prompt embeddings) runs with -m slow, to keep make test under 5 min.
 @pytest.mark.parametrize("family", ["sd", pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_engine_modes_and_families(family, sd_pipeline, sdxl_pipeline, real):
     base = sd_pipeline if family == "sd" else sdxl_pipeline
