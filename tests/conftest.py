@@ -65,3 +65,12 @@ def write_tiny_yolo_folder(root: Path, photos: int = 6, tiles: int = 3, size: in
 @pytest.fixture
 def tiny_yolo_folder(tmp_path) -> Path:
     return write_tiny_yolo_folder(tmp_path / "raw")
+
+
+def free_port() -> int:
+    """A free TCP port for `accelerate launch --main_process_port`."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -27,7 +27,7 @@ from synthdet import generation
 from synthdet.data import DataError
 from synthdet.metrics import FidInceptionFeatures
 from synthdet.params import ParamsError, load_params, parse_params
-from tests.conftest import REPO, write_tiny_yolo_folder
+from tests.conftest import REPO, free_port, write_tiny_yolo_folder
 from tests.tiny_models import SAMPLE_SIZE, tiny_controlnet, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -618,14 +618,6 @@ def stage_command(out: str) -> list[str]:
         "--metrics",
         f"{out}.json",
     ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

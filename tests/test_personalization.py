@@ -27,7 +27,7 @@ from synthdet import diffusion, personalization
 from synthdet.data import DataError
 from synthdet.params import ParamsError, SubjectParams, TextualInversionParams, load_params
 from synthdet.stages import caption, class_images, personalize
-from tests.conftest import REPO, write_tiny_yolo_folder
+from tests.conftest import REPO, free_port, write_tiny_yolo_folder
 from tests.tiny_models import SAMPLE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -91,8 +91,8 @@ def models(root) -> dict[str, Path]:
     return folders
 
 
-def train(root: Path, params, name: str, **kwargs) -> tuple[Path, dict]:
-    """caption + class-images (once per method / model) + personalize; outputs under root/name."""
+def stage_inputs(root: Path, params) -> tuple[Path, Path]:
+    """caption + class-images, once per method / model: (captions file, class images folder)."""
     settings = params.personalize
     captions = root / "captions" / settings.method
     if not captions.exists():
@@ -100,11 +100,17 @@ def train(root: Path, params, name: str, **kwargs) -> tuple[Path, dict]:
     class_dir = root / "class_images" / Path(settings.base_model).name
     if not class_dir.exists():
         class_images.run(params, SUBJECT, root / "no-builtin", class_dir)
+    return captions / f"{SUBJECT}.jsonl", class_dir
+
+
+def train(root: Path, params, name: str, **kwargs) -> tuple[Path, dict]:
+    """Inputs + personalize; outputs under root/name."""
+    captions, class_dir = stage_inputs(root, params)
     metrics = personalize.run(
         params,
         SUBJECT,
         root / "prepared" / SUBJECT,
-        captions / f"{SUBJECT}.jsonl",
+        captions,
         class_dir,
         root / "no-builtin",
         root / name / "adapter",
@@ -363,3 +369,38 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
     # prepare and caption read all subjects (cheap) and rerun; red's images and captions come
     # out unchanged, so only green retrains, and no class images are drawn again.
     assert ran == {"prepare", "caption", "personalize@green"}, out
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_adapter(root, models, tmp_path):
+    """`accelerate launch` with 2 CPU processes: each trains on its own batches, the main process
+    alone writes the adapter, the metrics and one MLflow run."""
+    import mlflow
+
+    params = make_params(models["sd"], "dreambooth_lora", checkpointing_steps=4)
+    captions, class_dir = stage_inputs(root, params)
+    raw = json.loads(json.dumps(dataclasses.asdict(params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    stage = ["-m", "synthdet.stages.personalize", "--subject", SUBJECT]
+    stage += ["--images", str(root / "prepared" / SUBJECT), "--captions", str(captions)]
+    stage += ["--class-images", str(class_dir), "--builtin-base", str(root / "no-builtin")]
+    stage += ["--out", "adapter", "--metrics", "metrics", "--checkpoints", "checkpoints"]
+    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    done = subprocess.run([*launch, *stage], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == runs_before + 1, runs["tags.mlflow.runName"].tolist()
+    assert runs.iloc[0]["params.processes"] == "2"
+    lines = (tmp_path / "metrics" / "loss.tsv").read_text().splitlines()
+    assert len(lines) == 1 + STEPS
+    assert not (tmp_path / "checkpoints").exists(), "a complete run keeps no checkpoint"
+    info = diffusion.read_adapter_info(tmp_path / "adapter")
+    assert info["sha256"] == diffusion.files_sha256(tmp_path / "adapter", info["weight_files"])
+    stock = StableDiffusionPipeline.from_pretrained(models["sd"])
+    stock.set_progress_bar_config(disable=True)
+    before = sample(stock, info["instance_prompt"])
+    stock.load_lora_weights(tmp_path / "adapter")
+    assert np.abs(sample(stock, info["instance_prompt"]) - before).max() > 0

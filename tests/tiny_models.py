@@ -20,23 +20,19 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from synthdet.diffusion import CLIP_CONTEXT_LENGTH, build_clip_tokenizer
+from synthdet.diffusion import build_clip_tokenizer, clip_text_config, sd15_noise_scheduler
 
 SAMPLE_SIZE = 32  # pixels; the two-level VAE halves them once, so latents are 16 px
 
 
 def _text_config(tokenizer, hidden_size: int, projection_dim: int | None = None) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
+    return clip_text_config(
+        tokenizer,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=CLIP_CONTEXT_LENGTH,
         projection_dim=projection_dim or hidden_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         hidden_act="gelu",
     )
 
@@ -68,14 +64,8 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableD
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
+    scheduler = sd15_noise_scheduler(
+        DDPMScheduler, clip_sample=False, prediction_type=prediction_type
     )
     return StableDiffusionPipeline(
         vae=tiny_vae(),
@@ -112,14 +102,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=hidden_2 + 6 * time_embed_dim,
         norm_num_groups=8,
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = sd15_noise_scheduler(EulerDiscreteScheduler, timestep_spacing="leading")
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
         text_encoder=CLIPTextModel(_text_config(tokenizer, hidden_1)),

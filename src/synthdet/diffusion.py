@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,20 +123,41 @@ def _norm_groups(channels: Sequence[int]) -> int:
     return math.gcd(32, *channels)
 
 
+def clip_text_config(tokenizer: CLIPTokenizer, **sizes: Any) -> CLIPTextConfig:
+    """A CLIP text encoder config for `tokenizer` (vocabulary, special tokens, 77 positions) with
+    the given sizes (hidden_size, num_hidden_layers, ...)."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=CLIP_CONTEXT_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes,
+    )
+
+
+def sd15_noise_scheduler(scheduler_class: type, **overrides: Any) -> Any:
+    """SD 1.5's noise schedule (steps_offset as SD 1.5, so pipelines do not warn)."""
+    return scheduler_class(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        **overrides,
+    )
+
+
 def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
     """A randomly initialised SD-1.5-shaped pipeline with the sizes in `base`."""
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
+        clip_text_config(
+            tokenizer,
             hidden_size=base.text_hidden_size,
             intermediate_size=4 * base.text_hidden_size,
             num_hidden_layers=base.text_layers,
             num_attention_heads=max(1, base.text_hidden_size // 16),
-            max_position_embeddings=CLIP_CONTEXT_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
         )
     )
     vae_levels = len(base.vae_channels)
@@ -163,21 +185,12 @@ def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
         attention_head_dim=8,
         norm_num_groups=_norm_groups(base.unet_channels),
     )
-    # SD 1.5's noise schedule; steps_offset/clip_sample as SD 1.5 so the pipeline does not warn.
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-    )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sd15_noise_scheduler(DDPMScheduler, clip_sample=False),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -251,11 +264,15 @@ def model_fingerprint(base_model: str, builtin_folder: Path) -> str | None:
     """sha256 over the files of a local model folder (`builtin:tiny` included); None for hub ids,
     whose revision the hub pins. An adapter records it, so a retrained base model is noticed."""
     source = Path(_model_source(base_model, builtin_folder))
-    if not source.is_dir():
-        return None
+    return folder_sha256(source) if source.is_dir() else None
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over a folder's files (relative path and content; hidden files are not part of a
+    model)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(f"{path.relative_to(source).as_posix()}\0{sha256_of(path)}\n".encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_of(path)}\n".encode())
     return digest.hexdigest()
 
 

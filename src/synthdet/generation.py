@@ -89,31 +89,15 @@ def image_file(subject: str, index: int) -> str:
     return f"{subject}_{index:06d}.png"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def folder_revision(folder: Path) -> str:
-    """sha256 over a model folder's files (relative path and content), e.g. builtin:tiny."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
 def model_revision(model: str, builtin_folder: Path | None = None) -> str:
     """What identifies a model's weights: a folder hash, or the hub snapshot's commit."""
     if model.startswith("builtin:"):
         if builtin_folder is None:
             raise ModelNotAvailableError(f"{model}: no folder given")
-        return folder_revision(Path(builtin_folder))
+        return diffusion.folder_sha256(Path(builtin_folder))
     local = Path(os.path.expanduser(model))
     if local.is_dir():
-        return folder_revision(local)
+        return diffusion.folder_sha256(local)
     try:
         from huggingface_hub import snapshot_download
 
@@ -151,28 +135,36 @@ class ImageSpec:
         return image_file(self.subject, self.index)
 
 
-def engine_identity(settings: GenerateParams, controlnet_revision: str | None) -> dict:
-    """The generate params that decide an image's pixels (filters do not)."""
-    identity: dict[str, Any] = {
-        "engine_version": ENGINE_VERSION,
+def engine_description(settings: GenerateParams) -> dict:
+    """The generation settings every manifest row repeats."""
+    row: dict[str, Any] = {
         "mode": settings.mode,
         "negative_prompt": settings.negative_prompt,
+        "scheduler": settings.scheduler,
         "steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
-        "scheduler": settings.scheduler,
         "resolution": settings.resolution,
+    }
+    if settings.mode == "img2img":
+        row["strength"] = settings.strength
+    if settings.mode == "controlnet":
+        row.update(control=settings.control, controlnet_model=settings.controlnet_model)
+    return row
+
+
+def engine_identity(settings: GenerateParams, controlnet_revision: str | None) -> dict:
+    """The generate params that decide an image's pixels (filters do not)."""
+    identity = {
+        "engine_version": ENGINE_VERSION,
+        **engine_description(settings),
         "batch_size": settings.batch_size,
         "dtype": settings.dtype,
         "channels_last": settings.channels_last,
         "compile": settings.compile,
     }
-    if settings.mode == "img2img":
-        identity["strength"] = settings.strength
     if settings.mode == "controlnet":
         identity.update(
-            controlnet_model=settings.controlnet_model,
             controlnet_revision=controlnet_revision,
-            control=settings.control,
             canny=[settings.canny_low, settings.canny_high],
             controlnet_conditioning_scale=settings.controlnet_conditioning_scale,
         )
@@ -188,7 +180,7 @@ def plan_units(
             f"subject {subject.name}: generate.mode={settings.mode} needs real train images "
             "matching its stem_pattern, found none"
         )
-    source_hashes = {path: sha256_file(path) for path in subject.sources}
+    source_hashes = {path: diffusion.sha256_of(path) for path in subject.sources}
     size = settings.batch_size
     units = []
     for first in range(0, subject.count, size):
@@ -613,7 +605,7 @@ class FeatureCache:
 
     def get(self, paths: Sequence[Path], size: int | None = None) -> np.ndarray:
         """(N, 2048) features: at the images' own size, or resized to `size` and normalised."""
-        keys = [sha256_file(p) + (f"@{size}" if size else "") for p in paths]
+        keys = [diffusion.sha256_of(p) + (f"@{size}" if size else "") for p in paths]
         missing = [(p, k) for p, k in zip(paths, keys, strict=True) if k not in self.features]
         for start in range(0, len(missing), 32):
             chunk = missing[start : start + 32]
@@ -1003,23 +995,6 @@ def finish(
             **{f"dropped_{reason}": counted[reason] for reason in sorted(counted)},
         }
     return rows, metrics
-
-
-def engine_description(settings: GenerateParams) -> dict:
-    """The generation settings every manifest row repeats."""
-    row: dict[str, Any] = {
-        "mode": settings.mode,
-        "negative_prompt": settings.negative_prompt,
-        "scheduler": settings.scheduler,
-        "steps": settings.num_inference_steps,
-        "guidance_scale": settings.guidance_scale,
-        "resolution": settings.resolution,
-    }
-    if settings.mode == "img2img":
-        row["strength"] = settings.strength
-    if settings.mode == "controlnet":
-        row.update(control=settings.control, controlnet_model=settings.controlnet_model)
-    return row
 
 
 def generate_dataset(

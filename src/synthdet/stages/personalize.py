@@ -13,6 +13,7 @@ base model left and the personalised model right, `metrics.json`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -82,8 +83,9 @@ def run(
     settings, seed = params.personalize, params.shared.seed
     subject = subject_of(params, subject_name)
     started = time.perf_counter()
-    diffusion.configure_torch()
+    device = diffusion.configure_torch()
     accelerator = Accelerator(
+        cpu=device.type == "cpu",  # also under `accelerate launch` on CPU: processes over gloo
         mixed_precision=personalization.resolve_mixed_precision(settings.mixed_precision),
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
     )
@@ -112,15 +114,25 @@ def run(
         "seed": seed,
         "images": len(image_paths),
         "mixed_precision": accelerator.mixed_precision,
+        "processes": accelerator.num_processes,
     }
 
-    with tracking.stage_run(
-        f"personalize@{subject_name}", params.shared.mlflow_experiment, stage_params
-    ) as run_log:
-        base_images = personalization.validation_images(pipeline, *validation)
-        eval_loss_base = personalization.evaluation_loss(
-            pipeline, image_paths, image_captions, settings.resolution, seed
+    # Under `accelerate launch` every process trains on its own batches; the main process alone
+    # validates, writes the outputs and logs.
+    main_process = accelerator.is_main_process
+    tracked = (
+        tracking.stage_run(
+            f"personalize@{subject_name}", params.shared.mlflow_experiment, stage_params
         )
+        if main_process
+        else contextlib.nullcontext()
+    )
+    with tracked as run_log:
+        if main_process:
+            base_images = personalization.validation_images(pipeline, *validation)
+            eval_loss_base = personalization.evaluation_loss(
+                pipeline, image_paths, image_captions, settings.resolution, seed
+            )
         dtype = personalization.weight_dtype(accelerator.mixed_precision)
         trainable = personalization.setup_method(
             pipeline, settings, token, subject.class_noun, dtype
@@ -141,6 +153,7 @@ def run(
             prior=prior_info,
         )
         curve = diffusion.LossCurve(run_log)
+        on_step = curve.recorder(settings.method) if main_process else lambda step, loss: None
         result = personalization.train(
             pipeline,
             trainable,
@@ -151,10 +164,11 @@ def run(
             accelerator=accelerator,
             checkpoint_dir=checkpoints,
             fingerprint=fingerprint,
-            on_step=curve.recorder(settings.method, first_step=1),
+            on_step=on_step,
             stop_after=stop_after,
         )
-        if stop_after is not None:
+        accelerator.wait_for_everyone()
+        if stop_after is not None or not main_process:
             return {"steps": result.steps, "resumed_from": result.resumed_from}
         personalised_images = personalization.validation_images(pipeline, *validation)
         with accelerator.autocast():
