@@ -8,6 +8,11 @@ import os
 # Set before anything imports huggingface_hub, which reads it at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Under `pytest -n 2` each worker gets one core: one torch thread each (set before torch loads),
+# instead of two threads per worker fighting over the two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("SYNTHDET_TORCH_THREADS", "1")
 
 import random
 from pathlib import Path

@@ -75,8 +75,14 @@ def write_micro_project(root: Path) -> None:
 
 
 def repro_env() -> dict[str, str]:
-    """The environment with this interpreter's bin/ first, so `dvc` and `python` are ours."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """The environment with this interpreter's bin/ first, so `dvc` and `python` are ours; one
+    torch thread per stage process, as the suite's other worker uses the other core."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SYNTHDET_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def run(cmd: list[str], cwd: Path) -> str:
