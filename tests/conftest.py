@@ -79,3 +79,9 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The micro DAG module (minutes of DVC subprocesses) first: under `pytest -n 2 --dist
+    loadfile` one worker runs it while the other works through the rest of the suite."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")

@@ -386,7 +386,12 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
     assert "| n/a | 0.400 |" in page  # precision undefined: no boxes kept
     assert "FID 123.46 and KID 0.1234 ± 0.0100" in page
     assert "(synthetic_grid.png)" in page and "(test_grid.png)" in page
-    assert "`builtin:tiny`" in page and "## Limits" in page and "One seed per variant" in page
+    assert "`builtin:tiny`" in page and "## Limits" in page and "2 seeds per variant" in page
+    one_seed = dataclasses.replace(
+        tiny_params(), train_detector=dataclasses.replace(tiny_params().train_detector, seeds=(42,))
+    )
+    page = report.render(one_seed, evaluation, prepared, annotated, ["real"], tmp_path / "r.md")
+    assert "One seed per variant (42), no error bars" in page
 
 
 @pytest.mark.parametrize("model", ["yolov8n-missing.pt", "models/yolov8n.pt", "/tmp/best.pt"])

@@ -254,6 +254,12 @@ def limits(
             "seed-to-seed spread of the detector is not evidence; train 5 seeds as Genfusion "
             "did with `dvc exp run -S 'train_detector.seeds=[1,2,3,4,5]' -S shared.seed=1`."
         )
+    elif len(seeds) < 5:
+        found.append(
+            f"{len(seeds)} seeds per variant: a standard deviation of {len(seeds)} runs is a rough "
+            "spread, so read a gap of a few of them as a hint, not a finding; Genfusion trained "
+            "5 (`dvc exp run -S 'train_detector.seeds=[1,2,3,4,5]' -S shared.seed=1`)."
+        )
     else:
         found.append(
             f"{len(seeds)} seeds per variant: the ± is the spread of training randomness on a "
