@@ -37,6 +37,18 @@ def _text_config(tokenizer, hidden_size: int, projection_dim: int | None = None)
     )
 
 
+# Two UNet levels, cross-attention on the coarser one, as SD's UNet but with 2 instead of 4 levels.
+UNET_LEVELS = {
+    "sample_size": SAMPLE_SIZE // 2,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+}
+
+
 def tiny_vae() -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=(8, 16),
@@ -53,13 +65,7 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> StableD
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=SAMPLE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **UNET_LEVELS,
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -85,13 +91,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     tokenizer = build_clip_tokenizer()
     hidden_1, hidden_2, time_embed_dim = 16, 16, 8
     unet = UNet2DConditionModel(
-        sample_size=SAMPLE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **UNET_LEVELS,
         cross_attention_dim=hidden_1 + hidden_2,  # SDXL concatenates both encoders' states
         attention_head_dim=(2, 4),
         use_linear_projection=True,
