@@ -1,6 +1,9 @@
 """dvc.yaml lists exactly the code each stage runs, so only what changed reruns."""
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -47,3 +50,21 @@ def test_stage_code_deps_are_exact():
         module = body["cmd"].split("python -m ")[1].split()[0]
         listed = {dep for dep in body["deps"] if dep.startswith("src/")}
         assert listed == code_closure(module), f"stage {name}: dvc.yaml deps vs imports"
+
+
+def test_mix_matrix_expands_to_one_stage_per_share_fraction_and_seed(tmp_path):
+    """The default trains no mix variant; setting the mix params adds exactly these stages."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train_detector"].update(
+        seeds=[1, 2], mix_real_shares=[0.5, 1.0], mix_synthetic_fractions=[0.1]
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    command = [dvc, "stage", "list", "--name-only"]
+    done = subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)
+    listed = done.stdout.split()
+    assert sorted(name for name in listed if name.startswith("train-mix@")) == [
+        f"train-mix@{share}-0.1-{seed}" for share in ("0.5", "1.0") for seed in (1, 2)
+    ]
