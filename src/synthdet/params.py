@@ -275,14 +275,9 @@ class PersonalizeParams:
             "personalize.lora",
             "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])",
         )
-        for i, template in enumerate(self.validation_prompts):
-            try:
-                template.format(identifier="", class_noun="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ParamsError(
-                    f"params: 'personalize.validation_prompts[{i}]' {template!r} is not a valid "
-                    f"template ({exc!r}); the fields are {{identifier}} and {{class_noun}}"
-                ) from exc
+        _check_prompt_templates(
+            self.validation_prompts, "personalize.validation_prompts", required=False
+        )
 
 
 @dataclass(frozen=True)
@@ -293,8 +288,9 @@ class GenerateSubjectParams:
     prompts: tuple[str, ...] | None = None
 
 
-def _check_prompt_templates(templates: tuple[str, ...], key: str) -> None:
-    _require(len(templates) >= 1, key, "must hold at least one prompt")
+def _check_prompt_templates(templates: tuple[str, ...], key: str, required: bool = True) -> None:
+    if required:
+        _require(len(templates) >= 1, key, "must hold at least one prompt")
     for i, template in enumerate(templates):
         try:
             template.format(identifier="", class_noun="")
