@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Tests never touch the network: hub lookups fail at once instead of retrying for minutes.
 # Set before anything imports huggingface_hub, which reads it at import time.
@@ -72,13 +73,18 @@ def tiny_yolo_folder(tmp_path) -> Path:
     return write_tiny_yolo_folder(tmp_path / "raw")
 
 
-def free_port() -> int:
-    """A free TCP port for `accelerate launch --main_process_port`."""
+def accelerate_launch(processes: int) -> list[str]:
+    """`accelerate launch` for `processes` CPU processes on this machine, before `-m module ...`."""
     import socket
 
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # a free port for the processes' rendezvous
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"),
+        *("--num_processes", str(processes), "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)),
+    ]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -27,7 +27,7 @@ from synthdet import generation
 from synthdet.data import DataError
 from synthdet.metrics import FidInceptionFeatures
 from synthdet.params import ParamsError, load_params, parse_params
-from tests.conftest import REPO, free_port, write_tiny_yolo_folder
+from tests.conftest import REPO, accelerate_launch, write_tiny_yolo_folder
 from tests.tiny_models import SAMPLE_SIZE, tiny_controlnet, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -628,23 +628,9 @@ def test_two_processes_write_the_same_bytes_as_one(project):
         [sys.executable, *stage_command("one")], cwd=root, capture_output=True, text=True
     )
     assert one.returncode == 0, one.stderr
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
-    two = subprocess.run([*launch, *stage_command("two")], cwd=root, capture_output=True, text=True)
+    two = subprocess.run(
+        [*accelerate_launch(2), *stage_command("two")], cwd=root, capture_output=True, text=True
+    )
     assert two.returncode == 0, two.stderr
     assert json.loads((root / "two.json").read_text())["processes"] == 2
     assert hashes(root / "one") == hashes(root / "two") and len(hashes(root / "one")) == 8

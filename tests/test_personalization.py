@@ -27,7 +27,7 @@ from synthdet import diffusion, personalization
 from synthdet.data import DataError
 from synthdet.params import ParamsError, SubjectParams, TextualInversionParams, load_params
 from synthdet.stages import caption, class_images, personalize
-from tests.conftest import REPO, free_port, write_tiny_yolo_folder
+from tests.conftest import REPO, accelerate_launch, write_tiny_yolo_folder
 from tests.tiny_models import SAMPLE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -381,15 +381,14 @@ def test_two_processes_train_one_adapter(root, models, tmp_path):
     captions, class_dir = stage_inputs(root, params)
     raw = json.loads(json.dumps(dataclasses.asdict(params)))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     stage = ["-m", "synthdet.stages.personalize", "--subject", SUBJECT]
     stage += ["--images", str(root / "prepared" / SUBJECT), "--captions", str(captions)]
     stage += ["--class-images", str(class_dir), "--builtin-base", str(root / "no-builtin")]
     stage += ["--out", "adapter", "--metrics", "metrics", "--checkpoints", "checkpoints"]
     runs_before = len(mlflow.search_runs(search_all_experiments=True))
-    done = subprocess.run([*launch, *stage], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [*accelerate_launch(2), *stage], cwd=tmp_path, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == runs_before + 1, runs["tags.mlflow.runName"].tolist()
