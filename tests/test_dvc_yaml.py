@@ -68,3 +68,11 @@ def test_mix_matrix_expands_to_one_stage_per_share_fraction_and_seed(tmp_path):
     assert sorted(name for name in listed if name.startswith("train-mix@")) == [
         f"train-mix@{share}-0.1-{seed}" for share in ("0.5", "1.0") for seed in (1, 2)
     ]
+
+
+def test_dvc_lock_holds_only_the_stages_of_dvc_yaml():
+    dvc = Path(sys.executable).parent / "dvc"
+    command = [dvc, "stage", "list", "--name-only"]
+    done = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    assert set(locked) <= set(done.stdout.split()), "dvc.lock has stages dvc.yaml no longer has"

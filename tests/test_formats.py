@@ -11,8 +11,11 @@ NAMES = ("apple", "pear")
 
 
 def image_file(path, size=(40, 20), mode="RGB", fmt=None, **save):
+    """An image whose pixels differ from other names' (prepare drops repeated pictures)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size).save(path, format=fmt, **save)
+    shade = sum(path.stem.encode()) * 37 % 200
+    colour = {"RGB": (30, shade, 30), "RGBA": (30, shade, 30, 255)}.get(mode, shade)
+    Image.new(mode, size, colour).save(path, format=fmt, **save)
     return path
 
 
@@ -155,3 +158,17 @@ def test_export_round_trip(tiny_yolo_folder, tmp_path, fmt):
             assert (box_a.cx, box_a.cy, box_a.w, box_a.h) == pytest.approx(
                 (box_b.cx, box_b.cy, box_b.w, box_b.h), abs=0.02
             )
+
+
+def test_export_names_bad_and_orphan_label_files(tiny_yolo_folder, tmp_path):
+    from synthdet.export import export
+
+    label = tiny_yolo_folder / "labels" / "DSC_0000_tree_0.txt"
+    label.write_bytes(label.read_text().encode("utf-16"))
+    with pytest.raises(DataError, match="DSC_0000_tree_0.txt: not UTF-8 text"):
+        export(tiny_yolo_folder, "coco", tmp_path / "out", ("apple",))
+    label.write_text("0 0.5 0.5 0.1 0.1\n")
+    (tiny_yolo_folder / "labels" / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=r"1 label file\(s\) match no image .*: ghost.txt"):
+        export(tiny_yolo_folder, "yolo", tmp_path / "out", ("apple",))
+    assert not (tmp_path / "out").exists()

@@ -143,13 +143,14 @@ def test_seed_depends_on_seed_subject_index_and_attempt():
 
 def test_params_name_the_bad_key():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["generate"]["subjects"] = {"apple_tree": {"num_images": 482}, "pear": {"num_images": 54}}
+    raw["generate"]["subjects"] = {"apple_tree": {"num_images": 482}}
     params = parse_params(raw)
     assert params.generate.count("apple_tree") == 482
-    assert params.generate.count("pear") == 54
+    assert params.generate.count("pear") == params.generate.num_images
     assert params.generate.templates("pear") == params.generate.prompts
+    raw["generate"]["subjects"]["pear"] = {"num_images": 54}
     with pytest.raises(ParamsError, match=r"'generate\.subjects\.pear' names no subject"):
-        params.generate.check_subjects(list(params.shared.subjects))
+        parse_params(raw)
     for change, key in [
         ({"strength": 0.0}, "generate.strength"),
         ({"mode": "controlnet"}, "generate.controlnet_model"),
@@ -663,3 +664,152 @@ def test_killed_run_resumes_where_it_stopped(project):
     metrics = json.loads((root / "killed.json").read_text())
     assert metrics["resumed"] == len(done) and metrics["generated"] == 8 - len(done)
     assert hashes(root / "killed") == hashes(root / "clean")
+
+
+# ---------------------------------------------------------------- what settings silently change
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_guidance_off_is_said_and_recorded(tmp_path, sd_pipeline, real, capsys):
+    out = tmp_path / "generated"
+    off = settings(guidance_scale=1.0, num_images=2)
+    run(out, [plan(2)], off, sd_pipeline, real, PIXELS)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "guidance" in line]
+    assert warnings == [
+        "warning: generate.guidance_scale=1.0 is <= 1: classifier-free guidance is off, so "
+        "generate.negative_prompt ('blurry, low quality') is ignored; the manifest records "
+        "negative_prompt: null. Set it above 1 (e.g. 5) to use guidance."
+    ]
+    rows = manifest(out)
+    assert [(r["negative_prompt"], r["classifier_free_guidance"]) for r in rows] == [
+        (None, False)
+    ] * 2
+    # The negative prompt decides nothing then: changing it regenerates nothing.
+    _, _, metrics = run(
+        out, [plan(2)], dataclasses.replace(off, negative_prompt="dark"), sd_pipeline, real, PIXELS
+    )
+    assert metrics["generated"] == 0 and metrics["reused"] == 2
+    capsys.readouterr()
+    # With guidance the negative prompt is used and recorded, and nothing is said.
+    run(tmp_path / "guided", [plan(2)], settings(num_images=2), sd_pipeline, real, PIXELS)
+    assert "guidance" not in capsys.readouterr().err
+    rows = manifest(tmp_path / "guided")
+    assert {(r["negative_prompt"], r["classifier_free_guidance"]) for r in rows} == {
+        ("blurry, low quality", True)
+    }
+
+
+LONG = "a photo of {identifier} {class_noun}" + " in a green orchard" * 20
+
+
+def test_long_prompt_is_said_and_the_text_seen_recorded(tmp_path, sd_pipeline, real, capsys):
+    out = tmp_path / "generated"
+    s = settings(num_images=2)
+    subject = dataclasses.replace(plan(2, templates=(PROMPTS[0], LONG)))
+    _, _, metrics = run(out, [subject], s, sd_pipeline, real, PIXELS)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tokens" in line]
+    seen = "a photo of sks apple tree" + " in a green orchard" * 17 + " in"  # 75 tokens
+    assert lines == [
+        f"warning: generate.prompts[1] {LONG!r} is 88 tokens for subject apple_tree, more than "
+        "the text encoder reads (77 with its start and end tokens): the model sees only "
+        f"{seen!r}. Shorten it; the manifest records that text as prompt_seen."
+    ]
+    short, long = manifest(out)
+    assert short["prompt_seen"] == short["prompt"] == "a photo of sks apple tree"
+    assert long["prompt_seen"] == seen and long["prompt"] == LONG.format(
+        identifier="sks", class_noun="apple tree"
+    )
+    tokenizer = sd_pipeline.tokenizer
+    assert len(tokenizer(long["prompt_seen"]).input_ids) == tokenizer.model_max_length
+    assert metrics["prompts_truncated"] == 1
+    # Nothing to generate the second time: still said once, from the images' provenance.
+    _, _, metrics = run(out, [subject], s, sd_pipeline, real, PIXELS)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tokens" in line]
+    assert metrics["generated"] == 0 and len(lines) == 1
+    assert "generate.prompts[1]" in lines[0] and manifest(out)[1] == long
+
+
+def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path, real):
+    s = settings(mode="img2img", strength=0.5, num_inference_steps=2)
+    pipeline = tiny_sd_pipeline()
+    engine = generation.Engine(pipeline, s)
+    sources = sorted((real / "images").iterdir())[:2]
+    images, _ = engine(["a photo of sks apple tree"] * 2, [1, 2], sources)
+    assert images.shape == (2, SAMPLE_SIZE, SAMPLE_SIZE, 3)
+    assert generation.engine_record(s)["denoising_steps"] == 1
+    with pytest.raises(ParamsError, match=r"'generate\.strength' x 'generate\.num_inference_steps"):
+        settings(mode="img2img", strength=0.04, num_inference_steps=20)
+
+
+def lora_adapter(folder: Path, model: Path, train_text_encoder: bool) -> Path:
+    """An untrained LoRA adapter folder of the tiny SD model, as the personalize stage writes it."""
+    from synthdet import diffusion, personalization
+    from synthdet.params import load_params
+
+    pipeline = diffusion.load_pipeline(str(model), folder / "no-builtin")
+    lora = {"r": 4, "lora_alpha": 4, "init_lora_weights": "gaussian"}
+    lora["target_modules"] = ["to_q", "to_k", "to_v", "to_out.0"]
+    settings = dataclasses.replace(
+        load_params(REPO / "params.yaml").personalize,
+        method="lora",
+        train_text_encoder=train_text_encoder,
+        lora=lora,
+    )
+    trainable = personalization.setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
+    adapter = folder / ("with-text" if train_text_encoder else "unet-only")
+    files = personalization.save_adapter(pipeline, trainable, "lora", adapter)
+    info = {
+        "subject": SUBJECT,
+        "identifier": "sks",
+        "class_noun": "apple tree",
+        "method": "lora",
+        "family": "sd",
+        "base_model": str(model),
+        "weight_files": files,
+        "sha256": diffusion.files_sha256(adapter, files),
+    }
+    (adapter / diffusion.ADAPTER_INFO_NAME).write_text(json.dumps(info))
+    return adapter
+
+
+def ours(capsys) -> list[str]:
+    """synthdet's lines on stderr (without the libraries' progress bars)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("loaded ")]
+
+
+def test_unet_only_lora_loads_with_one_line_of_our_own(tmp_path, capsys):
+    import logging
+
+    from synthdet import diffusion
+
+    model = tmp_path / "sd"
+    tiny_sd_pipeline().save_pretrained(model)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        unet_only = lora_adapter(tmp_path, model, train_text_encoder=False)
+        # diffusers' own loader says it, and users read it as "my LoRA did not load"
+        diffusion.load_pipeline(str(model), tmp_path).load_lora_weights(
+            str(unet_only), weight_name=diffusion.LORA_WEIGHT_NAME
+        )
+        assert any("No LoRA keys associated to CLIPTextModel" in text for text in records)
+        records.clear()
+        capsys.readouterr()
+        diffusion.load_personalized_pipeline(unet_only, tmp_path)
+        assert not any("No LoRA keys" in text for text in records), records
+        assert ours(capsys) == [
+            f"loaded {unet_only} (lora): UNet LoRA (32 layers); no text-encoder LoRA"
+        ]
+        with_text = lora_adapter(tmp_path, model, train_text_encoder=True)
+        capsys.readouterr()
+        diffusion.load_personalized_pipeline(with_text, tmp_path)
+        assert ours(capsys) == [
+            f"loaded {with_text} (lora): UNet LoRA (32 layers); text-encoder LoRA (8 layers)"
+        ]
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)

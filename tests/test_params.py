@@ -138,3 +138,254 @@ def test_bad_personalize_values_name_the_key(raw, key, value, message):
     raw["personalize"][key] = value
     with pytest.raises(ParamsError, match=message):
         parse_params(raw)
+
+
+# ---------------------------------------------------------------- settings that cannot work
+
+
+def changed(raw: dict, changes: dict) -> dict:
+    """A copy of `raw` with dotted keys ('generate.filters.clusters') set, as `-S` would."""
+    result = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = result
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return result
+
+
+def message(changes: dict, raw: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(changed(raw, changes))
+    return str(caught.value)
+
+
+def test_img2img_without_a_denoising_step_names_both_keys_and_the_fix(raw):
+    # diffusers: RuntimeError "The size of tensor a (0) must match the size of tensor b (8)"
+    img2img = {"generate.mode": "img2img", "generate.num_inference_steps": 20}
+    assert message({**img2img, "generate.strength": 0.04}, raw) == (
+        "params: 'generate.strength' x 'generate.num_inference_steps' (0.04 x 20) must be >= 1 "
+        "with generate.mode img2img: img2img denoises int(strength x steps) steps, and this "
+        "leaves none; raise generate.strength to at least 0.05, or "
+        "generate.num_inference_steps to at least 25"
+    )
+    for strength in (0.05, 0.3, 0.6, 1.0):  # one step and more: fine
+        parse_params(changed(raw, {**img2img, "generate.strength": strength}))
+    # txt2img and ControlNet do not use the strength
+    parse_params(changed(raw, {"generate.strength": 0.01}))
+
+
+def test_the_planned_img2img_default_is_valid(raw):
+    parse_params(
+        changed(
+            raw,
+            {
+                "generate.mode": "img2img",
+                "generate.strength": 0.3,
+                "generate.resolution": 192,
+                "annotate_with_baseline.source_boxes": True,
+            },
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"annotate_with_baseline.confidence": 1.0},
+            "params: 'annotate_with_baseline.confidence' is 1: no detector score is above 1, so "
+            "the baseline would label no box at all; lower it (e.g. 0.25), or label by "
+            "construction only with annotate_with_baseline.source_boxes=true (img2img / "
+            "controlnet)",
+        ),
+        (
+            {"evaluate.confidence": 1.0},
+            "params: 'evaluate.confidence' must be in [0, 1): no box scores above 1, so every "
+            "detector would find nothing; keep it low (0.001) so mAP and the PR curve see the "
+            "whole ranking",
+        ),
+        (
+            {"evaluate.grid_confidence": 1.0},
+            "params: 'evaluate.grid_confidence' must be in [0, 1): no box scores 1, so the test "
+            "grid would draw no predicted box",
+        ),
+        (
+            {"generate.filters.blank_max_std": 127.5},
+            "params: 'generate.filters.blank_max_std' must be in [0, 127.5): no image has a "
+            "pixel std above 127.5, so every image would be blank and dropped (0 keeps all but "
+            "perfectly flat images)",
+        ),
+        (
+            {"generate.num_images": 0},
+            "params: 'generate.num_images' is 0 for every subject, so generate would make no "
+            "image and the synthetic and mixed detectors would have nothing to train on; set "
+            "generate.num_images >= 1",
+        ),
+        (
+            {"train_detector.yolo.epochs": 0},
+            "params: 'train_detector.yolo.epochs' must be an integer >= 1 (0 epochs trains "
+            "nothing), got 0",
+        ),
+        (
+            {"generate.resolution": 0},
+            "params: 'generate.resolution' must be a positive multiple of 8",
+        ),
+        (
+            {"annotate_with_baseline.imgsz": 0},
+            "params: 'annotate_with_baseline.imgsz' must be a positive multiple of 32",
+        ),
+    ],
+)
+def test_settings_under_which_a_stage_produces_nothing(raw, changes, expected):
+    assert message(changes, raw) == expected
+
+
+def test_label_by_construction_only_is_allowed(raw):
+    parse_params(
+        changed(
+            raw,
+            {
+                "generate.mode": "img2img",
+                "annotate_with_baseline.source_boxes": True,
+                "annotate_with_baseline.confidence": 1.0,
+            },
+        )
+    )
+
+
+def test_a_subject_with_images_is_enough(raw):
+    raw["generate"]["num_images"] = 0
+    raw["generate"]["subjects"] = {"apple_tree": {"num_images": 4}}
+    assert parse_params(raw).generate.count("apple_tree") == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"annotate_with_baseline.source_boxes": True},
+            "params: 'annotate_with_baseline.source_boxes' is true, but generate.mode is "
+            "'txt2img': txt2img images have no source train image, so no source box would ever "
+            "be offered; set generate.mode=img2img (or controlnet), or "
+            "annotate_with_baseline.source_boxes=false",
+        ),
+        (
+            {"generate.controlnet_model": "lllyasviel/sd-controlnet-canny"},
+            "params: 'generate.controlnet_model' is set, but generate.mode is 'txt2img', so no "
+            "ControlNet is used; set generate.mode=controlnet, or generate.controlnet_model=null",
+        ),
+        (
+            {"caption.blip_model": "Salesforce/blip-image-captioning-base"},
+            "params: 'caption.blip_model' is set, but caption.captioner is 'template', so BLIP "
+            "is never run; set caption.captioner=blip, or caption.blip_model=null",
+        ),
+        (
+            {"caption.template": "a photo of {identifier} {class_noun}"},
+            "params: 'caption.count_objects' is true, but caption.template has no {objects} "
+            "field, so the counts never reach a caption; add {objects} to the template or set "
+            "caption.count_objects=false",
+        ),
+        (
+            {"personalize.method": "lora"},
+            "params: 'class_images.count' is 8, but personalize.method 'lora' uses no class "
+            "images (prior preservation belongs to dreambooth and dreambooth_lora), so they "
+            "would be drawn for nothing; set class_images.count=0",
+        ),
+        (
+            {"personalize.prior_loss_weight": 0.0},
+            "params: 'personalize.prior_loss_weight' is 0, so the 8 class images per subject "
+            "(class_images.count) never reach the loss; set class_images.count=0 to train "
+            "without prior preservation, or personalize.prior_loss_weight > 0",
+        ),
+        (
+            {"personalize.class_batch_size": 0},
+            "params: 'personalize.class_batch_size' is 0, so the 8 class images per subject "
+            "(class_images.count) never reach the loss; set class_images.count=0 to train "
+            "without prior preservation, or personalize.class_batch_size > 0",
+        ),
+    ],
+)
+def test_settings_that_would_have_no_effect(raw, changes, expected):
+    assert message(changes, raw) == expected
+
+
+def test_switching_the_prior_off(raw):
+    for method in ("lora", "textual_inversion", "dreambooth"):
+        parse_params(
+            changed(
+                raw,
+                {
+                    "personalize.method": method,
+                    "class_images.count": 0,
+                    "personalize.prior_loss_weight": 0.0 if method == "dreambooth" else 1.0,
+                },
+            )
+        )
+
+
+def test_prompt_templates_must_name_the_subject(raw):
+    prompts = ["a photo of {identifier} {class_noun}", "a photo of an orchard"]
+    assert message({"generate.prompts": prompts}, raw) == (
+        "params: 'generate.prompts[1]' 'a photo of an orchard' never names the subject (no "
+        "{identifier}), so its images would not show the personalised apple_tree; add "
+        "{identifier}, e.g. 'a photo of {identifier} {class_noun}'"
+    )
+    own = {"apple_tree": {"prompts": ["a photo of {class_noun}"]}}
+    assert message({"generate.subjects": own}, raw).startswith(
+        "params: 'generate.subjects.apple_tree.prompts[0]' 'a photo of {class_noun}' never names"
+    )
+    # the identifier written out names it too; for textual inversion that is the placeholder
+    parse_params(changed(raw, {"generate.prompts": ["a photo of sks apple tree"]}))
+    ti = {"personalize.method": "textual_inversion", "class_images.count": 0}
+    parse_params(changed(raw, {**ti, "generate.prompts": ["a photo of <sks>"]}))
+    assert "'generate.prompts[0]' 'a photo of sks' never names" in message(
+        {**ti, "generate.prompts": ["a photo of sks"]}, raw
+    )
+
+
+def test_textual_inversion_captions_must_hold_the_placeholder(raw):
+    ti = {"personalize.method": "textual_inversion", "class_images.count": 0}
+    assert message({**ti, "caption.template": "a photo of {class_noun}{objects}"}, raw) == (
+        "params: 'caption.template' 'a photo of {class_noun}{objects}' gives captions without "
+        "the placeholder <sks> (subject apple_tree: 'a photo of'), and personalize.method "
+        "textual_inversion trains only that token, so nothing would be learned; add "
+        "{identifier}, e.g. 'a photo of {identifier}{objects}'"
+    )
+    # the class noun written out becomes the placeholder, as in the default template
+    parse_params(changed(raw, {**ti, "caption.template": "a photo of apple tree{objects}"}))
+    parse_params(changed(raw, ti))
+    # the other methods train more than the token: a caption without it is allowed
+    parse_params(changed(raw, {"caption.template": "a photo of {class_noun}{objects}"}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"personalize.validation_prompts": []},
+            "params: 'personalize.validation_prompts' must hold at least one prompt",
+        ),
+        (
+            {"personalize.validation_seeds": []},
+            "params: 'personalize.validation_seeds' must hold at least one seed (the validation "
+            "grid draws one image per prompt and seed)",
+        ),
+        (
+            {"personalize.train_text_encoder": True},
+            "params: 'personalize.train_text_encoder' is true, but personalize.method "
+            "textual_inversion trains only the placeholder token's embedding vectors, never "
+            "the text encoder; set it to false (or use lora, dreambooth or dreambooth_lora)",
+        ),
+        (
+            {"personalize.validation_prompts": ["a photo of {class_noun}"]},
+            "params: 'personalize.validation_prompts' never name the subject ({identifier}), "
+            "and textual_inversion changes nothing else, so the base and personalised images "
+            "would be identical; add a prompt with {identifier}, e.g. 'a photo of {identifier}'",
+        ),
+    ],
+)
+def test_textual_inversion_and_validation_settings(raw, changes, expected):
+    ti = {"personalize.method": "textual_inversion", "class_images.count": 0}
+    assert message({**ti, **changes}, raw) == expected

@@ -59,8 +59,12 @@ def make_params(model: Path, method: str, **personalize_changes):
         "checkpointing_steps": 0,
     }
     settings = dataclasses.replace(params.personalize, **(defaults | personalize_changes))
+    # class images only for the methods with prior preservation (params refuse unused ones)
     images = dataclasses.replace(
-        params.class_images, count=2, resolution=SAMPLE_SIZE, num_inference_steps=2
+        params.class_images,
+        count=2 if method in personalization.DREAMBOOTH_METHODS else 0,
+        resolution=SAMPLE_SIZE,
+        num_inference_steps=2,
     )
     return dataclasses.replace(params, shared=shared, personalize=settings, class_images=images)
 
@@ -97,7 +101,9 @@ def stage_inputs(root: Path, params) -> tuple[Path, Path]:
     captions = root / "captions" / settings.method
     if not captions.exists():
         caption.run(params, root / "prepared", captions)
-    class_dir = root / "class_images" / Path(settings.base_model).name
+    class_dir = (
+        root / "class_images" / f"{Path(settings.base_model).name}-{params.class_images.count}"
+    )
     if not class_dir.exists():
         class_images.run(params, SUBJECT, root / "no-builtin", class_dir)
     return captions / f"{SUBJECT}.jsonl", class_dir
@@ -332,6 +338,9 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, project / name)
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "data/pool", project / "data/pool")
+    (project / "models/builtin").mkdir(parents=True)
+    (project / "models/builtin/README.md").write_text("no checkpoint\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["shared"]["subjects"] = {
         "red": {"identifier": "sks", "class_noun": "apple tree", "images": 2, "stem_pattern": ".*"},
@@ -343,7 +352,17 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
         },
     }
     params["prepare"].update({"val_groups": 1, "test_groups": 1})
-    params["base"].update({"resolution": 32, "vae_steps": 2, "unet_steps": 2, "batch_size": 2})
+    params["base"].update(
+        {
+            "resolution": 32,
+            "vae_steps": 2,
+            "unet_steps": 2,
+            "batch_size": 2,
+            "init": None,
+            "vae_crop": 16,
+            "unet_crop": 16,
+        }
+    )
     params["class_images"].update({"count": 2, "resolution": 32, "num_inference_steps": 2})
     params["personalize"].update(
         {"resolution": 32, "max_train_steps": 2, "batch_size": 1, "validation_steps": 1}

@@ -28,7 +28,15 @@ MICRO_OVERRIDES = {
         }
     },
     "prepare": {"val_groups": 1, "test_groups": 1},
-    "base": {"resolution": 32, "vae_steps": 2, "unet_steps": 2, "batch_size": 2},
+    "base": {
+        "resolution": 32,
+        "vae_steps": 2,
+        "unet_steps": 2,
+        "batch_size": 2,
+        "init": None,
+        "vae_crop": 16,
+        "unet_crop": 16,
+    },
     "class_images": {"count": 2, "resolution": 32, "num_inference_steps": 2, "batch_size": 2},
     "personalize": {
         "resolution": 32,
@@ -51,8 +59,11 @@ MICRO_OVERRIDES = {
 def write_micro_project(root: Path) -> None:
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(REPO / name, root / name)
-    for folder in ("src", "plots", "data/corrections"):
+    for folder in ("src", "plots", "data/corrections", "data/pool"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    # base.init is null here: the shipped checkpoints folder only has to exist (a DVC dep)
+    (root / "models/builtin").mkdir(parents=True)
+    (root / "models/builtin/README.md").write_text("no checkpoint\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in MICRO_OVERRIDES.items():
         for key, value in values.items():

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 import yaml
@@ -19,8 +20,14 @@ def with_subjects(params, **subjects):
 
 
 def with_method(params, method):
+    # class images only for the methods with prior preservation (params refuse unused ones)
+    prior = method in ("dreambooth", "dreambooth_lora")
     return dataclasses.replace(
-        params, personalize=dataclasses.replace(params.personalize, method=method)
+        params,
+        personalize=dataclasses.replace(params.personalize, method=method),
+        class_images=dataclasses.replace(
+            params.class_images, count=params.class_images.count if prior else 0
+        ),
     )
 
 
@@ -189,3 +196,115 @@ def test_textual_inversion_captions_use_the_placeholder_not_the_concept(
     assert subject_caption("{identifier} {class_noun}", "sks", "apple tree", "", "lora") == (
         "sks apple tree"
     )
+
+
+# ---------------------------------------------------------------- users' datasets (issue 15)
+
+
+def write_voc_web_photos(root, count=12, size=(64, 48), boxed=lambda i: True):
+    """A VOC set of web photos as they come: name-<i>.jpg, XML in a lower-case annotations/."""
+    from PIL import Image, ImageDraw
+
+    for i in range(1, count + 1):
+        image = Image.new("RGB", size, (40, 100 + 10 * i, 40))
+        ImageDraw.Draw(image).ellipse((10, 10, 30, 30), fill=(200, 30, 30))
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        image.save(root / "images" / f"name-{i}.jpg", quality=95)
+        objects = (
+            "<object><name>apple</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>30</xmax>"
+            "<ymax>30</ymax></bndbox></object>"
+            if boxed(i)
+            else ""
+        )
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"name-{i}.xml").write_text(
+            f"<annotation><filename>name-{i}.jpg</filename><size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size>{objects}</annotation>"
+        )
+    return root
+
+
+def test_prepare_new_users_voc_with_each_image_its_own_group(small_params, tmp_path, capsys):
+    raw = write_voc_web_photos(tmp_path / "raw")
+    params = with_prepare(small_params, group_pattern=None, val_groups=2, test_groups=3)
+    stats = prepare.run(params, raw, tmp_path / "out", tmp_path / "prepare.json")
+    assert (stats["train.images"], stats["val.images"], stats["test.images"]) == (7, 2, 3)
+    assert stats["train.boxes"] == 7 and stats["repairs.background_images"] == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        "prepare: 12 images read as images + Annotations/<stem>.xml (Pascal VOC)\n"
+        "  train 7 images, 7 boxes | val 2 images, 2 boxes | test 3 images, 3 boxes\n"
+        "  personalize: apple_tree 3\n"
+        "  repaired: nothing\n"
+        "  dropped: nothing\n"
+    )
+    # 64 px images, train_detector.yolo.imgsz 192: 3x apart
+    assert "warning: the images are 64 px on their longer side (median) but " in printed
+    assert "-S train_detector.yolo.imgsz=64 -S annotate_with_baseline.imgsz=64" in printed
+
+
+def test_prepare_default_sized_images_print_no_imgsz_warning(
+    small_params, tiny_yolo_folder, capsys
+):
+    yolo = dict(small_params.train_detector.yolo, imgsz=32)
+    params = dataclasses.replace(
+        small_params, train_detector=dataclasses.replace(small_params.train_detector, yolo=yolo)
+    )
+    out = tiny_yolo_folder.parent / "out"
+    prepare.run(params, tiny_yolo_folder, out, out.parent / "prepare.json")
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_prepare_stops_without_any_box(small_params, tmp_path):
+    raw = write_voc_web_photos(tmp_path / "raw", boxed=lambda i: False)
+    params = with_prepare(small_params, group_pattern=None)
+    message = (
+        f"{raw}: no box in the whole dataset (12 images read as images + Annotations/<stem>.xml "
+        "(Pascal VOC), all background)"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        prepare.run(params, raw, tmp_path / "out", tmp_path / "prepare.json")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_stops_when_a_held_out_split_has_no_box(small_params, tmp_path):
+    raw = write_voc_web_photos(tmp_path / "raw", count=6, boxed=lambda i: i > 2)
+    params = with_prepare(small_params, group_pattern=None, val_groups=1, test_groups=1)
+    split = {}
+    for seed in range(50):  # a seed whose val or test split draws only box-free images
+        params = dataclasses.replace(params, shared=dataclasses.replace(params.shared, seed=seed))
+        try:
+            prepare.run(params, raw, tmp_path / "out", tmp_path / "prepare.json")
+        except DataError as exc:
+            split[seed] = str(exc)
+            break
+    (message,) = split.values()
+    assert re.search(
+        r"the (val|test) split \(1 images\) has no box, so the detector cannot be measured on "
+        r"it; prepare.val_groups and test_groups count groups \(photos\), not images: raise "
+        r"prepare.(val|test)_groups",
+        message,
+    )
+
+
+def test_prepare_counts_policies_in_metrics(small_params, tiny_yolo_folder, tmp_path):
+    label = tiny_yolo_folder / "labels" / "DSC_0000_tree_0.txt"
+    label.write_text(label.read_text() + label.read_text().splitlines()[0] + "\n")
+    (tiny_yolo_folder / "README.md").write_text("my orchard\n")
+    stats = prepare.run(small_params, tiny_yolo_folder, tmp_path / "out", tmp_path / "m.json")
+    assert stats["dropped.duplicate_boxes"] == 1 and stats["skipped_files"] == 1
+    assert {key for key in stats if key.startswith(("repairs.", "dropped."))} == {
+        "repairs.background_images",
+        "repairs.clipped_boxes",
+        "repairs.reencoded_images",
+        "repairs.voc_size_from_image",
+        "repairs.coco_size_from_image",
+        "repairs.label_stem_case",
+        "repairs.label_named_after_image",
+        "repairs.coco_file_name_resolved",
+        "dropped.coco_crowd_regions",
+        "dropped.voc_difficult_objects",
+        "dropped.duplicate_boxes",
+        "dropped.tiny_images",
+        "dropped.duplicate_images",
+    }

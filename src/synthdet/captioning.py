@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from synthdet.data import Box
+from synthdet.data import Box, DataError
 from synthdet.errors import ModelNotAvailableError
 
 
@@ -51,12 +51,14 @@ def subject_caption(
     objects: str,
     method: str,
     description: str = "",
+    check: bool = True,
 ) -> str:
     """The training caption of one image of a subject; `description` is BLIP's text, if any.
 
     DreamBooth / LoRA: 'a photo of sks apple tree with 12 apples'. Textual inversion: the
     placeholder stands for the whole concept, so the class noun never appears:
-    'a photo of <sks> with 12 apples'.
+    'a photo of <sks> with 12 apples'. A textual-inversion caption without the placeholder
+    (it is all the method trains) is an error unless `check` is False.
     """
     token = concept_token(identifier, method)
     textual_inversion = method == "textual_inversion"
@@ -65,6 +67,12 @@ def subject_caption(
         caption = f"{caption}, {description}"
     if textual_inversion:
         caption = replace_concept(caption, class_noun, token)
+        if check and token not in caption:
+            raise DataError(
+                f"textual inversion caption {caption!r} does not contain the placeholder {token}, "
+                "the only token the method trains, so this image would teach it nothing; add "
+                "{identifier} to caption.template"
+            )
     return re.sub(r"\s+", " ", caption).strip()
 
 

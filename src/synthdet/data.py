@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthdet.errors import SynthdetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MIN_IMAGE_SIDE = 10  # ultralytics' minimum: smaller images cannot hold an object
 SPLITS = ("train", "val", "test", "personalize")
 
 
@@ -124,13 +127,52 @@ def clip_box(
     return Box(class_id, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped); anything else is a `DataError`."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        found = (
+            "it starts with a UTF-16 byte-order mark"
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else f"byte 0x{raw[exc.start]:02x} at offset {exc.start} is not UTF-8"
+        )
+        raise DataError(f"{path}: not UTF-8 text ({found}); save it as UTF-8") from exc
+
+
+def _class_id(field: str) -> int | None:
+    """'0', '0.0' and '0.000e+00' are class 0, as ultralytics reads them; None if not whole."""
+    try:
+        return int(field)
+    except ValueError:
+        value = float(field)  # ValueError for non-numbers is the caller's
+        return int(value) if math.isfinite(value) and value == int(value) else None
+
+
+def drop_duplicate_boxes(boxes: Iterable[Box], repairs: Counter) -> tuple[Box, ...]:
+    """Identical boxes (class and coordinates as written, 6 decimals) of one image are one
+    object: later copies are dropped and counted (`duplicate_boxes`), as ultralytics does."""
+    kept: dict[str, Box] = {}
+    for box in boxes:
+        key = format_label([box])
+        if key in kept:
+            repairs["duplicate_boxes"] += 1
+        else:
+            kept[key] = box
+    return tuple(kept.values())
+
+
 def parse_label_file(
     path: Path, num_classes: int, repairs: Counter | None = None
 ) -> tuple[Box, ...]:
     """Read a YOLO label file, rejecting malformed rows with file:line and the problem."""
     repairs = Counter() if repairs is None else repairs
     boxes = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -138,10 +180,14 @@ def parse_label_file(
         if len(fields) != 5:
             raise DataError(f"{where}: expected 'class cx cy w h' (5 fields), got {len(fields)}")
         try:
-            class_id = int(fields[0])
+            class_id = _class_id(fields[0])
             cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError as exc:
             raise DataError(f"{where}: not a number in {line.strip()!r}") from exc
+        if class_id is None:
+            raise DataError(f"{where}: class id {fields[0]!r} is not a whole number")
+        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+            raise DataError(f"{where}: not a finite number in {line.strip()!r}")
         if not 0 <= class_id < num_classes:
             raise DataError(
                 f"{where}: class id {class_id} is not in the {num_classes} class names "
@@ -149,25 +195,60 @@ def parse_label_file(
             )
         corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         boxes.append(clip_box(class_id, *corners, where=where, repairs=repairs))
-    return tuple(boxes)
+    return drop_duplicate_boxes(boxes, repairs)
 
 
 def format_label(boxes: Iterable[Box]) -> str:
     return "".join(f"{b.class_id} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in boxes)
 
 
-def verify_image(path: Path) -> tuple[int, int]:
-    """Fully decode an image (catches truncation); return (width, height)."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `inspect_image` learns from decoding an image once."""
+
+    size: tuple[int, int]  # (width, height) of the upright image, as `prepare` writes it
+    stored_size: tuple[int, int]  # (width, height) as stored, before the EXIF orientation
+    orientation: int  # EXIF orientation tag (1 = upright as stored)
+    digest: str  # sha256 of the upright pixels: equal for the same picture under two names
+
+
+def _decode(path: Path, inspect: bool) -> ImageInfo | tuple[int, int]:
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
         with Image.open(path) as image:
             image.load()
-            return image.size
+            if not inspect:
+                return image.size
+            orientation = image.getexif().get(0x0112, 1)
+            upright = ImageOps.exif_transpose(image)
+            digest = hashlib.sha256(f"{upright.mode} {upright.size}".encode())
+            digest.update(upright.tobytes())
+            return ImageInfo(upright.size, image.size, orientation, digest.hexdigest())
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not an image file") from exc
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{path}: image too large to open safely ({exc}); downscale it (an object detector "
+            "sees a few hundred pixels anyway) or split it into tiles"
+        ) from exc
+    except DataError:
+        raise
+    except Exception as exc:  # any decoder failure on a bad file: name the file, no traceback
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def verify_image(path: Path) -> tuple[int, int]:
+    """Fully decode an image (catches truncation); return (width, height)."""
+    return _decode(Path(path), inspect=False)  # type: ignore[return-value]
+
+
+def inspect_image(path: Path) -> ImageInfo:
+    """Fully decode an image: its upright and stored sizes, orientation and a content hash."""
+    return _decode(Path(path), inspect=True)  # type: ignore[return-value]
 
 
 def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
@@ -190,21 +271,34 @@ def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
         if not label.is_file():
             raise DataError(f"{image}: no label file {label} (write an empty one for background)")
         samples.append(Sample(image, parse_label_file(label, num_classes)))
+    orphans = sorted(
+        p.name for p in labels_dir.glob("*.txt") if p.is_file() and p.stem not in stems
+    )
+    if orphans:
+        raise DataError(
+            f"{labels_dir}: {len(orphans)} label file(s) match no image in {images_dir}, their "
+            f"boxes would be lost: {', '.join(orphans[:5])}; add the images or remove the labels"
+        )
     return samples
 
 
-def group_of(stem: str, pattern: re.Pattern[str]) -> str:
+def group_of(stem: str, pattern: re.Pattern[str] | None) -> str:
+    """The group (photo) of a file stem: `pattern`'s group 'group' or 1; None: the stem itself."""
+    if pattern is None:
+        return stem
     match = pattern.fullmatch(stem)
     if match is None:
         raise DataError(
-            f"file stem {stem!r} does not match prepare.group_pattern {pattern.pattern!r}"
+            f"file stem {stem!r} does not match prepare.group_pattern {pattern.pattern!r}; "
+            "set prepare.group_pattern to a regex whose first group names the photo of a file "
+            "stem, or to null if every image is its own photo (not a tile)"
         )
     return match.group("group") if "group" in pattern.groupindex else match.group(1)
 
 
 def split_by_group(
     samples: list[Sample],
-    pattern: str,
+    pattern: str | None,
     val_groups: int,
     test_groups: int,
     personalize_images: int,
@@ -215,7 +309,7 @@ def split_by_group(
     `personalize` is drawn from the train groups' images, so nothing from val/test can reach the
     diffusion model.
     """
-    compiled = re.compile(pattern)
+    compiled = None if pattern is None else re.compile(pattern)
     groups: dict[str, list[Sample]] = {}
     for sample in samples:
         groups.setdefault(group_of(sample.image.stem, compiled), []).append(sample)

@@ -8,12 +8,15 @@ tokenizer, a DDPM scheduler) at a size that trains on a CPU in minutes. Everythi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -40,7 +43,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from synthdet import tracking
 from synthdet.data import DataError, read_jsonl
 from synthdet.errors import ModelNotAvailableError
-from synthdet.params import BaseParams
+from synthdet.params import BaseParams, ParamsError
 
 BUILTIN_TINY = "builtin:tiny"
 CLIP_CONTEXT_LENGTH = 77  # every CLIP text encoder, SD 1.5's included
@@ -195,6 +198,42 @@ def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def load_checkpoint(name: str, checkpoints: Path, base: BaseParams) -> StableDiffusionPipeline:
+    """A shipped checkpoint (`builtin:orchard` -> `checkpoints/orchard`, made by
+    synthdet.pretrain), checked against the architecture that `base` describes.
+
+    Raises ModelNotAvailableError if the folder holds no pipeline, ParamsError naming the `base`
+    keys whose sizes differ from the checkpoint's (they would otherwise be silently ignored).
+    """
+    folder = Path(checkpoints) / name.split(":", 1)[1]
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotAvailableError(
+            f"base.init: {name}: {folder} holds no pipeline (model_index.json); restore it with "
+            "`git checkout -- models/builtin` or set base.init: null to train from scratch"
+        )
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        folder, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+    )
+    found = {
+        "vae_channels": tuple(pipeline.vae.config.block_out_channels),
+        "unet_channels": tuple(pipeline.unet.config.block_out_channels),
+        "text_hidden_size": pipeline.text_encoder.config.hidden_size,
+        "text_layers": pipeline.text_encoder.config.num_hidden_layers,
+    }
+    wrong = [
+        f"base.{k}={getattr(base, k)} (checkpoint: {v})"
+        for k, v in found.items()
+        if getattr(base, k) != v
+    ]
+    if wrong:
+        raise ParamsError(
+            f"params: base.init={name} has another architecture: {', '.join(wrong)}; use the "
+            "checkpoint's sizes or set base.init: null to train from scratch"
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 # ---------------------------------------------------------------- loading models
@@ -444,6 +483,7 @@ def train_noise_prediction(
     on_step: StepCallback,
     unconditional_embedding: torch.Tensor | None = None,
     unconditional_probability: float = 0.0,
+    latent_crop: int | None = None,
 ) -> None:
     """The standard SD objective: predict the noise added to latents at a random timestep.
 
@@ -451,6 +491,8 @@ def train_noise_prediction(
     layers for personalisation). Row i of `latent_distributions` is conditioned on row i of
     `text_embeddings`, or, with `unconditional_probability`, on `unconditional_embedding` (the
     empty prompt) so that classifier-free guidance has an unconditional prediction to work with.
+    `latent_crop`: train on random crops of this many latent pixels (the UNet is convolutional,
+    so it then denoises whole images: the native-scale crops of the `base` stage).
     """
     parameters = [p for p in unet.parameters() if p.requires_grad]
     unet.train()
@@ -459,7 +501,10 @@ def train_noise_prediction(
     )
     device = unet.device
     for step in range(1, steps + 1):
-        distributions, conditions = (tensor.to(device) for tensor in next(batches))
+        distributions, conditions = next(batches)
+        if latent_crop is not None:
+            distributions = random_crops(distributions, latent_crop, generator)
+        distributions, conditions = distributions.to(device), conditions.to(device)
         if unconditional_embedding is not None:
             dropped = torch.rand(len(conditions), generator=generator) < unconditional_probability
             conditions = torch.where(
@@ -482,6 +527,67 @@ def train_noise_prediction(
     unet.eval()
 
 
+def pretrain(
+    pipeline: StableDiffusionPipeline,
+    images: torch.Tensor,
+    base: BaseParams,
+    generator: torch.Generator,
+    curve: LossCurve,
+) -> float:
+    """Train the VAE, then the UNet on `base.class_prompt`, on native-scale crops of `images`.
+
+    images: (N, 3, H, W) floats in [-1, 1] at the detector's scale. The VAE sees random
+    `base.vae_crop` px crops, the UNet random `base.unet_crop` px crops of the cached latents:
+    both networks are convolutional, so they then encode and denoise whole images, and an object
+    is drawn at the size in pixels it had in training. A step count of 0 keeps that network as it
+    is (fine-tuning a shipped checkpoint). Returns the latent scaling factor (1 / latent std),
+    also written to the VAE's config.
+    """
+    pipeline.text_encoder.requires_grad_(False)
+    if base.vae_steps:
+        train_vae(pipeline.vae, images, base, generator, curve.recorder("vae"))
+    latent_distributions = encode_latent_distributions(
+        pipeline.vae, with_flips(images), base.batch_size
+    )
+    scaling_factor = latent_scaling_factor(latent_distributions)
+    pipeline.vae.register_to_config(scaling_factor=scaling_factor)
+    if not base.unet_steps:
+        return scaling_factor
+    unet = pipeline.unet
+    unet.requires_grad_(True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=base.unet_learning_rate)
+    lr_scheduler = get_scheduler(
+        base.lr_scheduler,
+        optimizer,
+        num_warmup_steps=base.lr_warmup_steps,
+        num_training_steps=base.unet_steps,
+    )
+    class_embedding, empty_embedding = encode_prompts(pipeline, [base.class_prompt, ""])
+    train_noise_prediction(
+        unet,
+        pipeline.scheduler,
+        latent_distributions,
+        class_embedding.expand(len(latent_distributions), -1, -1),
+        scaling_factor=scaling_factor,
+        steps=base.unet_steps,
+        batch_size=base.batch_size,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        generator=generator,
+        on_step=curve.recorder("unet", first_step=base.vae_steps + 1),
+        unconditional_embedding=empty_embedding,
+        unconditional_probability=base.unconditional_probability,
+        latent_crop=base.unet_crop // latent_downsampling(pipeline.vae),
+    )
+    unet.requires_grad_(False)
+    return scaling_factor
+
+
+def latent_downsampling(vae: AutoencoderKL) -> int:
+    """How many image pixels one latent pixel spans (8 for SD's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -499,8 +605,15 @@ class LossCurve:
     One MLflow call per step would cost about as much as a training step of the tiny model.
     """
 
-    def __init__(self, run: tracking.StageRun, log_every: int = 10) -> None:
-        self.run, self.log_every = run, log_every
+    def __init__(
+        self,
+        run: tracking.StageRun | None,
+        log_every: int = 10,
+        on_step: Callable[[int, str, float], None] | None = None,
+    ) -> None:
+        """`run`: the MLflow run (None: no MLflow, as in the checkpoint recipe); `on_step` is
+        called with (curve step, phase, loss) after every step, e.g. for progress and saving."""
+        self.run, self.log_every, self.on_step = run, log_every, on_step
         self.rows: list[tuple[int, str, float]] = []
 
     def recorder(self, phase: str, first_step: int = 1) -> StepCallback:
@@ -508,7 +621,9 @@ class LossCurve:
 
         def on_step(step: int, loss: float) -> None:
             self.rows.append((first_step + step - 1, phase, loss))
-            if step % self.log_every == 0:
+            if self.on_step is not None:
+                self.on_step(first_step + step - 1, phase, loss)
+            if self.run is not None and step % self.log_every == 0:
                 window = [row[2] for row in self.rows[-self.log_every :]]
                 self.run.log_metrics(
                     {f"{phase}_loss": sum(window) / len(window)}, step=first_step + step - 1
@@ -525,9 +640,10 @@ class LossCurve:
         """Mean loss of the first 10% of the phase's steps."""
         return self._tail_mean(self.losses(phase)[::-1])
 
-    def final(self, phase: str) -> float:
-        """Mean loss of the last 10% of the phase's steps."""
-        return self._tail_mean(self.losses(phase))
+    def final(self, phase: str) -> float | None:
+        """Mean loss of the last 10% of the phase's steps (None: the phase did not train)."""
+        losses = self.losses(phase)
+        return self._tail_mean(losses) if losses else None
 
     def losses(self, phase: str) -> list[float]:
         return [loss for _, row_phase, loss in self.rows if row_phase == phase]
@@ -567,13 +683,67 @@ def read_adapter_info(adapter_folder: Path) -> dict:
     return info
 
 
-def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict) -> None:
-    """Put a personalize output into `pipeline` with diffusers' own loaders."""
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def _lora_layers(weights: Path) -> dict[str, int]:
+    """LoRA layers per component ('unet', 'text_encoder', ...) of a diffusers LoRA file."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+    counts: dict[str, int] = {}
+    for key in keys:
+        # the down matrix of a LoRA layer, in peft's and diffusers' key formats
+        if any(part in key for part in ("lora_A.", "lora.down.", "lora_down.", "_layer.down.")):
+            component = key.split(".", 1)[0]
+            counts[component] = counts.get(component, 0) + 1
+    return counts
+
+
+@contextlib.contextmanager
+def _expected_missing_lora(components: Sequence[str]) -> Iterator[None]:
+    """Silence diffusers' "No LoRA keys associated to ... found with the prefix='<component>'"
+    for components the adapter has no LoRA for by design (a UNet-only LoRA's text encoders):
+    users read that line as "my LoRA did not load". Any other such line still shows."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "No LoRA keys associated to" not in text or not any(
+            f"prefix='{name}'" in text for name in components
+        )
+
+    loggers = [
+        logging.getLogger(f"diffusers.loaders.{name}")
+        for name in ("lora_base", "peft", "lora_pipeline")
+    ]
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
+
+
+def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict) -> str:
+    """Put a personalize output into `pipeline` with diffusers' own loaders; return what was
+    loaded, in words ('UNet LoRA (32 layers); no text-encoder LoRA')."""
     folder = Path(adapter_folder)
     method = info["method"]
     if method in ("lora", "dreambooth_lora"):
-        pipeline.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME)
-    elif method == "textual_inversion":
+        layers = _lora_layers(folder / LORA_WEIGHT_NAME)
+        encoders = [name for name in TEXT_ENCODERS if getattr(pipeline, name, None) is not None]
+        with _expected_missing_lora([name for name in encoders if not layers.get(name)]):
+            pipeline.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME)
+        parts = [f"UNet LoRA ({layers.get('unet', 0)} layers)"]
+        for name in encoders:
+            label = name.replace("_", "-")
+            parts.append(
+                f"{label} LoRA ({layers[name]} layers)" if layers.get(name) else f"no {label} LoRA"
+            )
+        return "; ".join(parts)
+    if method == "textual_inversion":
         encoders = [(pipeline.text_encoder, pipeline.tokenizer)]
         if info["family"] == "sdxl":
             encoders.append((pipeline.text_encoder_2, pipeline.tokenizer_2))
@@ -585,7 +755,13 @@ def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict)
                 text_encoder=text_encoder,
                 tokenizer=tokenizer,
             )
-    elif method == "dreambooth":
+        vectors = len(pipeline.maybe_convert_prompt(info["identifier"], pipeline.tokenizer).split())
+        names = " and ".join(TEXT_ENCODERS[: len(encoders)]).replace("_", "-")
+        return (
+            f"textual-inversion embedding {info['identifier']} ({vectors} vectors) in {names}; "
+            "UNet and text encoders unchanged"
+        )
+    if method == "dreambooth":
         dtype = pipeline.unet.dtype
         pipeline.unet = UNet2DConditionModel.from_pretrained(
             folder / "unet", torch_dtype=dtype, use_safetensors=True
@@ -598,8 +774,11 @@ def apply_adapter(pipeline: DiffusionPipeline, adapter_folder: Path, info: dict)
                     name,
                     model_class.from_pretrained(folder / name, dtype=dtype, use_safetensors=True),
                 )
-    else:
-        raise DataError(f"{folder}: unknown personalisation method {method!r} in adapter.json")
+        tuned = [name for name in TEXT_ENCODERS if (folder / name).is_dir()]
+        return "fine-tuned UNet; " + (
+            f"fine-tuned {' and '.join(tuned)}".replace("_", "-") if tuned else "base text encoder"
+        )
+    raise DataError(f"{folder}: unknown personalisation method {method!r} in adapter.json")
 
 
 def load_personalized_pipeline(
@@ -632,7 +811,9 @@ def load_personalized_pipeline(
             f"{adapter_folder}: adapter family {info['family']!r} does not match the base model "
             f"({family_of(pipeline)!r}); rerun the personalize stage"
         )
-    apply_adapter(pipeline, adapter_folder, info)
+    loaded = apply_adapter(pipeline, adapter_folder, info)
+    # One line of our own instead of diffusers' per-component notices.
+    print(f"loaded {adapter_folder} ({info['method']}): {loaded}", file=sys.stderr, flush=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

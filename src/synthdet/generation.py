@@ -44,13 +44,13 @@ from torch import Tensor, nn
 
 from synthdet import diffusion
 from synthdet.data import DataError, list_images
-from synthdet.errors import ModelNotAvailableError
+from synthdet.errors import ModelNotAvailableError, warn
 from synthdet.metrics import (
     FidInceptionFeatures,
     image_embeddings,
     inception_features,
 )
-from synthdet.params import GenerateFilterParams, GenerateParams, Params
+from synthdet.params import GenerateFilterParams, GenerateParams, Params, img2img_steps
 
 # Bump when the engine changes how pixels are computed: every cached image is then redone.
 ENGINE_VERSION = 1
@@ -118,6 +118,7 @@ class SubjectPlan:
     sources: tuple[Path, ...] = ()  # real train images (img2img / ControlNet), sorted
     references: tuple[Path, ...] = ()  # real personalisation images (memorisation filter)
     identity: dict[str, Any] = field(default_factory=dict)  # base model, revision, adapter hash
+    templates_key: str = "generate.prompts"  # where the templates come from, for messages
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,17 @@ class ImageSpec:
         return image_file(self.subject, self.index)
 
 
+def guided(settings: GenerateParams) -> bool:
+    """Classifier-free guidance is on: diffusers uses it (and the negative prompt) only above 1."""
+    return settings.guidance_scale > 1
+
+
 def engine_description(settings: GenerateParams) -> dict:
-    """The generation settings every manifest row repeats."""
+    """The generation settings every manifest row repeats, as used: without classifier-free
+    guidance (guidance_scale <= 1) the negative prompt is never encoded, so it is None."""
     row: dict[str, Any] = {
         "mode": settings.mode,
-        "negative_prompt": settings.negative_prompt,
+        "negative_prompt": settings.negative_prompt if guided(settings) else None,
         "scheduler": settings.scheduler,
         "steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
@@ -150,6 +157,41 @@ def engine_description(settings: GenerateParams) -> dict:
     if settings.mode == "controlnet":
         row.update(control=settings.control, controlnet_model=settings.controlnet_model)
     return row
+
+
+def engine_record(settings: GenerateParams) -> dict:
+    """What the manifest says of the engine: the description, whether classifier-free guidance
+    ran, and for img2img the denoising steps really run (int(strength x steps))."""
+    row = {**engine_description(settings), "classifier_free_guidance": guided(settings)}
+    if settings.mode == "img2img":
+        row["denoising_steps"] = img2img_steps(settings.strength, settings.num_inference_steps)
+    return row
+
+
+def setting_warnings(settings: GenerateParams, plans: Sequence[SubjectPlan]) -> list[str]:
+    """What the generate settings silently switch off, said once at the start of a run."""
+    notes = []
+    if not guided(settings):
+        ignored = (
+            f", so generate.negative_prompt ({settings.negative_prompt!r}) is ignored; the "
+            "manifest records negative_prompt: null"
+            if settings.negative_prompt.strip()
+            else ""
+        )
+        notes.append(
+            f"generate.guidance_scale={settings.guidance_scale} is <= 1: classifier-free "
+            f"guidance is off{ignored}. Set it above 1 (e.g. 5) to use guidance."
+        )
+    filters = settings.filters
+    if filters.outliers == "kmeans":
+        small = [p.name for p in plans if 0 < p.count < filters.min_cluster_images]
+        if small:
+            notes.append(
+                f"generate.filters.outliers=kmeans does nothing for {', '.join(small)}: fewer "
+                f"images than generate.filters.min_cluster_images={filters.min_cluster_images} "
+                "are never clustered. Lower it, or generate more images."
+            )
+    return notes
 
 
 def engine_identity(settings: GenerateParams, controlnet_revision: str | None) -> dict:
@@ -239,6 +281,12 @@ def subject_plans(
                 "personalize stage"
             )
         own = personalize / name
+        override = settings.subjects.get(name)
+        templates_key = (
+            f"generate.subjects.{name}.prompts"
+            if override is not None and override.prompts is not None
+            else "generate.prompts"
+        )
         plans.append(
             SubjectPlan(
                 name=name,
@@ -258,6 +306,7 @@ def subject_plans(
                     "adapter_method": info.get("method", "lora"),
                     "family": info.get("family", "sd"),
                 },
+                templates_key=templates_key,
             )
         )
     return plans
@@ -387,7 +436,21 @@ class Engine:
 
     @property
     def guided(self) -> bool:
-        return self.settings.guidance_scale > 1
+        return guided(self.settings)
+
+    def read_prompt(self, prompt: str) -> tuple[str, int, int]:
+        """(the text the text encoder reads of `prompt`, its length in tokens, the encoder's
+        limit). diffusers truncates a longer prompt to the start token, the first limit - 2
+        tokens and the end token (textual-inversion placeholders expanded to all vectors)."""
+        tokenizer = self.pipeline.tokenizer
+        text = prompt
+        if hasattr(self.pipeline, "maybe_convert_prompt"):
+            text = self.pipeline.maybe_convert_prompt(prompt, tokenizer)
+        ids = tokenizer(text, truncation=False, verbose=False).input_ids
+        limit = tokenizer.model_max_length
+        if len(ids) <= limit:
+            return prompt, len(ids), limit
+        return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
 
     def embed(self, prompt: str) -> tuple[Tensor, ...]:
         """Prompt and negative-prompt embeddings (and pooled ones for SDXL), once per prompt."""
@@ -536,6 +599,32 @@ class GenerationStats:
     computed: int = 0  # images the model computed (units are full batches, retries included)
     retried: int = 0  # images redone because they came out blank
     seconds: float = 0.0
+    warned: set[tuple[str, int]] = field(default_factory=set)  # (subject, template) truncated
+
+
+def truncation_warning(
+    subject: SubjectPlan, template: int, tokens: int | None, limit: int | None, seen: str
+) -> str:
+    length = f"is {tokens} tokens" if tokens else "is too long"
+    reads = f" ({limit} with its start and end tokens)" if limit else ""
+    return (
+        f"{subject.templates_key}[{template}] {subject.templates[template]!r} {length} for "
+        f"subject {subject.name}, more than the text encoder reads{reads}: the model sees only "
+        f"{seen!r}. Shorten it; the manifest records that text as prompt_seen."
+    )
+
+
+def prompt_reader(engine: Any) -> Callable[[str], tuple[str, int | None, int | None]]:
+    """`engine.read_prompt` with a cache; an engine without it (a test double) reads all."""
+    read = getattr(engine, "read_prompt", None)
+    cache: dict[str, tuple[str, int | None, int | None]] = {}
+
+    def seen(prompt: str) -> tuple[str, int | None, int | None]:
+        if prompt not in cache:
+            cache[prompt] = read(prompt) if read is not None else (prompt, None, None)
+        return cache[prompt]
+
+    return seen
 
 
 def generate_unit(
@@ -889,8 +978,20 @@ def generate_missing(
         if not subject_work:
             continue
         engine = load_engine(subject)
+        read = prompt_reader(engine)
+        if distribution.is_main:  # count the tokens of every template before the first image
+            for number, template in enumerate(subject.templates):
+                prompt = template.format(
+                    identifier=subject.identifier, class_noun=subject.class_noun
+                )
+                seen, tokens, limit = read(prompt)
+                if seen != prompt:
+                    warn(truncation_warning(subject, number, tokens, limit, seen))
+                    stats.warned.add((subject.name, number))
         for unit, needed in subject_work:
             for spec, pixels, outcome in generate_unit(engine, unit, needed, seed, filters, stats):
+                seen, tokens, _ = read(spec.prompt)
+                outcome = {**outcome, "prompt_seen": seen, "prompt_tokens": tokens}
                 write_png(out / PENDING / spec.file, pixels, provenance(spec, subject, outcome))
                 stats.generated += 1
                 on_image()
@@ -905,6 +1006,9 @@ def manifest_row(record: dict, result: FilterResult, file: str, extra: dict) -> 
         "subject": record["subject"],
         "index": record["index"],
         "prompt": record["prompt"],
+        # what the text encoder read: the prompt, or its first tokens when it was longer than the
+        # encoder's limit; None for an image generated before synthdet recorded it
+        "prompt_seen": record.get("prompt_seen"),
         "seed": record["seed"],
         "base_seed": record["base_seed"],
         "attempt": record["attempt"],
@@ -928,8 +1032,10 @@ def finish(
     seed: int,
     real_images: Sequence[Path],
     features: nn.Module | None = None,
+    warned: set[tuple[str, int]] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Filter, place kept / dropped images, and return the manifest rows and metrics."""
+    """Filter, place kept / dropped images, and return the manifest rows and metrics. Warns of
+    truncated prompt templates not `warned` of at the start (e.g. all of their images reused)."""
     filters = settings.filters
     store = scan_store(out)
     records: dict[str, dict] = {}
@@ -960,7 +1066,19 @@ def finish(
     result, generated_features = apply_filters(
         records, paths, plans, real_features, cache, filters, settings.resolution, seed
     )
-    extra = engine_description(settings)
+    warned = set(warned or ())
+    truncated = 0
+    for subject in plans:
+        for record in (r for r in records.values() if r["subject"] == subject.name):
+            seen = record.get("prompt_seen")
+            if seen is None or seen == record["prompt"]:
+                continue
+            truncated += 1
+            number = record["index"] % len(subject.templates)
+            if (subject.name, number) not in warned:
+                warned.add((subject.name, number))
+                warn(truncation_warning(subject, number, record.get("prompt_tokens"), None, seen))
+    extra = engine_record(settings)
     rows = []
     for file in sorted(records, key=lambda f: (records[f]["subject"], records[f]["index"])):
         place(out, file, paths[file], result.kept[file])
@@ -984,6 +1102,7 @@ def finish(
         "fid_before_filters": frechet_distance(real, before),
         "fid_after_filters": frechet_distance(real, after),
         "fid_real_images": len(real),
+        "prompts_truncated": truncated,  # images whose prompt the text encoder read in part
         "subjects": {},
     }
     for subject in plans:
@@ -1016,6 +1135,8 @@ def generate_dataset(
 
     distribution = distribution or Distribution()
     units = {p.name: plan_units(p, settings, seed, identity) for p in plans}
+    for note in setting_warnings(settings, plans) if distribution.is_main else ():
+        warn(note)
     stats = generate_missing(
         plans, units, out, load_engine, seed, settings.filters, distribution, on_image
     )
@@ -1023,7 +1144,9 @@ def generate_dataset(
     distribution.barrier()
     if not distribution.is_main:
         return stats, None, None
-    rows, metrics = finish(plans, units, out, settings, seed, real_images, features)
+    rows, metrics = finish(
+        plans, units, out, settings, seed, real_images, features, warned=stats.warned
+    )
     # pending/ also held the images of a killed run: they count as resumed, not generated.
     metrics["resumed"] = metrics.pop("generated") - generated
     metrics["generated"] = generated

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from synthdet.errors import SynthdetError
 
@@ -30,6 +33,9 @@ def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ParamsError(f"params: '{key}' {message}")
 
+
+# Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
+BUILTIN_CHECKPOINTS = ("builtin:orchard",)
 
 SUBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -52,7 +58,28 @@ class SharedParams:
     mlflow_experiment: str
 
     def __post_init__(self) -> None:
+        _require(
+            0 <= self.seed < 2**32,
+            "shared.seed",
+            f"must be in [0, 2**32 - 1] (numpy's seed range), got {self.seed}",
+        )
         _require(len(self.class_names) > 0, "shared.class_names", "must name at least one class")
+        for i, name in enumerate(self.class_names):
+            _require(
+                bool(name.strip()) and name == name.strip(),
+                f"shared.class_names[{i}]",
+                f"must be a non-empty name without leading or trailing spaces, got {name!r}",
+            )
+        repeated = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
+        _require(
+            not repeated,
+            "shared.class_names",
+            f"names {', '.join(map(repr, repeated))} more than once; each class needs its own "
+            "name (the index is the YOLO class id)",
+        )
+        _require(
+            bool(self.mlflow_experiment.strip()), "shared.mlflow_experiment", "must not be empty"
+        )
         _require(len(self.subjects) > 0, "shared.subjects", "must hold at least one subject")
         for name, subject in self.subjects.items():
             key = f"shared.subjects.{name}"
@@ -81,26 +108,41 @@ class SharedParams:
 class PrepareParams:
     raw_dir: str
     format: Literal["auto", "yolo", "coco", "voc"]
-    group_pattern: str  # regex on the file stem; group 1 (or group 'group') names the photo
-    val_groups: int
-    test_groups: int
+    # regex on the file stem; group 1 (or group 'group') names the photo; None: every image is
+    # its own group
+    group_pattern: str | None
+    val_groups: int  # groups (photos), not images, drawn for val
+    test_groups: int  # groups (photos), not images, drawn for test
 
     def __post_init__(self) -> None:
-        try:
-            compiled = re.compile(self.group_pattern)
-        except re.error as exc:
-            raise ParamsError(
-                f"params: 'prepare.group_pattern' is not a valid regex: {exc}"
-            ) from exc
-        _require(compiled.groups >= 1, "prepare.group_pattern", "needs a capture group")
+        _require(bool(self.raw_dir.strip()), "prepare.raw_dir", "must name the dataset folder")
+        if self.group_pattern is not None:
+            try:
+                compiled = re.compile(self.group_pattern)
+            except re.error as exc:
+                raise ParamsError(
+                    f"params: 'prepare.group_pattern' is not a valid regex: {exc}"
+                ) from exc
+            _require(
+                compiled.groups >= 1,
+                "prepare.group_pattern",
+                "needs a capture group (or null: every image is its own group)",
+            )
         _require(self.val_groups >= 1, "prepare.val_groups", "must be >= 1")
         _require(self.test_groups >= 1, "prepare.test_groups", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class BaseParams:
-    """Pretraining of the offline `builtin:tiny` Stable Diffusion model on the real train split."""
+    """Pretraining of the offline `builtin:tiny` Stable Diffusion model on the real train split.
 
+    Images are scaled so their shorter side is `resolution` (the scale the detector sees) and
+    both networks train on random native-scale crops (`vae_crop`, `unet_crop`), so an object
+    keeps the size in pixels it has in the generated images.
+    """
+
+    init: str | None  # start from this shipped checkpoint (builtin:orchard); None = random init
+    pool_dir: str  # folder of unlabelled images trained on next to the train split (a DVC dep)
     resolution: int
     vae_channels: tuple[int, ...]  # AutoencoderKL widths; latents are 2**(levels-1) times smaller
     unet_channels: tuple[int, ...]  # UNet widths per level; all but the first have cross-attention
@@ -110,6 +152,7 @@ class BaseParams:
     unet_steps: int
     batch_size: int
     vae_crop: int  # the VAE trains on random crops of this size (it is convolutional)
+    unet_crop: int  # the UNet trains on random crops of this size, in image pixels
     vae_learning_rate: float
     vae_kl_weight: float  # KL term next to the reconstruction loss; small, as in SD's VAE
     unet_learning_rate: float
@@ -138,6 +181,18 @@ class BaseParams:
             "base.vae_crop",
             "must be a multiple of 8 between 8 and base.resolution",
         )
+        crop_unit = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
+        _require(
+            crop_unit <= self.unet_crop <= self.resolution and self.unet_crop % crop_unit == 0,
+            "base.unet_crop",
+            f"must be a multiple of {crop_unit} (the VAE's and UNet's downsampling) between "
+            f"{crop_unit} and base.resolution",
+        )
+        _require(
+            self.init in (None, *BUILTIN_CHECKPOINTS),
+            "base.init",
+            f"must be null or one of {', '.join(BUILTIN_CHECKPOINTS)}",
+        )
         for key in ("vae_channels", "unet_channels"):
             _require(
                 all(c >= 8 and c % 8 == 0 for c in getattr(self, key)),
@@ -147,8 +202,16 @@ class BaseParams:
         _require(
             self.text_hidden_size % 16 == 0, "base.text_hidden_size", "must be a multiple of 16"
         )
-        for key in ("text_layers", "vae_steps", "unet_steps", "batch_size"):
+        for key in ("text_layers", "batch_size"):
             _require(getattr(self, key) >= 1, f"base.{key}", "must be >= 1")
+        # From a shipped checkpoint 0 steps means "use it as it is"; from scratch it cannot.
+        least = 0 if self.init else 1
+        for key in ("vae_steps", "unet_steps"):
+            _require(
+                getattr(self, key) >= least,
+                f"base.{key}",
+                f"must be >= {least}" + ("" if self.init else " (or set base.init)"),
+            )
         for key in ("vae_learning_rate", "unet_learning_rate"):
             _require(getattr(self, key) > 0, f"base.{key}", "must be > 0")
         _require(self.vae_kl_weight >= 0, "base.vae_kl_weight", "must be >= 0")
@@ -177,11 +240,23 @@ class CaptionParams:
         _require(self.max_new_tokens >= 1, "caption.max_new_tokens", "must be >= 1")
         try:
             self.template.format(identifier="", class_noun="", objects="")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise ParamsError(
                 f"params: 'caption.template' has an unknown or malformed field ({exc}); "
                 "use {identifier}, {class_noun} and {objects}"
             ) from exc
+        _require(
+            not self.count_objects or "objects" in _fields(self.template),
+            "caption.count_objects",
+            "is true, but caption.template has no {objects} field, so the counts never reach a "
+            "caption; add {objects} to the template or set caption.count_objects=false",
+        )
+        _require(
+            self.captioner == "blip" or self.blip_model is None,
+            "caption.blip_model",
+            "is set, but caption.captioner is 'template', so BLIP is never run; set "
+            "caption.captioner=blip, or caption.blip_model=null",
+        )
 
 
 @dataclass(frozen=True)
@@ -200,14 +275,18 @@ class ClassImagesParams:
         _require(self.count >= 0, "class_images.count", "must be >= 0")
         try:
             self.prompt.format(class_noun="")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise ParamsError(
                 f"params: 'class_images.prompt' has an unknown or malformed field ({exc}); "
                 "use {class_noun}"
             ) from exc
         _require(self.num_inference_steps >= 1, "class_images.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "class_images.guidance_scale", "must be >= 0")
-        _require(self.resolution % 8 == 0, "class_images.resolution", "must be a multiple of 8")
+        _require(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "class_images.resolution",
+            "must be a positive multiple of 8",
+        )
         _require(self.batch_size >= 1, "class_images.batch_size", "must be >= 1")
 
 
@@ -254,7 +333,11 @@ class PersonalizeParams:
     )
 
     def __post_init__(self) -> None:
-        _require(self.resolution % 8 == 0, "personalize.resolution", "must be a multiple of 8")
+        _require(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "personalize.resolution",
+            "must be a positive multiple of 8",
+        )
         for key in (
             "max_train_steps",
             "batch_size",
@@ -275,9 +358,29 @@ class PersonalizeParams:
             "personalize.lora",
             "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])",
         )
-        _check_prompt_templates(
-            self.validation_prompts, "personalize.validation_prompts", required=False
+        # The validation grid (base vs personalised, metrics/personalize/<subject>/) needs a
+        # prompt and a seed; an empty list would end training in a traceback.
+        _check_prompt_templates(self.validation_prompts, "personalize.validation_prompts")
+        _require(
+            len(self.validation_seeds) >= 1,
+            "personalize.validation_seeds",
+            "must hold at least one seed (the validation grid draws one image per prompt and seed)",
         )
+        if self.method == "textual_inversion":
+            _require(
+                not self.train_text_encoder,
+                "personalize.train_text_encoder",
+                "is true, but personalize.method textual_inversion trains only the placeholder "
+                "token's embedding vectors, never the text encoder; set it to false (or use "
+                "lora, dreambooth or dreambooth_lora)",
+            )
+            _require(
+                any("identifier" in _fields(t) for t in self.validation_prompts),
+                "personalize.validation_prompts",
+                "never name the subject ({identifier}), and textual_inversion changes nothing "
+                "else, so the base and personalised images would be identical; add a prompt "
+                "with {identifier}, e.g. 'a photo of {identifier}'",
+            )
 
 
 @dataclass(frozen=True)
@@ -288,17 +391,41 @@ class GenerateSubjectParams:
     prompts: tuple[str, ...] | None = None
 
 
+def _fields(template: str) -> set[str]:
+    """The names of a format template's fields ('a {identifier}' -> {'identifier'})."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
 def _check_prompt_templates(templates: tuple[str, ...], key: str, required: bool = True) -> None:
     if required:
         _require(len(templates) >= 1, key, "must hold at least one prompt")
     for i, template in enumerate(templates):
         try:
             template.format(identifier="", class_noun="")
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise ParamsError(
                 f"params: '{key}[{i}]' {template!r} is not a valid template "
                 f"({exc!r}); the fields are {{identifier}} and {{class_noun}}"
             ) from exc
+
+
+def img2img_steps(strength: float, num_inference_steps: int) -> int:
+    """The denoising steps diffusers' img2img pipelines run: int(steps x strength)."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
+def _least_strength(steps: int) -> float:
+    thousandths = math.ceil(1000 / steps)
+    while img2img_steps(thousandths / 1000, steps) < 1:
+        thousandths += 1
+    return thousandths / 1000
+
+
+def _least_steps(strength: float) -> int:
+    steps = math.ceil(1 / strength)
+    while img2img_steps(strength, steps) < 1:
+        steps += 1
+    return steps
 
 
 @dataclass(frozen=True)
@@ -316,7 +443,14 @@ class GenerateFilterParams:
     min_realism: float  # realism: keep images whose realism score is at least this (1 = inside)
 
     def __post_init__(self) -> None:
-        _require(self.blank_max_std >= 0, "generate.filters.blank_max_std", "must be >= 0")
+        # The pixel std of an 8-bit image is at most 127.5 (half black, half white): a threshold
+        # there would call every image blank and drop all of them.
+        _require(
+            0 <= self.blank_max_std < 127.5,
+            "generate.filters.blank_max_std",
+            "must be in [0, 127.5): no image has a pixel std above 127.5, so every image would "
+            "be blank and dropped (0 keeps all but perfectly flat images)",
+        )
         _require(self.max_attempts >= 1, "generate.filters.max_attempts", "must be >= 1")
         _require(
             0 < self.memorization_threshold <= 1,
@@ -381,13 +515,34 @@ class GenerateParams:
                 _check_prompt_templates(subject.prompts, f"{key}.prompts")
         _require(self.num_inference_steps >= 1, "generate.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "generate.guidance_scale", "must be >= 0")
-        _require(self.resolution % 8 == 0, "generate.resolution", "must be a multiple of 8")
+        _require(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "generate.resolution",
+            "must be a positive multiple of 8",
+        )
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         _require(0 < self.strength <= 1, "generate.strength", "must be in (0, 1]")
+        if self.mode == "img2img":
+            steps = self.num_inference_steps
+            _require(
+                img2img_steps(self.strength, steps) >= 1,
+                "generate.strength",
+                f"x 'generate.num_inference_steps' ({self.strength} x {steps}) must be >= 1 "
+                "with generate.mode img2img: img2img denoises int(strength x steps) steps, and "
+                f"this leaves none; raise generate.strength to at least "
+                f"{_least_strength(steps)}, or generate.num_inference_steps to at least "
+                f"{_least_steps(self.strength)}",
+            )
         _require(
             self.mode != "controlnet" or bool(self.controlnet_model),
             "generate.controlnet_model",
             "must name a ControlNet (hub id or local folder) when generate.mode is 'controlnet'",
+        )
+        _require(
+            self.mode == "controlnet" or self.controlnet_model is None,
+            "generate.controlnet_model",
+            f"is set, but generate.mode is {self.mode!r}, so no ControlNet is used; set "
+            "generate.mode=controlnet, or generate.controlnet_model=null",
         )
         _require(
             0 <= self.canny_low <= self.canny_high <= 255,
@@ -439,8 +594,20 @@ class AnnotateParams:
         _require(
             0 <= self.confidence <= 1, "annotate_with_baseline.confidence", "must be in [0, 1]"
         )
+        # A box is kept when its score is above the confidence, and no score is above 1.
+        _require(
+            self.confidence < 1 or self.source_boxes,
+            "annotate_with_baseline.confidence",
+            "is 1: no detector score is above 1, so the baseline would label no box at all; "
+            "lower it (e.g. 0.25), or label by construction only with "
+            "annotate_with_baseline.source_boxes=true (img2img / controlnet)",
+        )
         _require(0 < self.iou <= 1, "annotate_with_baseline.iou", "must be in (0, 1]")
-        _require(self.imgsz % 32 == 0, "annotate_with_baseline.imgsz", "must be a multiple of 32")
+        _require(
+            self.imgsz >= 32 and self.imgsz % 32 == 0,
+            "annotate_with_baseline.imgsz",
+            "must be a positive multiple of 32",
+        )
         _require(
             0 < self.source_box_confidence <= 1,
             "annotate_with_baseline.source_box_confidence",
@@ -516,6 +683,19 @@ class TrainDetectorParams:
                 f"train_detector.yolo.{owned}",
                 "is set by the stage (paths and train_detector.seeds); remove it",
             )
+        epochs = self.train_args().get("epochs", 1)
+        _require(
+            isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
+            "train_detector.yolo.epochs",
+            f"must be an integer >= 1 (0 epochs trains nothing), got {epochs!r}",
+        )
+        fraction = self.train_args().get("fraction", 1.0)
+        _require(
+            isinstance(fraction, int | float) and 0 < fraction <= 1,
+            "train_detector.yolo.fraction",
+            f"must be in (0, 1] (the share of the training images ultralytics uses), got "
+            f"{fraction!r}",
+        )
 
     @property
     def architecture(self) -> str:
@@ -551,14 +731,114 @@ class EvaluateParams:
 
     def __post_init__(self) -> None:
         _require(0 < self.leak_threshold <= 1, "evaluate.leak_threshold", "must be in (0, 1]")
-        _require(0 <= self.confidence <= 1, "evaluate.confidence", "must be in [0, 1]")
+        # Detectors keep boxes scoring above the confidence, and no score is above 1: at 1 every
+        # detector would find nothing (mAP 0 everywhere) and the grid would draw no box.
+        _require(
+            0 <= self.confidence < 1,
+            "evaluate.confidence",
+            "must be in [0, 1): no box scores above 1, so every detector would find nothing; "
+            "keep it low (0.001) so mAP and the PR curve see the whole ranking",
+        )
         _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
-        _require(self.imgsz % 32 == 0, "evaluate.imgsz", "must be a multiple of 32")
+        _require(
+            self.imgsz >= 32 and self.imgsz % 32 == 0,
+            "evaluate.imgsz",
+            "must be a positive multiple of 32",
+        )
         _require(self.grid_images >= 1, "evaluate.grid_images", "must be >= 1")
-        _require(0 <= self.grid_confidence <= 1, "evaluate.grid_confidence", "must be in [0, 1]")
+        _require(
+            0 <= self.grid_confidence < 1,
+            "evaluate.grid_confidence",
+            "must be in [0, 1): no box scores 1, so the test grid would draw no predicted box",
+        )
         _require(self.classifier_size >= 16, "evaluate.classifier_size", "must be >= 16")
         _require(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
         _require(self.classifier_folds >= 2, "evaluate.classifier_folds", "must be >= 2")
+
+
+PRIOR_METHODS = ("dreambooth", "dreambooth_lora")  # the methods with prior preservation
+
+
+def _names_subject(template: str, token: str) -> bool:
+    """Whether a prompt template names the subject: its {identifier} field, or the token itself."""
+    return "identifier" in _fields(template) or (
+        re.search(rf"(?<![\w<]){re.escape(token)}(?![\w>])", template) is not None
+    )
+
+
+def _check_settings_take_effect(params: Params) -> None:
+    """Settings of different sections that together would produce nothing or have no effect."""
+    from synthdet.captioning import concept_token, subject_caption
+
+    method = params.personalize.method
+    subjects = params.shared.subjects
+    generate = params.generate
+    for name, subject in subjects.items():
+        token = concept_token(subject.identifier, method)
+        own = generate.subjects.get(name)
+        key = (
+            f"generate.subjects.{name}.prompts"
+            if own is not None and own.prompts is not None
+            else "generate.prompts"
+        )
+        for i, template in enumerate(generate.templates(name)):
+            _require(
+                _names_subject(template, token),
+                f"{key}[{i}]",
+                f"{template!r} never names the subject (no {{identifier}}), so its images "
+                f"would not show the personalised {name}; add {{identifier}}, e.g. "
+                "'a photo of {identifier} {class_noun}'",
+            )
+    _require(
+        sum(generate.count(name) for name in subjects) > 0,
+        "generate.num_images",
+        "is 0 for every subject, so generate would make no image and the synthetic and mixed "
+        "detectors would have nothing to train on; set generate.num_images >= 1",
+    )
+    if method == "textual_inversion" and params.caption.captioner == "template":
+        for name, subject in subjects.items():
+            token = concept_token(subject.identifier, method)
+            caption = subject_caption(
+                params.caption.template,
+                subject.identifier,
+                subject.class_noun,
+                "",
+                method,
+                check=False,
+            )
+            _require(
+                token in caption,
+                "caption.template",
+                f"{params.caption.template!r} gives captions without the placeholder {token} "
+                f"(subject {name}: {caption!r}), and personalize.method textual_inversion "
+                "trains only that token, so nothing would be learned; add {identifier}, e.g. "
+                "'a photo of {identifier}{objects}'",
+            )
+    _require(
+        not params.annotate_with_baseline.source_boxes or generate.mode != "txt2img",
+        "annotate_with_baseline.source_boxes",
+        "is true, but generate.mode is 'txt2img': txt2img images have no source train image, "
+        "so no source box would ever be offered; set generate.mode=img2img (or controlnet), or "
+        "annotate_with_baseline.source_boxes=false",
+    )
+    count = params.class_images.count
+    if count > 0:
+        personalize = params.personalize
+        _require(
+            method in PRIOR_METHODS,
+            "class_images.count",
+            f"is {count}, but personalize.method {method!r} uses no class images (prior "
+            "preservation belongs to dreambooth and dreambooth_lora), so they would be drawn "
+            "for nothing; set class_images.count=0",
+        )
+        for key in ("prior_loss_weight", "class_batch_size"):
+            _require(
+                getattr(personalize, key) > 0,
+                f"personalize.{key}",
+                f"is 0, so the {count} class images per subject (class_images.count) never "
+                "reach the loss; set class_images.count=0 to train without prior preservation, "
+                f"or personalize.{key} > 0",
+            )
 
 
 @dataclass(frozen=True)
@@ -573,6 +853,9 @@ class Params:
     annotate_with_baseline: AnnotateParams
     train_detector: TrainDetectorParams
     evaluate: EvaluateParams
+
+    def __post_init__(self) -> None:
+        check_across_sections(self)
 
 
 def _describe(value: Any) -> str:
@@ -606,6 +889,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _require(ok, key, f"must be a number, got {_describe(value)}")
+        _require(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -644,16 +928,42 @@ def parse_section(cls: type, raw: Any, where: str = "") -> Any:
     return cls(**values)
 
 
+def check_across_sections(params: Params) -> None:
+    """Checks that involve two sections; run whenever a `Params` is made (parsed, or changed with
+    dataclasses.replace), so every stage, the first one included, refuses a combination that a
+    later stage could not run."""
+    _require(
+        params.shared.seed in params.train_detector.seeds,
+        "shared.seed",
+        f"({params.shared.seed}) must be one of 'train_detector.seeds' "
+        f"{list(params.train_detector.seeds)}: the real detector of shared.seed is the annotator; "
+        f"e.g. -S shared.seed={params.train_detector.seeds[0]}",
+    )
+    params.generate.check_subjects(list(params.shared.subjects))
+    _check_settings_take_effect(params)
+
+
 def parse_params(raw: Any) -> Params:
     return parse_section(Params, raw)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML 1.2, read exactly as DVC reads params.yaml (ruamel.yaml, safe): `1e-4` is a number,
+    `yes` / `no` / `on` / `off` are strings, and a repeated key is an error."""
+    return YAML(typ="safe").load(text)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
         raise ParamsError(f"params: file {path} not found") from exc
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"params: {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"params: {path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except YAMLError as exc:  # a repeated key too
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError(f"params: {path} is not valid YAML: {problem}{where}") from exc
     return parse_params(raw)

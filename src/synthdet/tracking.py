@@ -42,6 +42,27 @@ def git_revision() -> str:
         return "unknown"
 
 
+ENVIRONMENT_PACKAGES = ("torch", "diffusers", "transformers", "peft", "ultralytics", "accelerate")
+
+
+def environment() -> dict[str, str | int]:
+    """What a number depends on besides code, data and params: package versions, Python, torch's
+    CPU thread count and the device (float summation order, hence the last bits, depend on them).
+    """
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        **{package: version(package) for package in ENVIRONMENT_PACKAGES},
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "machine": platform.machine(),
+    }
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}, the shape of MLflow params and DVC metrics."""
     flat: dict[str, Any] = {}
@@ -91,6 +112,7 @@ def stage_run(stage: str, experiment: str, params: Mapping[str, Any]) -> Iterato
     mlflow.set_experiment(experiment)
     dvc_experiment = os.environ.get(EXPERIMENT_ENV, "workspace")
     tags = {"dvc_experiment": dvc_experiment, "git_revision": git_revision(), "stage": stage}
+    tags |= {f"env.{key}": str(value) for key, value in environment().items()}
     with mlflow.start_run(run_name=f"{dvc_experiment}/{stage}", tags=tags):
         run = StageRun()
         run.log_params(params)

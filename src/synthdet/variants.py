@@ -96,15 +96,6 @@ def seed_folder(seed: int) -> str:
     return f"seed{seed}"
 
 
-def check_annotator_seed(params: Params) -> None:
-    if params.shared.seed not in params.train_detector.seeds:
-        raise ParamsError(
-            f"params: 'shared.seed' ({params.shared.seed}) must be one of 'train_detector.seeds' "
-            f"{list(params.train_detector.seeds)}: the real detector of shared.seed is the "
-            "annotator"
-        )
-
-
 @dataclass(frozen=True)
 class Composition:
     real: tuple[Path, ...]  # image paths

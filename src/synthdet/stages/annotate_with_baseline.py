@@ -28,19 +28,21 @@ import dataclasses
 import hashlib
 import shutil
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.ops import batched_nms
 
-from synthdet import detection, formats, metrics, variants
+from synthdet import detection, formats, metrics
 from synthdet.cli import run_stage
 from synthdet.data import (
     Box,
     DataError,
     Sample,
     atomic_path,
+    drop_duplicate_boxes,
     format_label,
     list_images,
     parse_label_file,
@@ -48,6 +50,7 @@ from synthdet.data import (
     read_yolo_folder,
     write_json,
 )
+from synthdet.errors import warn
 from synthdet.params import AnnotateParams, Params
 from synthdet.tracking import stage_run
 
@@ -62,6 +65,7 @@ def annotator_quality(detector: Any, val_dir: Path, params: Params) -> dict[str,
     )
     predictions = [metrics.predicted_boxes(image) for image in found]
     targets = [metrics.target_boxes(sample) for sample in samples]
+    scores = [score for image in found for _, score in image.yolo_boxes()]
     counts = metrics.precision_recall(predictions, targets)
     ranked = metrics.detection_metrics(predictions, targets)
     return {
@@ -71,6 +75,10 @@ def annotator_quality(detector: Any, val_dir: Path, params: Params) -> dict[str,
         "annotator.map50_95": round(ranked.map50_95, 6),
         "annotator.val_images": len(samples),
         "annotator.val_boxes": counts.true_positives + counts.false_negatives,
+        # the same annotator at the same confidence on real images: what boxes_per_image and
+        # mean_confidence of the generated images are to be read against
+        "annotator.val_boxes_per_image": round(len(scores) / max(1, len(samples)), 6),
+        "annotator.val_mean_confidence": round(statistics.fmean(scores), 6) if scores else None,
     }
 
 
@@ -144,6 +152,17 @@ def source_proposals(
     return merged, counts
 
 
+def empty_labels_warning(images: int, config: AnnotateParams) -> str:
+    return (
+        f"annotate-with-baseline labelled no box in any of the {images} generated images "
+        f"(annotate_with_baseline.confidence={config.confidence}): the synthetic variant trains "
+        "on background only, and metrics/annotate.json says empty_label_set: true. Lower "
+        "annotate_with_baseline.confidence, label by construction with generate.mode=img2img "
+        "and annotate_with_baseline.source_boxes=true, or look at the images "
+        "(metrics/synthetic_grid.png)."
+    )
+
+
 def read_corrections(corrections: Path | None, num_classes: int) -> dict[str, tuple[Box, ...]]:
     """{sha256 of an image: its corrected boxes} from a reviewed YOLO folder (images/ + labels/).
 
@@ -175,7 +194,6 @@ def run(
     corrections: Path | None = None,
 ) -> dict:
     config = params.annotate_with_baseline
-    variants.check_annotator_seed(params)
     images_dir = Path(generated_dir) / "images"
     images = list_images(images_dir) if images_dir.is_dir() else []
     if not images:
@@ -210,6 +228,7 @@ def run(
             )
         boxes_per_image = []
         confidences = []
+        duplicates: Counter = Counter()
         labelled = []
         used_corrections = set()
         with atomic_path(Path(out_dir)) as staging:
@@ -222,7 +241,7 @@ def run(
                     boxes = corrected[digest]
                 else:
                     scored = found.yolo_boxes()
-                    boxes = tuple(box for box, _ in scored)
+                    boxes = drop_duplicate_boxes((box for box, _ in scored), duplicates)
                     confidences.extend(score for _, score in scored)
                 image = staging / "images" / found.image.name
                 shutil.copy2(found.image, image)
@@ -241,9 +260,15 @@ def run(
             "mean_confidence": round(statistics.fmean(confidences), 6) if confidences else None,
             "corrected_images": len(used_corrections),
             "corrections_unused": len(set(corrected) - used_corrections),
+            # boxes identical to another of the same image once written (6 decimals)
+            "duplicate_boxes_dropped": duplicates["duplicate_boxes"],
+            # no box in any image: the synthetic variant would learn only "nothing to find"
+            "empty_label_set": sum(boxes_per_image) == 0,
             **source_counts,
             **quality,
         }
+        if metrics["empty_label_set"]:
+            warn(empty_labels_warning(len(images), config))
         write_json(metrics_path, metrics)
         tracking.log_metrics(metrics)
         tracking.log_artifact(metrics_path)

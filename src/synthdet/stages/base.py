@@ -1,7 +1,8 @@
 """Stage `base`: build and pretrain the offline `builtin:tiny` Stable Diffusion model.
 
 First the VAE (reconstruction + small KL), then the UNet with the noise-prediction loss on the
-class prompt, text encoder frozen, on the real train split only.
+class prompt, text encoder frozen, on the real train split (and `base.pool_dir`'s unlabelled
+images), starting from random weights or from a shipped domain checkpoint (`base.init`).
 """
 
 from __future__ import annotations
@@ -12,72 +13,54 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import set_seed
 
 from synthdet import diffusion, tracking
 from synthdet.cli import run_stage
-from synthdet.data import atomic_path, read_yolo_folder, write_text
+from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_text
 from synthdet.params import Params
 
 
-def run(params: Params, train: Path, out: Path, loss_file: Path) -> dict:
+def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Path) -> dict:
+    """Build `builtin:tiny` (from scratch, or from the shipped checkpoint `base.init` found in
+    `checkpoints`) and train it on native-scale crops of the train split plus `base.pool_dir`.
+
+    Writes the diffusers pipeline folder `out` (safetensors) and the loss curve `loss_file`
+    (TSV: step, phase, loss). Raises ModelNotAvailableError if the checkpoint is missing and
+    ParamsError if its architecture differs from `base`'s sizes. Labels are never read.
+    """
     base = params.base
     device = diffusion.configure_torch()
     started = time.perf_counter()
     set_seed(params.shared.seed)
     generator = torch.Generator().manual_seed(params.shared.seed)
-    samples = read_yolo_folder(train, len(params.shared.class_names))
-    images = diffusion.load_images([s.image for s in samples], base.resolution)
-    pipeline = diffusion.build_tiny_pipeline(base).to(device)
-    pipeline.text_encoder.requires_grad_(False)
-    class_prompt = base.class_prompt
+    paths = [s.image for s in read_yolo_folder(train, len(params.shared.class_names))]
+    if not Path(base.pool_dir).is_dir():
+        raise DataError(
+            f"base.pool_dir: folder {base.pool_dir} not found; create it or fix the path"
+        )
+    pool = list_images(Path(base.pool_dir))
+    images = diffusion.load_images(paths + pool, base.resolution)
+    if base.init:
+        pipeline = diffusion.load_checkpoint(base.init, checkpoints, base)
+    else:
+        pipeline = diffusion.build_tiny_pipeline(base)
+    pipeline.to(device)
     stage_params = {
         "base": dataclasses.asdict(base),
-        "class_prompt": class_prompt,
         "seed": params.shared.seed,
-        "train_images": len(samples),
+        "train_images": len(paths),
+        "pool_images": len(pool),
     }
-
     with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as run_log:
         curve = diffusion.LossCurve(run_log)
-        diffusion.train_vae(pipeline.vae, images, base, generator, curve.recorder("vae"))
-        latent_distributions = diffusion.encode_latent_distributions(
-            pipeline.vae, diffusion.with_flips(images), base.batch_size
-        )
-        scaling_factor = diffusion.latent_scaling_factor(latent_distributions)
-        pipeline.vae.register_to_config(scaling_factor=scaling_factor)
-
-        unet = pipeline.unet
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=base.unet_learning_rate)
-        lr_scheduler = get_scheduler(
-            base.lr_scheduler,
-            optimizer,
-            num_warmup_steps=base.lr_warmup_steps,
-            num_training_steps=base.unet_steps,
-        )
-        class_embedding, empty_embedding = diffusion.encode_prompts(pipeline, [class_prompt, ""])
-        diffusion.train_noise_prediction(
-            unet,
-            pipeline.scheduler,
-            latent_distributions,
-            class_embedding.expand(len(latent_distributions), -1, -1),
-            scaling_factor=scaling_factor,
-            steps=base.unet_steps,
-            batch_size=base.batch_size,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            generator=generator,
-            on_step=curve.recorder("unet", first_step=base.vae_steps + 1),
-            unconditional_embedding=empty_embedding,
-            unconditional_probability=base.unconditional_probability,
-        )
-
+        scaling_factor = diffusion.pretrain(pipeline, images, base, generator, curve)
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())
         metrics = {
-            "train_images": len(samples),
+            "train_images": len(paths),
+            "pool_images": len(pool),
             "vae_loss_final": curve.final("vae"),
             "unet_loss_final": curve.final("unet"),
             "latent_scaling_factor": scaling_factor,
@@ -85,16 +68,23 @@ def run(params: Params, train: Path, out: Path, loss_file: Path) -> dict:
         }
         run_log.log_metrics(metrics)
         run_log.log_artifact(loss_file)
+    print(
+        f"base: {base.init or 'from scratch'}, {len(paths)} train + {len(pool)} pool images, "
+        f"{base.vae_steps} VAE + {base.unet_steps} UNet steps, {metrics['seconds']:.0f} s"
+    )
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", type=Path, required=True, help="real train split (YOLO)")
+    parser.add_argument(
+        "--checkpoints", type=Path, required=True, help="shipped checkpoints (base.init)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="diffusers pipeline folder")
     parser.add_argument("--loss", type=Path, required=True, help="loss curve TSV")
     args = parser.parse_args()
-    run_stage(lambda params: run(params, args.train, args.out, args.loss))
+    run_stage(lambda params: run(params, args.train, args.checkpoints, args.out, args.loss))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from synthdet import classifiers, detection, metrics, plots, report, variants
+from synthdet import classifiers, detection, metrics, plots, report, tracking, variants
 from synthdet.cli import run_stage
 from synthdet.data import (
     DataError,
@@ -46,7 +46,6 @@ from synthdet.data import (
     write_text,
 )
 from synthdet.params import Params, ParamsError
-from synthdet.tracking import stage_run
 
 BASELINE = variants.BASELINE  # the variant the others are compared with
 MAP_KEYS = ("map50_95", "map50", "map75")
@@ -306,7 +305,7 @@ def run(
         "test": str(test_dir),
         "real_images": str(real_images_dir),
     }
-    with stage_run("evaluate", params.shared.mlflow_experiment, logged_params) as tracking:
+    with tracking.stage_run("evaluate", params.shared.mlflow_experiment, logged_params) as run_log:
         generated_images = list_images(Path(generated_dir) / "images")
         inception = metrics.FidInceptionFeatures()
         leak_similarity = check_test_leakage(
@@ -377,6 +376,8 @@ def run(
             [sample.image for sample in grid_samples], grid_columns, out_dir / "test_grid.png"
         )
         write_json(metrics_path, summary)
+        # The environment the numbers came from; reproduce compares it too.
+        write_json(out_dir / "environment.json", tracking.environment())
         report_path = out_dir / "report.md"
         page = report.render(
             params,
@@ -387,7 +388,7 @@ def run(
             report_path,
         )
         write_text(report_path, page)
-        tracking.log_metrics(summary)
+        run_log.log_metrics(summary)
         for name in (
             "detection_table.csv",
             "detection_runs.csv",
@@ -397,8 +398,8 @@ def run(
             "test_grid.png",
             "report.md",
         ):
-            tracking.log_artifact(out_dir / name)
-        tracking.log_artifact(metrics_path)
+            run_log.log_artifact(out_dir / name)
+        run_log.log_artifact(metrics_path)
     return summary
 
 

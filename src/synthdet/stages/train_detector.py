@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from synthdet import detection, variants
 from synthdet.cli import run_stage
 from synthdet.data import DataError, list_images
+from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
@@ -47,6 +49,26 @@ def training_folders(
     return folders, composition
 
 
+def label_boxes(images: Sequence[Path], folder: Path | None) -> int:
+    """The boxes in the YOLO labels of `images` of `folder` (no label file: a background image)."""
+    total = 0
+    for image in images:
+        label = Path(folder) / "labels" / f"{Path(image).stem}.txt"
+        if label.is_file():
+            total += sum(1 for line in label.read_text().splitlines() if line.strip())
+    return total
+
+
+def empty_labels_warning(variant: str, seed: int, images: int) -> str:
+    return (
+        f"detector variant {variant} (seed {seed}) trains on {images} images whose labels hold "
+        "no box: it can only learn that there is nothing to find (its metrics say "
+        "empty_label_set: 1). For auto-labelled images lower annotate_with_baseline.confidence, "
+        "or label by construction with generate.mode=img2img and "
+        "annotate_with_baseline.source_boxes=true."
+    )
+
+
 def run(
     params: Params,
     variant_name: str,
@@ -58,7 +80,6 @@ def run(
     results_csv: Path,
 ) -> dict:
     config = params.train_detector
-    variants.check_annotator_seed(params)
     variant = variants.parse(variant_name)
     train_args = config.train_args()
     logged_params = {
@@ -81,6 +102,14 @@ def run(
         folders, composition = training_folders(
             variant, real_dir, synthetic_dir, params.shared.seed, Path(scratch)
         )
+        boxes = {
+            "real_boxes": label_boxes(composition.real, real_dir),
+            "synthetic_boxes": label_boxes(composition.synthetic, synthetic_dir),
+        }
+        empty = sum(boxes.values()) == 0
+        if empty:
+            images = len(composition.real) + len(composition.synthetic)
+            warn(empty_labels_warning(variant.name, seed, images))
         result = detection.train_detector(
             model=config.model_source,
             train_folders=folders,
@@ -97,6 +126,8 @@ def run(
             "real_images": len(composition.real),
             "synthetic_images": len(composition.synthetic),
             "synthetic_share": round(composition.synthetic_share, 6),
+            **boxes,
+            "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
             "epochs": len(result.epochs),
             **{f"best.{name}": value for name, value in result.best.items()},
         }

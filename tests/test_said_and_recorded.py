@@ -1,0 +1,118 @@
+"""Results that would silently train on nothing are said and recorded (issue 16, kind 2):
+an annotation pass that labels no box, a detector variant whose labels hold no box, and a
+textual-inversion caption without the placeholder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthdet import detection
+from synthdet.captioning import subject_caption
+from synthdet.data import DataError
+from synthdet.stages import annotate_with_baseline, train_detector
+from tests.conftest import write_tiny_yolo_folder
+
+
+def warnings(capsys) -> list[str]:
+    """Our warning lines on stderr (not MLflow's or the libraries' logging)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+
+def nothing_found(detector, images, imgsz, confidence, iou) -> list[detection.Detections]:
+    """A detector that finds nothing, as the real baseline does on the offline default's images."""
+    found = []
+    for image in images:
+        with Image.open(image) as opened:
+            width, height = opened.size
+        empty = np.zeros((0, 4))
+        found.append(detection.Detections(Path(image), width, height, empty, empty[:, 0], []))
+    return found
+
+
+def test_an_annotation_pass_without_boxes_is_said_and_flagged(
+    params, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(detection, "load_detector", lambda folder, names: object())
+    monkeypatch.setattr(detection, "predict", nothing_found)
+    val = write_tiny_yolo_folder(tmp_path / "val", photos=1, tiles=2)
+    generated = tmp_path / "generated" / "images"
+    generated.mkdir(parents=True)
+    for index, image in enumerate(sorted((val / "images").iterdir())):
+        Image.open(image).save(generated / f"apple_tree_{index:06d}.png")
+    metrics = annotate_with_baseline.run(
+        params, generated.parent, tmp_path / "baseline", val, tmp_path / "out", tmp_path / "a.json"
+    )
+    assert metrics["boxes"] == 0 and metrics["empty_label_set"] is True
+    assert json.loads((tmp_path / "a.json").read_text())["empty_label_set"] is True
+    assert warnings(capsys) == [
+        "warning: annotate-with-baseline labelled no box in any of the 2 generated images "
+        "(annotate_with_baseline.confidence=0.25): the synthetic variant trains on background "
+        "only, and metrics/annotate.json says empty_label_set: true. Lower "
+        "annotate_with_baseline.confidence, label by construction with generate.mode=img2img "
+        "and annotate_with_baseline.source_boxes=true, or look at the images "
+        "(metrics/synthetic_grid.png)."
+    ]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """detection.train_detector replaced: what matters here is what happens before it."""
+    seen = []
+
+    def train(**kwargs):
+        seen.append(kwargs)
+        return detection.TrainingResult(4, [{"epoch": 1, "metrics/mAP50-95(B)": 0.0}], {})
+
+    monkeypatch.setattr(detection, "train_detector", train)
+    return seen
+
+
+def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_training, capsys):
+    real = write_tiny_yolo_folder(tmp_path / "real", photos=2, tiles=2)
+    synthetic = write_tiny_yolo_folder(tmp_path / "synthetic", photos=1, tiles=3)
+    for label in (synthetic / "labels").iterdir():
+        label.write_text("")  # the annotator found nothing
+
+    def run(variant: str) -> dict:
+        return train_detector.run(
+            params, variant, 42, real, synthetic, real, tmp_path / variant, tmp_path / "r.csv"
+        )
+
+    metrics = run("synthetic")
+    assert (metrics["synthetic_boxes"], metrics["real_boxes"]) == (0, 0)
+    assert metrics["empty_label_set"] == 1
+    assert warnings(capsys) == [
+        "warning: detector variant synthetic (seed 42) trains on 3 images whose labels hold no "
+        "box: it can only learn that there is nothing to find (its metrics say "
+        "empty_label_set: 1). For auto-labelled images lower annotate_with_baseline.confidence, "
+        "or label by construction with generate.mode=img2img and "
+        "annotate_with_baseline.source_boxes=true."
+    ]
+    # The real images' boxes are enough: nothing to say.
+    metrics = run("mixed")
+    real_boxes = sum(len(p.read_text().splitlines()) for p in (real / "labels").iterdir())
+    assert (metrics["real_boxes"], metrics["synthetic_boxes"]) == (real_boxes, 0)
+    assert metrics["empty_label_set"] == 0 and warnings(capsys) == []
+    assert len(no_training) == 2
+
+
+def test_a_textual_inversion_caption_without_the_placeholder_stops_the_caption_stage():
+    # BLIP's description can hold the class noun (it becomes the placeholder) or not
+    assert subject_caption("a photo", "sks", "apple tree", "", "textual_inversion", "a tree") == (
+        "a photo, a <sks>"
+    )
+    with pytest.raises(DataError) as caught:
+        subject_caption("a photo", "sks", "apple tree", "", "textual_inversion", "a red fruit")
+    assert str(caught.value) == (
+        "textual inversion caption 'a photo, a red fruit' does not contain the placeholder "
+        "<sks>, the only token the method trains, so this image would teach it nothing; add "
+        "{identifier} to caption.template"
+    )
+    assert subject_caption("a photo", "sks", "apple tree", "", "lora", "a red fruit") == (
+        "a photo, a red fruit"
+    )

@@ -1,0 +1,469 @@
+"""Users' datasets as they really come (issue 15): layouts, declared sizes, annotation policies,
+bad files, data that would distort the evaluation, and a new user's first run."""
+
+import contextlib
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from synthdet import formats
+from synthdet.data import DataError, read_yolo_folder
+
+NAMES = ("apple", "pear")
+RED = (220, 20, 20)
+
+
+def image_file(path: Path, size=(40, 20), colour=None, fmt=None, **save) -> Path:
+    """An image whose pixels differ from every other name's (unless `colour` is given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shade = sum(path.stem.encode()) * 37 % 200
+    Image.new("RGB", size, colour or (30, 20 + shade, 30)).save(path, format=fmt, **save)
+    return path
+
+
+def text_file(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def voc_xml(objects, size=(40, 20), filename=None) -> str:
+    rows = "".join(
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+        f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for name, difficult, (x0, y0, x1, y1) in objects
+    )
+    name = f"<filename>{filename}</filename>" if filename else ""
+    return (
+        f"<annotation>{name}<size><width>{size[0]}</width><height>{size[1]}</height></size>"
+        f"{rows}</annotation>"
+    )
+
+
+def coco_file(path: Path, images, annotations, categories=({"id": 1, "name": "apple"},)):
+    text_file(
+        path,
+        json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}),
+    )
+
+
+def boxes_of(samples):
+    return {s.image.name: [(b.class_id, b.cx, b.cy, b.w, b.h) for b in s.boxes] for s in samples}
+
+
+# ---------------------------------------------------------------- 1. nothing ignored
+
+
+def test_nested_and_split_folders_are_read(tmp_path):
+    """images/<sub>/ (any depth), ultralytics' images/<split>/ and Roboflow's <split>/images/."""
+    for rel in ("images/batch2/a.jpg", "images/train/b.jpg", "valid/images/c.jpg"):
+        image_file(tmp_path / rel)
+    for rel in ("labels/batch2/a.txt", "labels/train/b.txt", "valid/labels/c.txt"):
+        text_file(tmp_path / rel, "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "data.yaml", "names: [apple, pear]\nnc: 2\n")
+    text_file(tmp_path / "README.roboflow.txt", "exported\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert imported.format == "yolo"
+    assert sorted(s.image.name for s in imported.samples) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(len(s.boxes) == 1 for s in imported.samples)
+    assert imported.repairs["skipped_files"] == 2
+    assert imported.notes == [
+        "skipped, not data: README.roboflow.txt (documentation), data.yaml (dataset description)"
+    ]
+
+
+def test_label_files_named_after_the_image_or_in_another_case_are_paired(tmp_path):
+    image_file(tmp_path / "images" / "IMG_1.JPG")
+    image_file(tmp_path / "images" / "b.jpg")
+    text_file(tmp_path / "labels" / "img_1.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "b.jpg.txt", "1 0.5 0.5 0.2 0.2\n")
+    samples, repairs = formats.read_dataset(tmp_path, "yolo", NAMES)
+    assert {name: [b[0] for b in boxes] for name, boxes in boxes_of(samples).items()} == {
+        "IMG_1.JPG": [0],
+        "b.jpg": [1],
+    }
+    assert repairs == Counter(label_stem_case=1, label_named_after_image=1)
+
+
+def test_label_file_matching_no_image_is_an_error(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "ghost.txt", "0 0.5 0.5 0.2 0.2\n")
+    message = (
+        f"{tmp_path}: 1 label file(s) match no image, their boxes would be lost: "
+        "labels/ghost.txt; a label file must have its image's file stem (photo_1.jpg <-> "
+        "photo_1.txt): rename them, add the images, or remove them from prepare.raw_dir"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_two_label_files_for_one_image(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    text_file(tmp_path / "labels" / "train" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "val" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match="several label files for one image"):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_tif_is_read_and_written_as_png(tmp_path):
+    image_file(tmp_path / "raw" / "images" / "scan.tif", fmt="TIFF")
+    text_file(tmp_path / "raw" / "labels" / "scan.txt", "0 0.5 0.5 0.2 0.2\n")
+    samples, _ = formats.read_dataset(tmp_path / "raw", "auto", NAMES)
+    repairs = Counter()
+    formats.write_yolo_folder(samples, tmp_path / "out", repairs)
+    assert [p.name for p in (tmp_path / "out" / "images").iterdir()] == ["scan.png"]
+    assert repairs == Counter(reencoded_images=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "images/c.heic",
+            "1 image(s) in a format prepare does not read: images/c.heic; convert them to JPEG "
+            "or PNG",
+        ),
+        (
+            "images/notes.csv",
+            "1 file(s) are not part of the images + labels/<stem>.txt (YOLO) dataset and would "
+            "be ignored: images/notes.csv; move them out of prepare.raw_dir",
+        ),
+    ],
+)
+def test_a_file_no_reader_uses_is_named(tmp_path, name, message):
+    image_file(tmp_path / "images" / "a.jpg")
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / name, b"\x00\x01")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: {message}")):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_coco_file_names_with_folder_prefix_or_windows_separators(tmp_path):
+    """Label Studio / CVAT exports: `file_name` carries a folder prefix or backslashes."""
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        image_file(tmp_path / "images" / "batch" / name)
+    images = [
+        {"id": 1, "file_name": "batch/a.jpg", "width": 40, "height": 20},  # under images/
+        {"id": 2, "file_name": "../../media/upload/3/b.jpg", "width": 40, "height": 20},
+        {"id": 3, "file_name": "C:\\Users\\me\\images\\batch\\c.jpg", "width": 40, "height": 20},
+    ]
+    annotations = [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [10, 5, 20, 10]} for i in (1, 2, 3)
+    ]
+    coco_file(tmp_path / "annotations" / "instances_default.json", images, annotations)
+    samples, repairs = formats.read_dataset(tmp_path, "coco", NAMES)
+    assert [s.image.relative_to(tmp_path).as_posix() for s in samples] == [
+        "images/batch/a.jpg",
+        "images/batch/b.jpg",
+        "images/batch/c.jpg",
+    ]
+    assert repairs == Counter(coco_file_name_resolved=2)
+
+
+def test_coco_image_in_no_coco_file(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    image_file(tmp_path / "images" / "extra.jpg")
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], [])
+    with pytest.raises(
+        DataError, match=re.escape("1 image(s) are in no COCO file (a.json): images/extra.jpg")
+    ):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_yolo_class_list_must_be_shared_class_names(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "classes.txt", "pear\napple\n")
+    message = (
+        f"{tmp_path / 'labels' / 'classes.txt'}: the dataset names its classes ['pear', "
+        "'apple'] but shared.class_names is ['apple', 'pear']; YOLO class ids index these "
+        "names, so set shared.class_names to the dataset's list in params.yaml"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+# ---------------------------------------------------------------- 2. declared sizes
+
+
+def upright_photo_with_apple(path: Path) -> tuple[int, int, int, int]:
+    """A 20x40 (upright) photo stored as 40x20 with EXIF orientation 6; a red apple at the
+    returned upright pixel box."""
+    upright = Image.new("RGB", (20, 40), (30, 120, 30))
+    apple = (2, 25, 9, 36)
+    ImageDraw.Draw(upright).rectangle((apple[0], apple[1], apple[2] - 1, apple[3] - 1), fill=RED)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # exif_transpose undoes it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, exif=exif)
+    return apple
+
+
+def red_share_inside(folder: Path, stem: str) -> float:
+    """Share of red pixels inside the one written box of `stem` (checked on the pixels)."""
+    (sample,) = [s for s in read_yolo_folder(folder, len(NAMES)) if s.image.stem == stem]
+    (box,) = sample.boxes
+    with Image.open(sample.image) as image:
+        x0, y0, x1, y1 = (round(v) for v in box.xyxy(*image.size))
+        pixels = list(image.convert("RGB").crop((x0, y0, x1, y1)).getdata())
+    return sum(1 for r, g, _ in pixels if r > 150 and g < 80) / len(pixels)
+
+
+def test_voc_zero_size_on_exif_rotated_photo_puts_the_box_on_the_apple(tmp_path):
+    apple = upright_photo_with_apple(tmp_path / "raw" / "JPEGImages" / "r.png")
+    text_file(
+        tmp_path / "raw" / "Annotations" / "r.xml", voc_xml([("apple", 0, apple)], size=(0, 0))
+    )
+    samples, repairs = formats.read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert repairs == Counter(voc_size_from_image=1)
+    formats.write_yolo_folder(samples, tmp_path / "out", Counter())
+    assert red_share_inside(tmp_path / "out", "r") == 1.0
+
+
+def test_voc_stored_size_of_exif_rotated_photo_is_an_error(tmp_path):
+    apple = upright_photo_with_apple(tmp_path / "JPEGImages" / "r.png")
+    xml = text_file(tmp_path / "Annotations" / "r.xml", voc_xml([("apple", 0, apple)]))
+    message = (
+        f"{xml}: declares the image size 40x20 but {tmp_path / 'JPEGImages' / 'r.png'} is 20x40 "
+        "upright; that is the stored size: the photo has EXIF orientation 6"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(tmp_path):
+    raw = tmp_path / "raw"
+    apple = upright_photo_with_apple(raw / "images" / "r.png")
+    x0, y0, x1, y1 = apple
+    annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0]}
+    coco_file(raw / "coco.json", [{"id": 1, "file_name": "r.png"}], [annotation])
+    samples, repairs = formats.read_dataset(raw, "auto", NAMES)
+    assert repairs == Counter(coco_size_from_image=1)
+    formats.write_yolo_folder(samples, tmp_path / "out", Counter())
+    assert red_share_inside(tmp_path / "out", "r") == 1.0
+    image = {"id": 1, "file_name": "r.png", "width": 30, "height": 40}
+    coco_file(raw / "coco.json", [image], [annotation])
+    message = (
+        f"{raw / 'coco.json'} image #0 (id 1): declares the image size 30x40 but "
+        f"{raw / 'images' / 'r.png'} is 20x40 upright; otherwise correct the declared size"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(raw, "auto", NAMES)
+
+
+# ---------------------------------------------------------------- 3. annotation policies
+
+
+def test_coco_crowd_regions_are_ignored_and_counted(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1},
+    ]
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
+    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs == Counter(coco_crowd_regions=1, coco_size_from_image=1)
+
+
+def test_voc_difficult_objects_are_dropped_and_counted(tmp_path):
+    image_file(tmp_path / "JPEGImages" / "a.jpg")
+    objects = [("apple", 0, (10, 5, 30, 15)), ("pear", 1, (0, 0, 8, 8))]
+    text_file(tmp_path / "Annotations" / "a.xml", voc_xml(objects))
+    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs == Counter(voc_difficult_objects=1)
+
+
+def test_duplicate_label_rows_are_one_object(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    rows = "0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n0 0.5000001 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n"
+    text_file(tmp_path / "labels" / "a.txt", rows)
+    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    assert [b.class_id for b in samples[0].boxes] == [0, 1]
+    assert repairs == Counter(duplicate_boxes=2)
+
+
+# ---------------------------------------------------------------- 4. no traceback
+
+
+def yolo_one(tmp_path: Path, label: str | bytes) -> Path:
+    image_file(tmp_path / "images" / "a.jpg")
+    return text_file(tmp_path / "labels" / "a.txt", label)
+
+
+def test_utf16_label_file_is_named(tmp_path):
+    label = yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n".encode("utf-16"))
+    message = f"{label}: not UTF-8 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_bom_and_float_class_ids_are_read(tmp_path):
+    yolo_one(tmp_path, "\ufeff0.000e+00 0.5 0.5 0.2 0.2\n1.0 0.25 0.5 0.1 0.1\n")
+    samples, _ = formats.read_dataset(tmp_path, "auto", NAMES)
+    assert [b.class_id for b in samples[0].boxes] == [0, 1]
+
+
+def test_fractional_class_id_is_an_error(tmp_path):
+    label = yolo_one(tmp_path, "0.5 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=re.escape(f"{label}:1: class id '0.5' is not a whole")):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_decompression_bomb_is_named(tmp_path, monkeypatch):
+    yolo_one(tmp_path, "")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x20 is then over twice the limit
+    with pytest.raises(
+        DataError, match=re.escape(f"{tmp_path / 'images' / 'a.jpg'}: image too large to open")
+    ):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_coco_json_in_annotations_folder_with_explicit_format(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10]}
+    image = {"id": 1, "file_name": "a.jpg", "width": 40, "height": 20}
+    coco_file(tmp_path / "annotations" / "instances.json", [image], [annotation])
+    for fmt in ("coco", "auto"):
+        samples, _ = formats.read_dataset(tmp_path, fmt, NAMES)
+        assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+
+
+def test_string_category_id_says_so(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    annotation = {"id": 4, "image_id": 1, "category_id": "1", "bbox": [10, 5, 20, 10]}
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], [annotation])
+    message = (
+        f"{tmp_path / 'a.json'} annotation #0 (id 4): category_id '1' is not in 'categories' "
+        "(ids [1]); it is the string '1': COCO ids are integers, write 1"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def valid_dataset(root: Path, fmt: str) -> list[Path]:
+    """A small valid dataset of `fmt`; returns the files a reader parses (to break them)."""
+    image = image_file(root / "images" / "a.png", size=(32, 32))
+    if fmt == "yolo":
+        return [
+            image,
+            text_file(root / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n"),
+            text_file(root / "data.yaml", "names: [apple, pear]\n"),
+            text_file(root / "labels" / "classes.txt", "apple\npear\n"),
+            text_file(root / "notes.json", json.dumps({"categories": [{"id": 0, "name": "a"}]})),
+        ]
+    if fmt == "coco":
+        annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}
+        coco_file(root / "annotations.json", [{"id": 1, "file_name": "a.png"}], [annotation])
+        return [image, root / "annotations.json"]
+    return [image, text_file(root / "Annotations" / "a.xml", voc_xml([("apple", 0, (1, 1, 9, 9))]))]
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "coco", "voc"])
+def test_random_bytes_and_truncated_files_give_data_errors_only(tmp_path, fmt):
+    """Every file a reader parses, replaced by random bytes or cut short: a DataError (or a
+    successful read), never another exception."""
+    rng = random.Random(fmt)
+    originals = {p: p.read_bytes() for p in valid_dataset(tmp_path, fmt)}
+    cases = 0
+    for path, content in originals.items():
+        variants = [
+            bytes(rng.randrange(256) for _ in range(rng.choice((1, 7, 64, 600)))) for _ in range(6)
+        ]
+        variants += [content[:cut] for cut in sorted({0, 1, len(content) // 3, len(content) - 1})]
+        variants += [b"\xff\xfe" + content, b"\xef\xbb\xbf" + content, content.replace(b"1", b"x")]
+        for variant in variants:
+            path.write_bytes(variant)
+            with contextlib.suppress(DataError):  # any other exception fails the test
+                formats.import_dataset(tmp_path, fmt, NAMES)
+            cases += 1
+        path.write_bytes(content)
+    assert cases >= 13 * len(originals)
+
+
+# ---------------------------------------------------------------- 5. distorting data
+
+
+def test_tiny_images_are_dropped_and_named(tmp_path):
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    image_file(tmp_path / "images" / "tiny.jpg", size=(9, 30))
+    text_file(tmp_path / "labels" / "tiny.txt", "0 0.5 0.5 0.2 0.2\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert [s.image.name for s in imported.samples] == ["a.jpg"]
+    assert imported.repairs == Counter(tiny_images=1)
+    assert imported.notes == [
+        "dropped images/tiny.jpg: 9x30 px, under 10 px (ultralytics' minimum)"
+    ]
+
+
+def test_same_picture_under_two_names(tmp_path):
+    image_file(tmp_path / "images" / "a.png", colour=(1, 2, 3))
+    image_file(tmp_path / "images" / "b.tif", colour=(1, 2, 3), fmt="TIFF")  # same pixels
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert [s.image.name for s in imported.samples] == ["a.png"]
+    assert imported.repairs == Counter(duplicate_images=1)
+    assert imported.notes == [
+        "dropped images/b.tif: the same picture as images/a.png (and the same labels)"
+    ]
+    text_file(tmp_path / "labels" / "b.txt", "1 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match="the same picture as .* but with other labels"):
+        formats.import_dataset(tmp_path, "auto", NAMES)
+
+
+# ---------------------------------------------------------------- 7. a new user's dataset
+
+
+def test_voc_with_lower_case_annotations_folder(tmp_path):
+    """A public VOC set of web photos: name-1.jpg, XML in annotations/ beside images/."""
+    for i in (1, 2):
+        image_file(tmp_path / "images" / f"name-{i}.jpg")
+        text_file(
+            tmp_path / "annotations" / f"name-{i}.xml",
+            voc_xml([("apple", 0, (10, 5, 30, 15))], filename=f"name-{i}.jpg"),
+        )
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert imported.format == "voc"
+    assert [len(s.boxes) for s in imported.samples] == [1, 1]
+
+
+def test_voc_annotation_found_by_its_filename_element(tmp_path):
+    image_file(tmp_path / "JPEGImages" / "photo.jpg")
+    text_file(
+        tmp_path / "Annotations" / "0001.xml",
+        voc_xml([("apple", 0, (10, 5, 30, 15))], filename="photo.jpg"),
+    )
+    samples, _ = formats.read_dataset(tmp_path, "voc", NAMES)
+    assert boxes_of(samples) == {"photo.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+
+
+def test_cvat_xml_is_not_voc(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg")
+    xml = text_file(tmp_path / "annotations.xml", "<annotations><image/></annotations>")
+    message = f"{xml}: not a Pascal VOC annotation (root element <annotations>, expected"
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_several_label_formats_need_prepare_format(tmp_path):
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "Annotations" / "a.xml", voc_xml([]))
+    with pytest.raises(DataError, match="holds label files of several formats"):
+        formats.read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_gitignore_ignores_dvc_plots():
+    root = Path(__file__).resolve().parents[1]
+    assert "dvc_plots/" in (root / ".gitignore").read_text().splitlines()
