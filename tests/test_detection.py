@@ -63,7 +63,7 @@ def tiny_params() -> Params:
         params,
         train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
         annotate_with_baseline=dataclasses.replace(
-            params.annotate_with_baseline, confidence=0.0, imgsz=SIZE
+            params.annotate_with_baseline, confidence=0.0, imgsz=SIZE, source_boxes=False
         ),
         evaluate=dataclasses.replace(params.evaluate, imgsz=SIZE, grid_images=4),
     )
@@ -392,6 +392,10 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
     )
     page = report.render(one_seed, evaluation, prepared, annotated, ["real"], tmp_path / "r.md")
     assert "One seed per variant (42), no error bars" in page
+    assert "No box in any generated image" not in page
+    empty = dict(annotated, boxes=0, empty_label_set=True)
+    page = report.render(one_seed, evaluation, prepared, empty, ["real"], tmp_path / "r.md")
+    assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
 
 
 @pytest.mark.parametrize("model", ["yolov8n-missing.pt", "models/yolov8n.pt", "/tmp/best.pt"])

@@ -241,11 +241,23 @@ def limits(
     found = []
     resolution = params.generate.resolution
     if params.personalize.base_model == "builtin:tiny":
+        start = (
+            f"the shipped `{params.base.init}` checkpoint (pretrained on unlabelled orchard "
+            "photos, none of this dataset's), fine-tuned on"
+            if params.base.init
+            else "trained from scratch on"
+        )
         found.append(
-            f"Offline tiny base model (`builtin:tiny`, pretrained on the "
-            f"{prepared.get('train.images', 'real')} real train images only), not Stable "
+            f"Offline tiny base model (`builtin:tiny`: {start} the "
+            f"{prepared.get('train.images', 'real')} real train images), not Stable "
             f"Diffusion: the images are {resolution} px and low fidelity, so these numbers do not "
             "predict what a real base model gives."
+        )
+    if annotated.get("empty_label_set"):
+        found.append(
+            "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
+            "synthetic detectors trained on background only, so their mAP measures nothing and "
+            "the synthetic images only teach the mixed detectors to miss objects."
         )
     seeds = params.train_detector.seeds
     if len(seeds) == 1:
