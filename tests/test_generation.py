@@ -38,12 +38,13 @@ PROMPTS = (
 
 
 def settings(**changes):
-    """Small generate params: 32 px, 2 steps, batches of 2, no off-distribution filter."""
+    """Small txt2img generate params: 32 px, 2 steps, batches of 2, no off-distribution filter."""
     params = load_params(REPO / "params.yaml").generate
     filters = dataclasses.replace(
         params.filters, **{"outliers": "none", **changes.pop("filters", {})}
     )
     base = {
+        "mode": "txt2img",  # the repo default is img2img; most cases here need no sources
         "num_images": 4,
         "prompts": PROMPTS,
         "num_inference_steps": 2,
@@ -577,14 +578,14 @@ def test_stage_rejects_unknown_subject_and_adapter_of_another_model(tmp_path):
             tmp_path / "m.json",
         )
 
-    unknown = dataclasses.replace(
-        params,
-        generate=dataclasses.replace(
-            params.generate, subjects={"pear": GenerateSubjectParams(num_images=3)}
-        ),
-    )
+    # checked as soon as the params are made, before the stage starts
     with pytest.raises(ParamsError, match=r"generate\.subjects\.pear"):
-        stage(unknown)
+        dataclasses.replace(
+            params,
+            generate=dataclasses.replace(
+                params.generate, subjects={"pear": GenerateSubjectParams(num_images=3)}
+            ),
+        )
     other = dataclasses.replace(
         params, personalize=dataclasses.replace(params.personalize, base_model="other/model")
     )

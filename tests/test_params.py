@@ -9,7 +9,12 @@ from tests.conftest import REPO
 
 @pytest.fixture
 def raw() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    """The repo's params, on txt2img with the annotator only (the cases below change one key
+    from there; test_repo_params_parse covers the repo's own img2img default)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["generate"]["mode"] = "txt2img"
+    params["annotate_with_baseline"]["source_boxes"] = False
+    return params
 
 
 def test_repo_params_parse(raw):

@@ -73,7 +73,7 @@ def test_seed_must_be_a_detector_seed_at_load(raw):
     """-S shared.seed=1 alone used to pass prepare and stop the run at annotate."""
     raw["shared"]["seed"] = 1
     message = (
-        "params: 'shared.seed' (1) must be one of 'train_detector.seeds' [42, 43]: the real "
+        "params: 'shared.seed' (1) must be one of 'train_detector.seeds' [42]: the real "
         "detector of shared.seed is the annotator; e.g. -S shared.seed=42"
     )
     with pytest.raises(ParamsError, match=re.escape(message)):

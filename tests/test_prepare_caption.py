@@ -272,7 +272,11 @@ def test_prepare_stops_when_a_held_out_split_has_no_box(small_params, tmp_path):
     params = with_prepare(small_params, group_pattern=None, val_groups=1, test_groups=1)
     split = {}
     for seed in range(50):  # a seed whose val or test split draws only box-free images
-        params = dataclasses.replace(params, shared=dataclasses.replace(params.shared, seed=seed))
+        params = dataclasses.replace(
+            params,
+            shared=dataclasses.replace(params.shared, seed=seed),
+            train_detector=dataclasses.replace(params.train_detector, seeds=(seed,)),
+        )
         try:
             prepare.run(params, raw, tmp_path / "out", tmp_path / "prepare.json")
         except DataError as exc:

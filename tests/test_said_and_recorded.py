@@ -4,6 +4,7 @@ textual-inversion caption without the placeholder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def test_an_annotation_pass_without_boxes_is_said_and_flagged(
 ):
     monkeypatch.setattr(detection, "load_detector", lambda folder, names: object())
     monkeypatch.setattr(detection, "predict", nothing_found)
+    annotator_only = dataclasses.replace(params.annotate_with_baseline, source_boxes=False)
+    params = dataclasses.replace(params, annotate_with_baseline=annotator_only)
     val = write_tiny_yolo_folder(tmp_path / "val", photos=1, tiles=2)
     generated = tmp_path / "generated" / "images"
     generated.mkdir(parents=True)
