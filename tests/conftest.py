@@ -16,6 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("SYNTHDET_TORCH_THREADS", "1")
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The micro DAG module (minutes of DVC subprocesses) first: under `pytest -n 2 --dist
     loadfile` one worker runs it while the other works through the rest of the suite."""
     items.sort(key=lambda item: item.path.name != "test_pipeline.py")
+
+
+# The base stage at test size, from random weights (no shipped checkpoint).
+MICRO_BASE = {
+    "resolution": 32,
+    "vae_steps": 2,
+    "unet_steps": 2,
+    "batch_size": 2,
+    "init": None,
+    "vae_crop": 16,
+    "unet_crop": 16,
+}
+
+
+def copy_dvc_project(root: Path, folders: tuple[str, ...] = ()) -> None:
+    """What `dvc repro` of the stages needs besides params and data: dvc.yaml, pyproject.toml,
+    src/, data/pool and the shipped-checkpoints folder (a DVC dep; empty, as base.init is null
+    at test size), plus `folders` of the repo."""
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    for folder in ("src", "data/pool", *folders):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "models/builtin").mkdir(parents=True)
+    (root / "models/builtin/README.md").write_text("no checkpoint\n")

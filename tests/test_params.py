@@ -56,6 +56,19 @@ def test_unknown_section(raw):
         ("prepare", "group_pattern", r"\w+", r"'prepare.group_pattern' needs a capture group"),
         ("caption", "template", "a {subject}", r"'caption.template' has an unknown"),
         ("annotate_with_baseline", "confidence", 1.5, r"confidence' must be in \[0, 1\]"),
+        ("shared", "seed", -1, r"'shared.seed' must be in \[0, 2\*\*32 - 1\]"),
+        (
+            "shared",
+            "class_names",
+            ["apple", "pear", "apple"],
+            r"'shared.class_names' names 'apple' more than once; each class needs its own name",
+        ),
+        ("shared", "class_names", ["apple", " pear"], r"'shared.class_names\[1\]' must be a non"),
+        ("shared", "mlflow_experiment", " ", r"'shared.mlflow_experiment' must not be empty"),
+        ("prepare", "raw_dir", "", r"'prepare.raw_dir' must name the dataset folder"),
+        ("prepare", "test_groups", 0, r"'prepare.test_groups' must be >= 1"),
+        ("prepare", "format", "kitti", r"'prepare.format' must be one of"),
+        ("base", "vae_kl_weight", float("inf"), r"'base.vae_kl_weight' must be a finite number"),
     ],
 )
 def test_bad_values_name_the_key(raw, section, key, value, message):

@@ -27,7 +27,13 @@ from synthdet import diffusion, personalization
 from synthdet.data import DataError
 from synthdet.params import ParamsError, SubjectParams, TextualInversionParams, load_params
 from synthdet.stages import caption, class_images, personalize
-from tests.conftest import REPO, accelerate_launch, write_tiny_yolo_folder
+from tests.conftest import (
+    MICRO_BASE,
+    REPO,
+    accelerate_launch,
+    copy_dvc_project,
+    write_tiny_yolo_folder,
+)
 from tests.tiny_models import SAMPLE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -335,12 +341,7 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
     """DVC: with two subjects, a change to one subject's params reruns only its stages."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, project / name)
-    shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "data/pool", project / "data/pool")
-    (project / "models/builtin").mkdir(parents=True)
-    (project / "models/builtin/README.md").write_text("no checkpoint\n")
+    copy_dvc_project(project)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["shared"]["subjects"] = {
         "red": {"identifier": "sks", "class_noun": "apple tree", "images": 2, "stem_pattern": ".*"},
@@ -352,17 +353,7 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
         },
     }
     params["prepare"].update({"val_groups": 1, "test_groups": 1})
-    params["base"].update(
-        {
-            "resolution": 32,
-            "vae_steps": 2,
-            "unet_steps": 2,
-            "batch_size": 2,
-            "init": None,
-            "vae_crop": 16,
-            "unet_crop": 16,
-        }
-    )
+    params["base"].update(MICRO_BASE)
     params["class_images"].update({"count": 2, "resolution": 32, "num_inference_steps": 2})
     params["personalize"].update(
         {"resolution": 32, "max_train_steps": 2, "batch_size": 1, "validation_steps": 1}

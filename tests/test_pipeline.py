@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import MICRO_BASE, REPO, copy_dvc_project
 
 # Small enough for CI, large enough that every stage does its real work.
 MICRO_OVERRIDES = {
@@ -28,15 +28,7 @@ MICRO_OVERRIDES = {
         }
     },
     "prepare": {"val_groups": 1, "test_groups": 1},
-    "base": {
-        "resolution": 32,
-        "vae_steps": 2,
-        "unet_steps": 2,
-        "batch_size": 2,
-        "init": None,
-        "vae_crop": 16,
-        "unet_crop": 16,
-    },
+    "base": MICRO_BASE,
     "class_images": {"count": 2, "resolution": 32, "num_inference_steps": 2, "batch_size": 2},
     "personalize": {
         "resolution": 32,
@@ -57,13 +49,7 @@ MICRO_OVERRIDES = {
 
 
 def write_micro_project(root: Path) -> None:
-    for name in ("dvc.yaml", "pyproject.toml"):
-        shutil.copy(REPO / name, root / name)
-    for folder in ("src", "plots", "data/corrections", "data/pool"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    # base.init is null here: the shipped checkpoints folder only has to exist (a DVC dep)
-    (root / "models/builtin").mkdir(parents=True)
-    (root / "models/builtin/README.md").write_text("no checkpoint\n")
+    copy_dvc_project(root, folders=("plots", "data/corrections"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in MICRO_OVERRIDES.items():
         for key, value in values.items():
