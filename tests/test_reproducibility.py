@@ -67,6 +67,21 @@ def test_tables_are_compared_cell_by_cell_with_the_file_tolerance():
     assert reproduce.tolerance_for("metrics/evaluate.json", tolerances) == 0.0
 
 
+def test_run_state_keys_are_not_compared():
+    tolerances = {"run_state": {"metrics/generate.json": ["generated", "reused"]}}
+    skipped = reproduce.run_state_keys("metrics/generate.json", tolerances)
+    assert reproduce.run_state_keys("metrics/evaluate.json", tolerances) == ()
+    committed = {"generated": 52, "reused": 64, "kept": 116}
+    fresh = {"generated": 116, "reused": 0, "kept": 116}
+    assert reproduce.compare("metrics/generate.json", committed, fresh, 0.0, skipped) == []
+    differences = reproduce.compare("metrics/generate.json", committed, fresh, 0.0)
+    assert [d.key for d in differences] == ["generated", "reused"]
+    (kept,) = reproduce.compare(
+        "metrics/generate.json", committed, dict(fresh, kept=115), 0.0, skipped
+    )
+    assert kept.key == "kept"
+
+
 def test_run_compares_the_working_tree_with_a_git_revision(tmp_path, monkeypatch):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -7,7 +7,10 @@ Every JSON, CSV and TSV file under `metrics/` that git tracks at the revision (b
 `metrics/bench/` excepted: they measure the machine, not the pipeline) is read in both versions;
 numbers are compared with the absolute tolerance `reproducibility.yaml` gives the file (0 =
 exact), other values exactly. Wall-clock keys (`seconds`, `*_seconds`, ...) are skipped: no
-run can reproduce them. Prints a table of the differences and exits 1 if there is any.
+run can reproduce them; so are the run-state keys `reproducibility.yaml` lists under `run_state`
+(counts of work a run reused or redid, e.g. incremental generation: a fresh clone generates
+every image that the committed run may have reused). Prints a table of the differences and
+exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -69,11 +72,18 @@ def is_time_key(key: str) -> bool:
     return any(part in key.rsplit(".", 1)[-1] for part in TIME_KEYS)
 
 
-def compare(file: str, committed: dict, reproduced: dict, tolerance: float) -> list[Difference]:
-    """The keys whose values differ by more than `tolerance` (numbers) or at all (the rest)."""
+def compare(
+    file: str,
+    committed: dict,
+    reproduced: dict,
+    tolerance: float,
+    skipped: tuple[str, ...] = (),
+) -> list[Difference]:
+    """The keys whose values differ by more than `tolerance` (numbers) or at all (the rest);
+    wall-clock keys and the `skipped` keys (run state) are not compared."""
     differences = []
     for key in sorted(set(committed) | set(reproduced)):
-        if is_time_key(key):
+        if is_time_key(key) or key in skipped:
             continue
         old, new = committed.get(key, "(missing)"), reproduced.get(key, "(missing)")
         if _close(old, new, tolerance):
@@ -99,6 +109,16 @@ def tolerance_for(file: str, tolerances: dict) -> float:
     return float(tolerances.get("default", 0.0))
 
 
+def run_state_keys(file: str, tolerances: dict) -> tuple[str, ...]:
+    """The keys of `file` that `tolerances['run_state']` (glob -> keys) says describe how a run
+    went rather than what it produced."""
+    keys: list[str] = []
+    for pattern, names in (tolerances.get("run_state") or {}).items():
+        if fnmatch.fnmatch(file, pattern):
+            keys += names
+    return tuple(keys)
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
@@ -116,7 +136,13 @@ def run(revision: str, tolerances_file: Path) -> list[Difference]:
         committed = read_table(_git("show", f"{revision}:{file}"), suffix)
         path = Path(file)
         reproduced = read_table(path.read_text(), suffix) if path.is_file() else {}
-        differences += compare(file, committed, reproduced, tolerance_for(file, tolerances))
+        differences += compare(
+            file,
+            committed,
+            reproduced,
+            tolerance_for(file, tolerances),
+            run_state_keys(file, tolerances),
+        )
     return differences
 
 
