@@ -18,11 +18,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from synthdet import detection, report
+from synthdet import detection
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
-from synthdet.stages import annotate_with_baseline, evaluate, train_detector
+from synthdet.stages import (
+    annotate_with_baseline,
+    check_images,
+    evaluate,
+    pseudo_label,
+    train_detector,
+)
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 SIZE = 64
@@ -90,10 +96,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.setenv("DVC_ROOT", str(root))
         metrics = train_detector.run(
             tiny_params(),
+            "train-real@42",
             "real",
             42,
-            root / "train",
-            None,
+            {"real": root / "train"},
             root / "val",
             root / "models" / "real",
             root / "metrics" / "train" / "real.csv",
@@ -265,141 +271,133 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
         annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
 
 
-@pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores
-def test_evaluate_reports_every_variant(trained: dict, tmp_path: Path) -> None:
-    root = trained["root"]
+def few_shot_project(root: Path, tmp_path: Path) -> dict[str, Path]:
+    """The folders evaluate reads: the tiny train split as train, its first 2 images as the
+    handful, and one extra folder per few-shot source (copies of the train split)."""
+    handful = tmp_path / "personalize" / "apple_tree"
+    for sub, suffix in (("images", ".jpg"), ("labels", ".txt")):
+        (handful / sub).mkdir(parents=True)
+        for index in (0, 1):
+            shutil.copy(root / "train" / sub / f"tile_{index}{suffix}", handful / sub)
+    for source in ("synthetic", "copy-paste", "pseudo"):
+        shutil.copytree(root / "train", tmp_path / "extra" / source)
+    return {
+        "test": root / "val",
+        "detectors": tmp_path / "detectors",
+        "real": root / "train",
+        "handful": tmp_path / "personalize",
+        "extra": tmp_path / "extra",
+    }
+
+
+def few_shot_params(seeds: tuple[int, ...]) -> Params:
     params = tiny_params()
-    params = dataclasses.replace(
+    subjects = {
+        name: dataclasses.replace(subject, images=2)
+        for name, subject in params.shared.subjects.items()
+    }
+    return dataclasses.replace(
         params,
+        shared=dataclasses.replace(params.shared, subjects=subjects),
+        few_shot=dataclasses.replace(params.few_shot, extra_images=4, real_image_counts=(4,)),
         train_detector=dataclasses.replace(
-            params.train_detector, seeds=(42, 7), mix_synthetic_fractions=(0.2,)
+            params.train_detector, seeds=seeds, variants=("synthetic", "mixed")
         ),
     )
-    detectors = tmp_path / "detectors"
-    # every variant x seed; DVC writes the integer share of `mix_real_shares: [1]` as "1"
-    for variant in ("real", "synthetic", "mixed", "mix-r1-f0.2"):
+
+
+def test_evaluate_scores_every_variant_with_paired_statistics(
+    trained: dict, tmp_path: Path
+) -> None:
+    root = trained["root"]
+    params = few_shot_params((42, 7))
+    folders = few_shot_project(root, tmp_path)
+    names = ["real", "handful", "real-n4", "handful-synthetic", "handful-copy-paste"]
+    names += ["handful-pseudo", "synthetic", "mixed"]
+    for variant in names:
         for seed in (42, 7):
-            shutil.copytree(root / "models" / "real", detectors / variant / f"seed{seed}")
-    shutil.copytree(root / "models" / "real", detectors / "stale-variant" / "seed42")
+            shutil.copytree(
+                root / "models" / "real", folders["detectors"] / variant / f"seed{seed}"
+            )
+    shutil.copytree(root / "models" / "real", folders["detectors"] / "stale-variant" / "seed42")
+    (tmp_path / "images.json").write_text(json.dumps({"fid": 100.0, "kid_mean": 0.2}))
+    out = tmp_path / "metrics"
+    summary = evaluate.run(params, folders, tmp_path / "images.json", out)
+    # same weights everywhere: every paired difference is exactly 0, with no spread
+    assert summary["handful-synthetic-vs-handful.diff_map50_95"] == 0
+    assert summary["handful-synthetic-vs-handful.diff_low"] == 0
+    assert summary["mixed-vs-real.diff_map50_95"] == 0 and summary["real.map50_95_std"] == 0
+    assert summary["handful-synthetic-vs-handful.p_value"] is None  # no spread: no test
+    assert summary["real.seeds"] == 2 and summary["test_images"] == 4
+    assert summary["real.margin_over_chance"] == pytest.approx(
+        summary["real.map50_95"] - summary["chance.map50_95"], abs=1e-6
+    )
+    assert summary["handful-synthetic.train_boxes"] > 0
+    headline = json.loads((out / "evaluate.json").read_text())
+    assert len(headline) <= 12 and headline["fid"] == 100.0
+    assert headline["handful-synthetic.map50_95"] == summary["handful-synthetic.map50_95"]
+    with (out / "detection_table.csv").open() as file:
+        assert [row["variant"] for row in csv.DictReader(file)] == names
+    with (out / "real_image_curve.csv").open() as file:
+        curve = list(csv.DictReader(file))
+    assert [row["real_images"] for row in curve] == ["2", "2", "2", "2", "4", "8"]
+    with Image.open(out / "test_grid.png") as grid:
+        assert grid.size[0] == (1 + len(names)) * 128 + len(names) * 2  # GT + each variant
+
+
+def test_pseudo_labels_read_no_label_of_their_images(trained: dict, tmp_path: Path) -> None:
+    """The pseudo-labelled images' own labels are withheld: the stage gets only images/, and
+    the labels it writes are the annotator's predictions even when the real ones are garbage."""
+    root = trained["root"]
+    folders = few_shot_project(root, tmp_path)
+    train = tmp_path / "train"
+    shutil.copytree(root / "train" / "images", train / "images")
+    (train / "labels").mkdir()
+    for image in (train / "images").iterdir():  # unreadable labels: a read would fail
+        (train / "labels" / f"{image.stem}.txt").write_text("not a label\n")
+    params = few_shot_params((42,))
+    metrics = pseudo_label.run(
+        params,
+        train / "images",
+        folders["handful"],
+        root / "models" / "real",
+        tmp_path / "pseudo",
+        tmp_path / "pseudo.json",
+    )
+    labelled = read_yolo_folder(tmp_path / "pseudo", 1)
+    assert len(labelled) == 4 and metrics["images"] == 4
+    assert not {s.image.name for s in labelled} & {"tile_0.jpg", "tile_1.jpg"}  # not the handful
+    detector = detection.load_detector(root / "models" / "real", ["apple"])
+    for sample in labelled:
+        (found,) = detection.predict(
+            detector, [sample.image], SIZE, params.annotate_with_baseline.confidence, 0.7
+        )
+        label = tmp_path / "pseudo" / "labels" / f"{sample.image.stem}.txt"
+        assert label.read_text() == format_label(box for box, _ in found.yolo_boxes())
+    # val: 4 images, 2 of them named like handful images, so 2 outside it
+    with pytest.raises(DataError, match="2 train images outside the handful.*is 4; lower it"):
+        pseudo_label.unlabelled_pool(root / "val" / "images", folders["handful"], 4, 0)
+
+
+@pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores
+def test_check_images_measures_the_generated_images(trained: dict, tmp_path: Path) -> None:
+    root = trained["root"]
     generated = tmp_path / "generated"
     shutil.copytree(root / "train" / "images", generated / "images")
-    (tmp_path / "prepare.json").write_text(json.dumps({"test.images": 4, "test.boxes": 7}))
-    (tmp_path / "annotate.json").write_text(json.dumps({"images": 8, "annotator.recall": 0.5}))
-    out = tmp_path / "metrics"
-    summary = evaluate.run(
-        params,
-        root / "val",
-        detectors,
+    summary = check_images.run(
+        tiny_params(),
         generated,
-        root / "train",
-        root / "train",
         root / "val",
         root / "val" / "images",
-        tmp_path / "prepare.json",
-        tmp_path / "annotate.json",
-        out / "evaluate.json",
-        out,
-    )
-    variants = ["real", "synthetic", "mixed", "mix-r1.0-f0.2"]
-    assert summary["mixed.gap_map50_95"] == 0  # same weights as the baseline
-    assert summary["mixed.gap_map50_95_std"] == 0 and summary["real.map50_95_std"] == 0
-    assert summary["real.seeds"] == 2
-    assert (summary["mix-r1.0-f0.2.real_images"], summary["mix-r1.0-f0.2.synthetic_images"]) == (
-        8,
-        2,
+        root / "train",
+        root / "val",
+        tmp_path / "images.json",
     )
     assert summary["kid_subset_size"] == 4  # min(50, 4 real val images, 8 generated)
     assert summary["clip_score"] is None and "evaluate.clip_model" in summary["clip_score_reason"]
     assert 0 <= summary["real_vs_generated.accuracy"] <= 1
     assert summary["real_vs_generated.tested"] == 8
     assert 0 <= summary["subject.generated_share"] <= 1
-    assert summary["test_images"] == 4
-    with (out / "detection_table.csv").open() as file:
-        table = list(csv.DictReader(file))
-    assert [row["variant"] for row in table] == variants
-    with (out / "pr_curve.csv").open() as file:
-        assert {row["variant"] for row in csv.DictReader(file)} == set(variants)
-    with Image.open(out / "test_grid.png") as grid:
-        assert grid.size == (5 * 128 + 4 * 2, 16 + 4 * 128 + 3 * 2)  # GT + 4 variants, 4 rows
-    page = (out / "report.md").read_text()
-    for row in report.detection_table(summary, variants):
-        assert row in page
-    assert "](test_grid.png)" in page and "](pr_curve.csv)" in page
-
-
-def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> None:
-    evaluation = {
-        "real.map50_95": 0.25,
-        "real.map50": 0.5,
-        "real.map75": 0.2,
-        "synthetic.map50_95": 0.1,
-        "synthetic.map50": 0.3,
-        "synthetic.map75": 0.05,
-        "synthetic.gap_map50_95": -0.15,
-        "synthetic.gap_map50_95_std": 0.03,
-        "real.map50_95_std": 0.02,
-        "real.map_small": 0.12,
-        "real.seeds": 3,
-        "synthetic.seeds": 3,
-        "real.real_images": 116,
-        "real.synthetic_images": 0,
-        "synthetic.real_images": 0,
-        "synthetic.synthetic_images": 32,
-        "clip_score": None,
-        "clip_score_reason": "no CLIP model configured",
-        "real_vs_generated.accuracy": 0.55,
-        "real_vs_generated.tested": 64,
-        "real_vs_generated.correct": 35,
-        "real_vs_generated.p_value": 0.2557,
-        "real_vs_generated.train_accuracy": 0.9,
-        "real_vs_generated.folds": 4,
-        "subject.generated_share": 0.0625,
-        "subject.generated_images": 32,
-        "subject.reference_share": 1.0,
-        "subject.reference_images": 25,
-        "fid": 123.456,
-        "kid_mean": 0.1234,
-        "kid_std": 0.01,
-        "kid_subset_size": 32,
-        "fid_real_images": 116,
-        "fid_generated_images": 32,
-        "test_images": 40,
-        "test_boxes": 351,
-    }
-    prepared = {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
-    annotated = {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
-    two_seeds = dataclasses.replace(
-        tiny_params(),
-        train_detector=dataclasses.replace(tiny_params().train_detector, seeds=(42, 43)),
-    )
-    page = report.render(
-        two_seeds,
-        evaluation,
-        prepared,
-        annotated,
-        ["real", "synthetic"],
-        tmp_path / "metrics" / "report.md",
-    )
-    assert "| real | 116 | 0 | 3 | 0.250 ± 0.020 | 0.500 | 0.200 | (baseline) |" in page
-    assert "| synthetic | 0 | 32 | 3 | 0.100 | 0.300 | 0.050 | -0.150 ± 0.030 |" in page
-    assert "| real | 0.120 | n/a | n/a |" in page  # mAP by object size
-    assert "CLIP score: n/a (no CLIP model configured)" in page
-    assert "held-out accuracy 0.550 on 64 images" in page and "p = 0.26" in page
-    assert "found in 0.062 of the 32 generated images, and in 1.000 of the 25" in page
-    assert "| real train | 116 | 1059 |" in page
-    assert "| n/a | 0.400 |" in page  # precision undefined: no boxes kept
-    assert "FID 123.46 and KID 0.1234 ± 0.0100" in page
-    assert "(synthetic_grid.png)" in page and "(test_grid.png)" in page
-    assert "`builtin:tiny`" in page and "## Limits" in page and "2 seeds per variant" in page
-    one_seed = dataclasses.replace(
-        tiny_params(), train_detector=dataclasses.replace(tiny_params().train_detector, seeds=(42,))
-    )
-    page = report.render(one_seed, evaluation, prepared, annotated, ["real"], tmp_path / "r.md")
-    assert "One seed per variant (42), no error bars" in page
-    assert "No box in any generated image" not in page
-    empty = dict(annotated, boxes=0, empty_label_set=True)
-    page = report.render(one_seed, evaluation, prepared, empty, ["real"], tmp_path / "r.md")
-    assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
 
 
 @pytest.mark.parametrize("model", ["yolov8n-missing.pt", "models/yolov8n.pt", "/tmp/best.pt"])

@@ -5,7 +5,7 @@ from PIL import Image
 
 from synthdet import metrics
 from synthdet.data import DataError, list_images
-from synthdet.stages.evaluate import check_test_leakage
+from synthdet.stages.check_images import check_test_leakage
 from tests.conftest import REPO
 
 

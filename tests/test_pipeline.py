@@ -43,7 +43,10 @@ MICRO_OVERRIDES = {
     "train_detector": {
         "yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0},
         "seeds": [42],
+        "variants": ["synthetic", "mixed"],
     },
+    # 8 train tiles, a handful of 2: 3 extra images of each source, the real curve 2 -> 4 -> 8
+    "few_shot": {"extra_images": 3, "real_image_counts": [4]},
     "evaluate": {"imgsz": 64, "grid_images": 3, "classifier_epochs": 1, "classifier_folds": 2},
 }
 
@@ -93,19 +96,31 @@ def micro_project(tmp_path_factory) -> Path:
     write_micro_project(root)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
-    run(["dvc", "repro"], root)
+    (root / "repro.log").write_text(run(["dvc", "repro"], root))
     return root
 
 
 def test_repro_writes_every_metric(micro_project):
-    metrics = json.loads((micro_project / "metrics/evaluate.json").read_text())
-    for variant in ("real", "synthetic", "mixed"):
+    headline = json.loads((micro_project / "metrics/evaluate.json").read_text())
+    assert headline["fid"] >= 0.0 and len(headline) <= 12
+    metrics = json.loads((micro_project / "metrics/evaluation.json").read_text())
+    names = ["real", "handful", "real-n4", "handful-synthetic", "handful-copy-paste"]
+    for variant in [*names, "handful-pseudo", "synthetic", "mixed"]:
         for key in ("map50_95", "map50", "map75"):
             assert 0.0 <= metrics[f"{variant}.{key}"] <= 1.0
-    assert metrics["fid"] >= 0.0
+    assert "handful-synthetic-vs-handful.diff_map50_95" in metrics
+    assert "## The few-shot question" in (micro_project / "metrics/report.md").read_text()
     assert (micro_project / "metrics/synthetic_grid.png").stat().st_size > 0
     manifest = (micro_project / "data/generated/manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 3
+
+
+def test_the_image_checks_run_before_any_detector_trains(micro_project):
+    """A leak found by check-images stops `dvc repro` before a detector has trained."""
+    log = (micro_project / "repro.log").read_text().splitlines()
+    order = [line.split("'")[1] for line in log if line.startswith("Running stage")]
+    first_training = min(i for i, name in enumerate(order) if name.startswith("train-"))
+    assert order.index("check-images") < first_training
 
 
 def test_second_repro_is_a_no_op(micro_project):
@@ -129,10 +144,13 @@ def test_changing_num_images_reruns_only_downstream(micro_project):
     }
     assert would_run == {
         "generate",
+        "check-images",
         "annotate-with-baseline",
+        "train-few-shot@synthetic-42",
         "train-synthetic@synthetic-42",
         "train-synthetic@mixed-42",
         "evaluate",
+        "report",
     }
 
 
@@ -157,11 +175,11 @@ def test_remote_round_trip_to_a_fresh_clone(micro_project, tmp_path):
     run(["git", "clone", "-q", str(micro_project), str(clone)], tmp_path)
     run(["dvc", "pull"], clone)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone)
-    shared = ["data/prepared", "data/generated", "data/annotated", "models"]
+    shared = ["data/prepared", "data/generated", "data/extra", "models"]
     assert file_hashes(clone, shared) == file_hashes(micro_project, shared)
 
 
-OUTPUTS = ["data/prepared", "data/generated", "data/annotated", "models", "data/captions"]
+OUTPUTS = ["data/prepared", "data/generated", "data/extra", "models", "data/captions"]
 
 
 def stage_processes(parent: int) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,82 +11,121 @@ import pytest
 from synthdet import variants
 from synthdet.data import DataError, read_yolo_folder
 from synthdet.params import DETECTOR_PRESETS, ParamsError, TrainDetectorParams, parse_section
-from synthdet.stages.train_detector import training_folders
 from tests.conftest import write_tiny_yolo_folder
 
 
 def images(count: int, prefix: str) -> list[Path]:
-    return [Path(f"{prefix}/{prefix}_{index:03d}.png") for index in range(count)]
+    return [Path(f"{prefix}/images/{prefix}_{index:03d}.png") for index in range(count)]
 
 
-def test_names_round_trip_and_dvc_spellings_match() -> None:
-    assert variants.parse("real") == variants.Variant("real", 1.0, 0.0)
-    assert variants.parse("synthetic").synthetic_fraction is None
-    assert variants.parse("mixed") == variants.Variant("mixed", 1.0, None)
+def test_names_round_trip_and_dvc_spellings_match(params) -> None:
+    assert variants.parse("real") == variants.Variant("real", "all")
+    assert variants.parse("handful") == variants.Variant("handful", "handful")
+    assert variants.parse("real-n16") == variants.Variant("real-n16", 16)
+    assert variants.parse("handful-copy-paste", params) == variants.Variant(
+        "handful-copy-paste", "handful", "copy-paste", params.few_shot.extra_images
+    )
+    assert variants.parse("synthetic") == variants.Variant("synthetic", "none", "synthetic")
+    assert variants.parse("mixed") == variants.Variant("mixed", "all", "synthetic")
     # DVC writes the params' numbers with str(): an integer share must mean the same variant.
     assert variants.parse("mix-r1-f0.1") == variants.parse("mix-r1.0-f0.1")
-    assert variants.parse("mix-r0.5-f0.25") == variants.Variant("mix-r0.5-f0.25", 0.5, 0.25)
-    for bad in ("realistic", "mix-r0-f0.1", "mix-r1.0-f1.0", "mix-r1.0-fx"):
+    assert variants.parse("mix-r0.5-f0.25") == variants.Variant(
+        "mix-r0.5-f0.25", 0.5, "synthetic", 0.25
+    )
+    for bad in ("realistic", "mix-r0-f0.1", "mix-r1.0-f1.0", "mix-r1.0-fx", "handful-gan"):
         with pytest.raises(ParamsError):
             variants.parse(bad)
 
 
-def test_configured_variants_cross_real_shares_with_fractions(params) -> None:
+def test_configured_variants_cover_the_few_shot_question_and_the_mixes(params) -> None:
     config = dataclasses.replace(
-        params.train_detector, mix_real_shares=(1.0, 0.5), mix_synthetic_fractions=(0.1, 0.3)
+        params.train_detector,
+        variants=("synthetic", "mixed"),
+        mix_real_shares=(1.0, 0.5),
+        mix_synthetic_fractions=(0.1,),
     )
     configured = variants.configured(dataclasses.replace(params, train_detector=config))
-    names = [variant.name for variant in configured]
-    assert names == [
+    assert [variant.name for variant in configured] == [
         "real",
+        "handful",
+        "real-n16",
+        "real-n32",
+        "real-n64",
+        "handful-synthetic",
+        "handful-copy-paste",
+        "handful-pseudo",
         "synthetic",
         "mixed",
         "mix-r1.0-f0.1",
-        "mix-r1.0-f0.3",
         "mix-r0.5-f0.1",
-        "mix-r0.5-f0.3",
     ]
 
 
-def test_compositions_count_nest_and_ignore_the_detector_seed() -> None:
-    real, synthetic = images(116, "real"), images(32, "gen")
-    full = variants.compose(variants.parse("mixed"), real, synthetic, seed=42)
-    assert (len(full.real), len(full.synthetic)) == (116, 32)
-    mix = variants.compose(variants.parse("mix-r1.0-f0.1"), real, synthetic, seed=42)
-    assert (len(mix.real), len(mix.synthetic)) == (116, 13)  # round(0.1 / 0.9 * 116)
-    assert mix.synthetic_share == pytest.approx(13 / 129)
-    half = variants.compose(variants.parse("mix-r0.5-f0.2"), real, synthetic, seed=42)
-    assert (len(half.real), len(half.synthetic)) == (58, 14)  # round(0.25 * 58)
-    # nested: a smaller share is a prefix of the same order, so a subset of the larger one
-    assert set(half.real) <= set(mix.real) and set(mix.synthetic) <= set(full.synthetic)
-    assert variants.compose(variants.parse("mix-r0.5-f0.2"), real, synthetic, seed=42) == half
-    assert variants.compose(variants.parse("synthetic"), real, synthetic, seed=42).real == ()
-    assert variants.compose(variants.parse("real"), real, [], seed=42).synthetic == ()
+def test_compositions_nest_the_handful_first_and_ignore_the_detector_seed(params) -> None:
+    real, generated = images(116, "real"), images(64, "gen")
+    handful = [real[i] for i in (3, 50, 7, 90, 11, 12, 13, 100)]
+
+    def compose(name: str):
+        return variants.compose(variants.parse(name, params), real, handful, generated, 42)
+
+    assert compose("handful").real == tuple(sorted(handful))
+    curve = [compose(name).real for name in ("real-n16", "real-n32", "real-n64", "real")]
+    assert [len(c) for c in curve] == [16, 32, 64, 116]
+    for smaller, larger in zip([tuple(sorted(handful)), *curve], curve, strict=False):
+        assert set(smaller) <= set(larger)  # nested, the handful first
+    few = compose("handful-synthetic")
+    assert (few.real, len(few.extra)) == (tuple(sorted(handful)), 64)
+    mix = compose("mix-r1.0-f0.1")
+    assert (len(mix.real), len(mix.extra)) == (116, 13)  # round(0.1 / 0.9 * 116)
+    assert mix.extra_share == pytest.approx(13 / 129)
+    half = compose("mix-r0.5-f0.2")
+    assert (len(half.real), len(half.extra)) == (58, 14)  # round(0.25 * 58)
+    assert set(half.real) <= set(mix.real) and set(mix.extra) <= set(compose("mixed").extra)
+    assert compose("synthetic").real == () and compose("real").extra == ()
 
 
-def test_a_fraction_beyond_the_generated_images_names_the_keys() -> None:
-    with pytest.raises(DataError, match=r"needs 116 auto-labelled.*generate\.num_images"):
-        variants.compose(variants.parse("mix-r1.0-f0.5"), images(116, "r"), images(32, "g"), 0)
+def test_asking_for_more_images_than_exist_names_the_keys(params) -> None:
+    real, handful = images(116, "r"), images(116, "r")[:8]
+    with pytest.raises(DataError, match=r"needs 116 synthetic.*generate\.num_images"):
+        variants.compose(variants.parse("mix-r1.0-f0.5"), real, handful, images(32, "g"), 0)
+    with pytest.raises(DataError, match=r"needs 64 pseudo.*few_shot\.extra_images"):
+        variants.compose(variants.parse("handful-pseudo", params), real, handful, images(9, "p"), 0)
+    with pytest.raises(DataError, match=r"200 labelled images.*few_shot\.real_image_counts"):
+        variants.compose(variants.parse("real-n200"), real, handful, [], 0)
+    with pytest.raises(DataError, match=r"handful images x\.png are not among"):
+        variants.compose(variants.parse("real-n16"), real, [Path("p/images/x.png")], [], 0)
 
 
-def test_training_folders_link_exactly_the_composition(tmp_path: Path) -> None:
-    real = write_tiny_yolo_folder(tmp_path / "real", photos=4, tiles=3)  # 12 images
-    synthetic = write_tiny_yolo_folder(tmp_path / "synthetic", photos=2, tiles=3)  # 6 images
-    folders, composition = training_folders(
-        variants.parse("mix-r0.5-f0.25"), real, synthetic, 0, tmp_path / "scratch"
+def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -> None:
+    real = write_tiny_yolo_folder(tmp_path / "real", photos=8, tiles=3)  # 24 images
+    generated = write_tiny_yolo_folder(tmp_path / "gen", photos=2, tiles=3)  # 6 images
+    personalize = tmp_path / "personalize" / "apple_tree"
+    for sub in ("images", "labels"):
+        (personalize / sub).mkdir(parents=True)
+    for image in sorted((real / "images").iterdir())[:8]:
+        shutil.copy(image, personalize / "images" / image.name)
+        label = real / "labels" / f"{image.stem}.txt"
+        shutil.copy(label, personalize / "labels" / label.name)
+    few_shot = dataclasses.replace(params.few_shot, extra_images=4)
+    params = dataclasses.replace(params, few_shot=few_shot)
+    folders, composition = variants.training_folders(
+        params,
+        variants.parse("handful-synthetic", params),
+        None,
+        tmp_path / "personalize",
+        generated,
+        tmp_path / "scratch",
     )
-    assert (len(composition.real), len(composition.synthetic)) == (6, 2)
+    assert (len(composition.real), len(composition.extra)) == (8, 4)
     linked = [read_yolo_folder(folder, 1) for folder in folders]
-    assert [len(samples) for samples in linked] == [6, 2]
-    assert {s.image.name for s in linked[0]} == {p.name for p in composition.real}
-    for samples, source in zip(linked, (real, synthetic), strict=True):  # labels come along
+    assert [len(samples) for samples in linked] == [8, 4]
+    for samples, source in zip(linked, (personalize, generated), strict=True):  # labels along
         labels = {s.image.name: s.boxes for s in read_yolo_folder(source, 1)}
         assert all(sample.boxes == labels[sample.image.name] for sample in samples)
-    # a variant using a whole source trains on the source folder itself
-    folders, _ = training_folders(variants.parse("mixed"), real, synthetic, 0, tmp_path / "s2")
-    assert folders == [real, synthetic]
-    with pytest.raises(DataError, match="--synthetic"):
-        training_folders(variants.parse("mixed"), real, None, 0, tmp_path / "s3")
+    with pytest.raises(DataError, match="--extra"):
+        variants.training_folders(
+            params, variants.parse("mixed"), real, None, None, tmp_path / "s3"
+        )
 
 
 def detector_params(**changes) -> TrainDetectorParams:
@@ -96,6 +136,7 @@ def detector_params(**changes) -> TrainDetectorParams:
         "seeds": [42],
         "mix_real_shares": [1.0],
         "mix_synthetic_fractions": [0.1],
+        "variants": ["synthetic"],
         "preset": None,
         "yolo": {"epochs": 10, "optimizer": "AdamW", "lr0": 0.002, "mosaic": 1.0},
     }
@@ -134,6 +175,8 @@ def test_family_and_size_name_the_model_and_the_preset_wins() -> None:
         ({"preset": "yolo-default"}, "train_detector.preset"),
         ({"yolo": {"seed": 3}}, "train_detector.yolo.seed"),
         ({"n_seeds": 5}, "train_detector.n_seeds"),
+        ({"variants": ["mixed", "mixed"]}, "train_detector.variants"),
+        ({"variants": ["handful"]}, "train_detector.variants\\[0\\]"),
     ],
 )
 def test_bad_detector_params_name_the_key(changes: dict, key: str) -> None:
@@ -145,3 +188,12 @@ def test_the_annotator_seed_must_be_trained(params) -> None:
     other = dataclasses.replace(params.train_detector, seeds=(1, 2))
     with pytest.raises(ParamsError, match=r"'shared.seed' \(42\).*'train_detector.seeds'"):
         dataclasses.replace(params, train_detector=other)
+
+
+def test_few_shot_params_are_checked_against_the_handful_and_generate(params) -> None:
+    few_shot = dataclasses.replace(params.few_shot, real_image_counts=(8, 16))
+    with pytest.raises(ParamsError, match=r"'few_shot.real_image_counts' holds 8.*already 8"):
+        dataclasses.replace(params, few_shot=few_shot)
+    few_shot = dataclasses.replace(params.few_shot, extra_images=65)
+    with pytest.raises(ParamsError, match=r"'few_shot.extra_images' \(65\).*64 images generate"):
+        dataclasses.replace(params, few_shot=few_shot)

@@ -146,6 +146,17 @@ class TwoSampleResult:
     # fit its training images, so a held-out 0.5 says nothing about the images
     train_accuracy: float
 
+    def summary(self) -> dict[str, float | int]:
+        """The flat metrics written to metrics/images.json (`real_vs_generated.<key>`)."""
+        return {
+            "accuracy": round(self.accuracy, 6),
+            "correct": self.correct,
+            "tested": self.tested,
+            "p_value": float(f"{self.p_value:.3g}"),
+            "train_accuracy": round(self.train_accuracy, 6),
+            "folds": self.folds,
+        }
+
 
 def two_sample_test(
     real: Sequence[Path],
@@ -200,6 +211,23 @@ class SubjectResult:
     background_false_positive_rate: float | None  # held-out background crops called subject
     window: float  # window side as a share of the image side
     scale: int  # pixels of the image side all crops are cut at (the generated images' size)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The flat metrics written to metrics/images.json (`subject.<key>`)."""
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 6)
+
+        return {
+            "generated_share": round(self.generated_share, 6),
+            "generated_images": self.generated_images,
+            "reference_share": round(self.reference_share, 6),
+            "reference_images": self.reference_images,
+            "crop_accuracy": rounded(self.crop_accuracy),
+            "crop_tested": self.crop_tested,
+            "background_false_positive_rate": rounded(self.background_false_positive_rate),
+            "window": round(self.window, 6),
+        }
 
 
 def window_share(samples: Sequence[Sample]) -> float:

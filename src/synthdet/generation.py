@@ -281,6 +281,11 @@ def subject_plans(
                 "personalize stage"
             )
         own = personalize / name
+        references = (
+            subject_images(own, ".*")
+            if own.is_dir()
+            else subject_images(personalize, subject.stem_pattern)
+        )
         override = settings.subjects.get(name)
         templates_key = (
             f"generate.subjects.{name}.prompts"
@@ -294,10 +299,10 @@ def subject_plans(
                 class_noun=info.get("class_noun", subject.class_noun),
                 count=settings.count(name),
                 templates=settings.templates(name),
-                sources=subject_images(train, subject.stem_pattern),
-                references=subject_images(own, ".*")
-                if own.is_dir()
-                else subject_images(personalize, subject.stem_pattern),
+                sources=references
+                if settings.sources == "handful"
+                else subject_images(train, subject.stem_pattern),
+                references=references,
                 identity={
                     "base_model": info["base_model"],
                     "base_revision": info.get("base_fingerprint")

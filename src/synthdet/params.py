@@ -500,6 +500,9 @@ class GenerateParams:
     channels_last: bool
     compile: bool  # torch.compile the UNet (pays off on a GPU for thousands of images)
     filters: GenerateFilterParams
+    # img2img / ControlNet: the real images varied. handful: the subject's personalisation
+    # images (few-shot: no label beyond the handful is used); train: every train image
+    sources: Literal["handful", "train"] = "handful"
 
     def __post_init__(self) -> None:
         _require(self.num_images >= 0, "generate.num_images", "must be >= 0")
@@ -584,6 +587,10 @@ class AnnotateParams:
     confidence: float
     iou: float
     imgsz: int
+    # the detector that labels generated images and the pseudo-labelled real images: handful
+    # (trained on the subjects' handful only: strict few-shot) or real (every labelled train
+    # image, Genfusion's protocol: the annotator has seen labels the few-shot variants have not)
+    annotator: Literal["handful", "real"] = "handful"
     # img2img / ControlNet: also propose the real boxes of the train image a generated image was
     # made from (manifest `source`), merged with the baseline's boxes by class-wise NMS
     source_boxes: bool = False
@@ -659,6 +666,9 @@ class TrainDetectorParams:
     mix_synthetic_fractions: tuple[float, ...]
     preset: Literal["genfusion"] | None  # fixed ultralytics settings, applied over `yolo`
     yolo: dict[str, Any] = field(default_factory=dict)  # passed to ultralytics `model.train`
+    # variants on the generated images besides the few-shot ones: synthetic (generated images
+    # only) and mixed (every real train image plus every generated one); see synthdet.variants
+    variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
 
     def __post_init__(self) -> None:
         if self.model is not None and self.model.endswith((".yaml", ".pt")):
@@ -671,6 +681,11 @@ class TrainDetectorParams:
             )
         _require(len(self.seeds) >= 1, "train_detector.seeds", "must hold at least one seed")
         _require(len(set(self.seeds)) == len(self.seeds), "train_detector.seeds", "has a duplicate")
+        _require(
+            len(set(self.variants)) == len(self.variants),
+            "train_detector.variants",
+            "has a duplicate",
+        )
         for share in self.mix_real_shares:
             _require(0 < share <= 1, "train_detector.mix_real_shares", "must be in (0, 1]")
         for fraction in self.mix_synthetic_fractions:
@@ -754,6 +769,57 @@ class EvaluateParams:
         _require(self.classifier_size >= 16, "evaluate.classifier_size", "must be >= 16")
         _require(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
         _require(self.classifier_folds >= 2, "evaluate.classifier_folds", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class CopyPasteParams:
+    """Box-level Simple Copy-Paste (Ghiasi et al. 2021) composites of the handful."""
+
+    objects_per_image: int  # object crops pasted on each background
+    scale: tuple[float, float]  # each crop is resized by a factor drawn from [low, high]
+    # a box whose object is hidden by pasted crops more than this (area share) is dropped
+    max_occlusion: float
+
+    def __post_init__(self) -> None:
+        _require(
+            self.objects_per_image >= 1, "few_shot.copy_paste.objects_per_image", "must be >= 1"
+        )
+        low_high = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
+        _require(low_high, "few_shot.copy_paste.scale", "must be [low, high] with 0 < low <= high")
+        _require(
+            0 < self.max_occlusion < 1,
+            "few_shot.copy_paste.max_occlusion",
+            "must be in (0, 1): at 0 any overlap drops a box, at 1 a hidden object keeps its box",
+        )
+
+
+FEW_SHOT_SOURCES = ("synthetic", "copy-paste", "pseudo")
+
+
+@dataclass(frozen=True)
+class FewShotParams:
+    """The few-shot question: the handful alone, the handful plus `extra_images` images from each
+    source, and the nested real-image curve (synthdet.variants)."""
+
+    # N images each source adds to the handful: generated (synthetic), copy-paste composites,
+    # real train images with withheld labels labelled by the annotator (pseudo)
+    extra_images: int
+    sources: tuple[Literal["synthetic", "copy-paste", "pseudo"], ...]
+    # real-n<count> variants: the first <count> labelled train images, handful first, so the
+    # curve runs handful (k) -> counts -> all (`real`); mAP against count gives what an extra
+    # source is worth in real labelled images
+    real_image_counts: tuple[int, ...]
+    copy_paste: CopyPasteParams
+
+    def __post_init__(self) -> None:
+        _require(self.extra_images >= 1, "few_shot.extra_images", "must be >= 1")
+        _require(len(set(self.sources)) == len(self.sources), "few_shot.sources", "has a duplicate")
+        counts = self.real_image_counts
+        _require(
+            list(counts) == sorted(set(counts)) and all(c >= 1 for c in counts),
+            "few_shot.real_image_counts",
+            f"must be increasing positive image counts, got {list(counts)}",
+        )
 
 
 PRIOR_METHODS = ("dreambooth", "dreambooth_lora")  # the methods with prior preservation
@@ -852,6 +918,7 @@ class Params:
     generate: GenerateParams
     annotate_with_baseline: AnnotateParams
     train_detector: TrainDetectorParams
+    few_shot: FewShotParams
     evaluate: EvaluateParams
 
     def __post_init__(self) -> None:
@@ -940,7 +1007,31 @@ def check_across_sections(params: Params) -> None:
         f"e.g. -S shared.seed={params.train_detector.seeds[0]}",
     )
     params.generate.check_subjects(list(params.shared.subjects))
+    _check_few_shot(params)
     _check_settings_take_effect(params)
+
+
+def _check_few_shot(params: Params) -> None:
+    """The few-shot variants can be composed: enough generated images, counts above the handful."""
+    handful = sum(subject.images for subject in params.shared.subjects.values())
+    few_shot = params.few_shot
+    for count in few_shot.real_image_counts:
+        _require(
+            count > handful,
+            "few_shot.real_image_counts",
+            f"holds {count}, but the handful (shared.subjects.*.images) is already {handful} "
+            "images (the variant `handful`); use counts above it, e.g. "
+            f"{[handful * 2, handful * 4]}",
+        )
+    if "synthetic" in few_shot.sources:
+        generated = sum(params.generate.count(name) for name in params.shared.subjects)
+        _require(
+            generated >= few_shot.extra_images,
+            "few_shot.extra_images",
+            f"({few_shot.extra_images}) is more than the {generated} images generate makes "
+            "(generate.num_images, per subject): handful-synthetic would get fewer images than "
+            "the other sources; raise generate.num_images or lower few_shot.extra_images",
+        )
 
 
 def parse_params(raw: Any) -> Params:

@@ -6,13 +6,9 @@ Everything in it is read from the run's metrics files and params; nothing is com
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from synthdet.params import Params
-
-BASELINE = "real"
-SPLITS = ("train", "val", "test", "personalize")
 
 
 def _number(value: Any, digits: int = 3, signed: bool = False) -> str:
@@ -33,25 +29,81 @@ def detection_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> l
     """Rows shaped like Genfusion's Table 1: mean ± std over seeds; the gap is the variant's
     mAP@[.5:.95] minus real's at the same seed, averaged over seeds (± its std)."""
     rows = [
-        "| variant | real images | synthetic images | seeds | mAP@[.5:.95] | mAP@.5 | mAP@.75 "
-        "| gap to real (mAP@[.5:.95]) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | seeds | mAP@[.5:.95] | mAP@.5 | mAP@.75 | margin over chance |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for variant in variants:
+        flags = []
+        if evaluation.get(f"{variant}.below_annotation_confidence"):
+            flags.append("**⚠ no test box scored above the annotation confidence**")
+        if evaluation.get(f"{variant}.empty_label_set"):
+            flags.append("**⚠ trained on an empty label set**")
         cells = [
-            variant,
-            _number(evaluation.get(f"{variant}.real_images")),
-            _number(evaluation.get(f"{variant}.synthetic_images")),
+            " ".join([f"`{variant}`", *flags]),
             _number(evaluation.get(f"{variant}.seeds")),
             _mean_std(evaluation, f"{variant}.map50_95"),
             _mean_std(evaluation, f"{variant}.map50"),
             _mean_std(evaluation, f"{variant}.map75"),
-            "(baseline)"
-            if variant == BASELINE
-            else _mean_std(evaluation, f"{variant}.gap_map50_95", signed=True),
+            _number(evaluation.get(f"{variant}.margin_over_chance"), signed=True),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    rows.append(
+        f"| chance (one whole-image box per image) | - | "
+        f"{_number(evaluation.get('chance.map50_95'))} | {_number(evaluation.get('chance.map50'))} "
+        f"| {_number(evaluation.get('chance.map75'))} | - |"
+    )
+    return rows
+
+
+def comparison_table(
+    evaluation: Mapping[str, Any], comparisons: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Paired differences (variant - reference, same seed) with the 95 % t interval, the raw and
+    Holm-adjusted p-values and the minimum detectable difference (80 % power)."""
+    rows = [
+        "| comparison | seeds | difference in mAP@[.5:.95] | 95 % interval | p | p (Holm) "
+        "| detectable at 80 % power |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for variant, reference in comparisons:
+        key = f"{variant}-vs-{reference}"
+        low, high = evaluation.get(f"{key}.diff_low"), evaluation.get(f"{key}.diff_high")
+        interval = "n/a (one seed)" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        cells = [
+            f"`{variant}` − `{reference}`",
+            _number(evaluation.get(f"{key}.seeds")),
+            _number(evaluation.get(f"{key}.diff_map50_95"), signed=True),
+            interval,
+            _number(evaluation.get(f"{key}.p_value")),
+            _number(evaluation.get(f"{key}.p_holm")),
+            _number(evaluation.get(f"{key}.mdd")),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def equivalent_lines(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
+    """What each few-shot variant is worth in labelled real images (the real curve inverted)."""
+    lines = []
+    for variant in variants:
+        if not variant.startswith("handful-"):
+            continue
+        images = evaluation.get(f"{variant}.real_image_equivalent")
+        bound = evaluation.get(f"{variant}.real_image_equivalent_bound")
+        if images is None:
+            where = "fewer than the handful" if bound == "below" else "more than all of them"
+            text = f"scores {where} on the curve"
+        else:
+            low = evaluation.get(f"{variant}.real_image_equivalent_low")
+            high = evaluation.get(f"{variant}.real_image_equivalent_high")
+            spread = (
+                ""
+                if low is None or high is None or low == high
+                else f" ({low:.0f}-{high:.0f} for its mean ∓ std)"
+            )
+            text = f"scores like **{images:.0f} labelled real images**{spread}"
+        lines.append(f"- `{variant}` {text}.")
+    return lines
 
 
 def size_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
@@ -121,75 +173,122 @@ def image_quality(params: Params, evaluation: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render(
-    params: Params,
-    evaluation: Mapping[str, Any],
-    prepared: Mapping[str, Any],
-    annotated: Mapping[str, Any],
-    variants: Sequence[str],
-    report: Path,
-) -> str:
-    """The report as Markdown; the tables and grids it links lie next to `report`."""
-    generate, detector = params.generate, params.train_detector
-    yolo = detector.train_args()
-    base_model = params.personalize.base_model
-    epochs = yolo.get("epochs", "ultralytics' default number of")
-    seeds = ", ".join(str(seed) for seed in detector.seeds)
-    preset = f", preset `{detector.preset}`" if detector.preset else ""
-    lines = ["# synthdet run report", "", "## Data", ""]
-    lines += ["| split | images | boxes |", "|---|---:|---:|"]
-    for split in SPLITS:
-        images, boxes = prepared.get(f"{split}.images"), prepared.get(f"{split}.boxes")
-        lines.append(f"| real {split} | {_number(images)} | {_number(boxes)} |")
-    lines.append(
-        f"| synthetic (auto-labelled) | {_number(annotated.get('images'))} | "
-        f"{_number(annotated.get('boxes'))} |"
+def _settings(
+    params: Params, prepared: Mapping[str, Any], annotated: Mapping[str, Any]
+) -> list[str]:
+    generate, detector, annotate = (
+        params.generate,
+        params.train_detector,
+        params.annotate_with_baseline,
     )
-    lines += [
-        "",
-        "## Settings",
-        "",
-        f"- Base model: `{base_model}`; LoRA personalisation for "
-        f"{params.personalize.max_train_steps} steps on the "
-        f"{_number(prepared.get('personalize.images'))} personalize images.",
-        f"- Generation: {generate.num_images} images at {generate.resolution} px, "
-        f"{generate.num_inference_steps} denoising steps, guidance {generate.guidance_scale}.",
-        f"- Detectors: `{detector.model_source}` ({detector.architecture}{preset}), {epochs} "
-        f"epochs at imgsz {yolo.get('imgsz', 'default')}, optimizer "
-        f"{yolo.get('optimizer', 'auto')}, seeds {seeds}; identical for every variant.",
-        f"- Annotation: confidence >= {params.annotate_with_baseline.confidence}, "
-        f"NMS IoU {params.annotate_with_baseline.iou}"
+    yolo = detector.train_args()
+    preset = f", preset `{detector.preset}`" if detector.preset else ""
+    sources = f" of the {generate.sources} images" if generate.mode != "txt2img" else ""
+    return [
+        f"- Base model: `{params.personalize.base_model}`; `{params.personalize.method}` "
+        f"personalisation for {params.personalize.max_train_steps} steps on the "
+        f"{_number(prepared.get('personalize.images'))} handful images.",
+        f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
+        f"{generate.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
+        f"{generate.guidance_scale}"
+        + (f", strength {generate.strength}" if generate.mode == "img2img" else "")
+        + ".",
+        f"- Detectors: `{detector.model_source}` ({detector.architecture}{preset}), "
+        f"{yolo.get('epochs', 'the default number of')} epochs at imgsz "
+        f"{yolo.get('imgsz', 'default')}, optimizer {yolo.get('optimizer', 'auto')}, seeds "
+        f"{', '.join(str(seed) for seed in detector.seeds)}; identical for every variant.",
+        f"- Annotator: the `{annotate.annotator}` detector of seed {params.shared.seed} "
+        + (
+            "(trained on the handful only: strict few-shot, no label beyond the handful is used)"
+            if annotate.annotator == "handful"
+            else "(trained on every labelled train image: Genfusion's protocol; the pseudo-labels "
+            "then come from a detector that has seen those images' labels)"
+        )
+        + f", confidence >= {annotate.confidence}, NMS IoU {annotate.iou}"
         + (
             f"; the img2img source images' real boxes merged in (score "
-            f"{params.annotate_with_baseline.source_box_confidence}, merge IoU "
-            f"{params.annotate_with_baseline.merge_iou})"
-            if params.annotate_with_baseline.source_boxes
+            f"{annotate.source_box_confidence}, merge IoU {annotate.merge_iou})"
+            if annotate.source_boxes
             else ""
         )
         + f"; {_number(annotated.get('corrected_images', 0))} images with reviewed labels.",
+    ]
+
+
+def _data(
+    prepared: Mapping[str, Any], annotated: Mapping[str, Any], extras: Mapping[str, Mapping]
+) -> list[str]:
+    lines = ["| split | images | boxes |", "|---|---:|---:|"]
+    for split in ("train", "val", "test", "personalize"):
+        images, boxes = prepared.get(f"{split}.images"), prepared.get(f"{split}.boxes")
+        lines.append(f"| real {split} | {_number(images)} | {_number(boxes)} |")
+    rows = {"synthetic (generated, labelled)": annotated, **extras}
+    for name, counts in rows.items():
+        lines.append(
+            f"| {name} | {_number(counts.get('images'))} | {_number(counts.get('boxes'))} |"
+        )
+    return lines
+
+
+def render(
+    params: Params,
+    evaluation: Mapping[str, Any],
+    images: Mapping[str, Any],
+    prepared: Mapping[str, Any],
+    annotated: Mapping[str, Any],
+    extras: Mapping[str, Mapping[str, Any]],
+    variants: Sequence[str],
+    comparisons: Sequence[tuple[str, str]],
+) -> str:
+    """The report as Markdown: `evaluation` (evaluate's evaluation.json), `images`
+    (check-images), `prepared`, `annotated` and `extras` (copy-paste and pseudo-label metrics,
+    by row name) are the run's metrics files; the tables and grids it links lie next to it."""
+    few_shot = [v for v in variants if v == "handful" or v.startswith(("handful-", "real-n"))]
+    few_shot = ["real", *few_shot] if "real" in variants else few_shot
+    lines = ["# synthdet run report", "", "## Data", "", *_data(prepared, annotated, extras)]
+    lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
+    lines += [
         "",
-        f"## Detection on the real test split ({evaluation.get('test_images')} images, "
-        f"{evaluation.get('test_boxes')} boxes)",
+        f"## The few-shot question: {_number(prepared.get('personalize.images'))} labelled "
+        f"images, and {params.few_shot.extra_images} more of each kind",
         "",
-        "Mean ± sample standard deviation over seeds (no ± with one seed). The gap is paired by "
-        "seed: the variant's mAP minus `real`'s with the same seed, averaged.",
+        f"Real test split: {evaluation.get('test_images')} images, "
+        f"{evaluation.get('test_boxes')} boxes. Mean ± sample std over seeds (no ± with one "
+        "seed).",
         "",
-        *detection_table(evaluation, variants),
+        *detection_table(evaluation, few_shot),
         "",
+        *comparison_table(evaluation, [c for c in comparisons if c[0].startswith("handful-")]),
+        "",
+        "What the extra images are worth, read off the curve of mAP against labelled real "
+        "images (`handful` → `real-n…` → `real`, linear interpolation, the curve made "
+        "non-decreasing):",
+        "",
+        *equivalent_lines(evaluation, variants),
+        "",
+    ]
+    others = [v for v in variants if v not in few_shot]
+    if others:
+        lines += [
+            "## Generated data against all real labels (Genfusion's table)",
+            "",
+            *detection_table(evaluation, ["real", *others]),
+            "",
+            *comparison_table(evaluation, [c for c in comparisons if c[1] == "real"]),
+            "",
+        ]
+    lines += [
         "By COCO object size (box area in test-image pixels), mAP@[.5:.95]:",
         "",
         *size_table(evaluation, variants),
         "",
-        "Per detector: [detection_runs.csv](detection_runs.csv); gaps at IoU .5 and .75 are in "
-        "`metrics/evaluate.json` (`<variant>.gap_map50`, `.gap_map75`).",
+        "Per detector: [detection_runs.csv](detection_runs.csv); every number: "
+        "`metrics/evaluation.json`.",
         "",
-        f"## Annotator (the `{BASELINE}` detector of seed {params.shared.seed} on the real val "
-        f"split, {_number(annotated.get('annotator.val_images'))} images, "
-        f"{_number(annotated.get('annotator.val_boxes'))} boxes)",
+        f"## Annotator on the real val split ({_number(annotated.get('annotator.val_images'))} "
+        f"images, {_number(annotated.get('annotator.val_boxes'))} boxes)",
         "",
-        "At the labelling settings above; precision and recall match boxes greedily at IoU 0.5. "
-        "The mAP ranks only the boxes kept at that confidence, so it is lower than the "
-        "detector's mAP at the evaluation confidence.",
+        "At the labelling settings above; precision and recall match boxes greedily at IoU 0.5.",
         "",
         "| precision | recall | mAP@.5 | mAP@[.5:.95] |",
         "|---:|---:|---:|---:|",
@@ -200,21 +299,22 @@ def render(
         )
         + " |",
         "",
-        f"On the synthetic images: {_number(annotated.get('boxes_per_image'), 2)} boxes per "
-        f"image, {_number(annotated.get('images_without_boxes'))} images without any box, mean "
-        f"confidence {_number(annotated.get('mean_confidence'))}.",
+        f"On the generated images: {_number(annotated.get('boxes_per_image'), 2)} boxes per "
+        f"image ({_number(annotated.get('annotator.val_boxes_per_image'), 2)} on real val), "
+        f"{_number(annotated.get('images_without_boxes'))} images without any box.",
         "",
         "## Generated images",
         "",
-        *image_quality(params, evaluation),
+        *image_quality(params, images),
         "",
         "## Plots",
         "",
-        "`dvc plots show` draws the precision-recall curves of every variant "
-        "([pr_curve.csv](pr_curve.csv)), the mAP bars with error bars "
-        "([detection_table.csv](detection_table.csv)), the ratio curve of mAP against the "
-        "synthetic share and count ([ratio_curve.csv](ratio_curve.csv)) and the validation mAP "
-        "per epoch of every detector.",
+        "`dvc plots show` draws the real-image curve with each few-shot variant on it "
+        "([real_image_curve.csv](real_image_curve.csv)), the precision-recall curves "
+        "([pr_curve.csv](pr_curve.csv)), the mAP bars ([detection_table.csv]"
+        "(detection_table.csv)), mAP against the share of extra images "
+        "([ratio_curve.csv](ratio_curve.csv)) and the validation mAP per epoch of every "
+        "detector.",
         "",
         f"Real test images: ground truth, then each variant's boxes (seed {params.shared.seed}, "
         f"confidence >= {params.evaluate.grid_confidence}):",
@@ -223,18 +323,19 @@ def render(
         "",
         "Generated images with their labels:",
         "",
-        "![synthetic images with auto-labels](synthetic_grid.png)",
+        "![generated images with their labels](synthetic_grid.png)",
         "",
         "## Limits",
         "",
     ]
-    lines += [f"- {limit}" for limit in limits(params, evaluation, prepared, annotated)]
+    lines += [f"- {limit}" for limit in limits(params, evaluation, images, prepared, annotated)]
     return "\n".join(lines) + "\n"
 
 
 def limits(
     params: Params,
     evaluation: Mapping[str, Any],
+    images: Mapping[str, Any],
     prepared: Mapping[str, Any],
     annotated: Mapping[str, Any],
 ) -> list[str]:
@@ -256,15 +357,28 @@ def limits(
     if annotated.get("empty_label_set"):
         found.append(
             "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
-            "synthetic detectors trained on background only, so their mAP measures nothing and "
-            "the synthetic images only teach the mixed detectors to miss objects."
+            "detectors on generated images trained on background only, so their mAP measures "
+            "nothing and the generated images only teach the others to miss objects."
+        )
+    flagged = sorted(
+        key.split(".")[0]
+        for key, value in evaluation.items()
+        if key.endswith(".below_annotation_confidence") and value
+    )
+    if flagged:
+        found.append(
+            f"**{', '.join(flagged)}: no test box scored above the annotation confidence "
+            f"({params.annotate_with_baseline.confidence})**; their mAP comes from near-zero "
+            "scores only: compare it with the chance row, not with the other variants."
         )
     seeds = params.train_detector.seeds
     if len(seeds) == 1:
         found.append(
-            f"One seed per variant ({seeds[0]}), no error bars: a gap smaller than the "
-            "seed-to-seed spread of the detector is not evidence; train 5 seeds as Genfusion "
-            "did with `dvc exp run -S 'train_detector.seeds=[1,2,3,4,5]' -S shared.seed=1`."
+            f"**One seed per variant ({seeds[0]}, the default's time budget): no interval, no "
+            "p-value, no minimum detectable difference.** A difference smaller than the "
+            "detector's seed-to-seed spread is not evidence; run the evidence profile, "
+            "`dvc exp run -S 'train_detector.seeds=[42,43,44]'` (3 seeds; only the new seeds "
+            "train), for the intervals and Holm-adjusted p-values."
         )
     elif len(seeds) < 5:
         found.append(
@@ -283,13 +397,26 @@ def limits(
         f"{params.prepare.test_groups} photos; tiles of one photo are correlated, so the test "
         "set is smaller than its tile count suggests."
     )
+    mdd = [
+        evaluation[key]
+        for key in evaluation
+        if key.endswith(".mdd") and evaluation[key] is not None
+    ]
+    if mdd:
+        found.append(
+            f"With {len(seeds)} seeds a paired difference of {min(mdd):.3f}-{max(mdd):.3f} "
+            "mAP@[.5:.95] is the smallest a t-test detects with 80 % power at the 5 % level "
+            "(column 'detectable'): smaller differences are within the seed-to-seed noise."
+        )
     found.append(
-        "The synthetic labels are the annotator's own predictions: what it misses on real images "
-        f"(recall {_number(annotated.get('annotator.recall'))} on val) becomes unlabelled "
-        "objects in the synthetic set, its false positives become wrong labels."
+        "Labels not drawn by a person: the generated images' labels are the img2img source "
+        "boxes merged with the annotator's predictions, and the pseudo-labels are its "
+        "predictions alone; what it misses (recall "
+        f"{_number(annotated.get('annotator.recall'))} on val) becomes unlabelled objects, its "
+        "false positives wrong labels."
     )
     found.append(
-        f"FID and KID from {evaluation.get('fid_generated_images')} generated images: FID is "
+        f"FID and KID from {images.get('fid_generated_images')} generated images: FID is "
         "biased upwards for small sets (compare FIDs only at equal set sizes); KID is unbiased "
         "but noisy at this size. Both use Inception features of images upscaled from "
         f"{resolution} px to 299 px."
@@ -301,7 +428,7 @@ def limits(
             f"{params.train_detector.train_args().get('epochs', 'the default')} epochs; gaps may "
             "change with pretrained weights or longer training."
         )
-    if "real_vs_generated.train_accuracy" in evaluation:
+    if "real_vs_generated.train_accuracy" in images:
         found.append(
             "The classifier checks use small networks trained from scratch on few images: an "
             "accuracy near 0.5 only means indistinguishable to this classifier, and only if it "

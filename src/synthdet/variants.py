@@ -1,69 +1,75 @@
-"""Detector training-data variants: which real and synthetic images each one trains on.
+"""Detector training-data variants: which labelled real images and which extra images each uses.
 
-- `real`: every real train image. Trained once per seed; shared.seed's is also the annotator.
-- `synthetic`: every auto-labelled generated image, no real one.
-- `mixed`: both, all of them.
-- `mix-r<share>-f<fraction>` (train_detector.mix_real_shares x mix_synthetic_fractions): the
-  first `share` of the real train images plus as many auto-labelled images as make up `fraction`
-  of the training set, n_synthetic = round(fraction / (1 - fraction) * n_real). Varying the share
-  varies how much real data there is; varying the fraction, how much synthetic data is added.
+One registry of variant kinds (`KINDS`), each a name pattern and the composition it stands for:
 
-The subsets are nested and do not depend on the detector's seed: images are ordered once by a
-shuffle seeded with shared.seed and each variant takes a prefix. So a smaller mix is a subset of
-a larger one, and the seeds of one variant differ in training randomness only.
+- `real`: every labelled real train image. Trained once per seed; the reference.
+- `handful`: the subjects' handful (`shared.subjects.*.images` personalisation images) alone.
+- `real-n<count>` (few_shot.real_image_counts): the first <count> labelled train images, the
+  handful first, so handful -> real-n16 -> ... -> real is a nested curve of mAP against labelled
+  images (what `evaluate` inverts into a real-image equivalent).
+- `handful-<source>` (few_shot.sources): the handful plus few_shot.extra_images images of the
+  source: `synthetic` (generated and auto-labelled), `copy-paste` (composites of the handful's
+  object crops, synthdet.copy_paste) or `pseudo` (real train images outside the handful, labels
+  withheld, labelled by the annotator).
+- `synthetic`: every generated image, no real one; `mixed`: every real and every generated one.
+- `mix-r<share>-f<fraction>` (train_detector.mix_*): the first `share` of the real train images
+  plus as many generated images as make up `fraction` of the set,
+  n_synthetic = round(fraction / (1 - fraction) * n_real).
 
-Variant names come from dvc.yaml's matrix (`mix-r${real_share}-f${synthetic_fraction}`, Python's
-`str` of the numbers); `parse` reads them back, so `mix-r1-f0.1` and `mix-r1.0-f0.1` are the same
-variant.
+Subsets are nested and do not depend on the detector's seed: real images are ordered once (the
+handful first, then the rest shuffled with shared.seed), extra images by a shuffle seeded with
+shared.seed, and each variant takes a prefix. Seeds of one variant differ in training only.
+Names come from dvc.yaml's matrices; `parse` reads them back (`mix-r1-f0.1` = `mix-r1.0-f0.1`).
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.data import DataError
-from synthdet.params import Params, ParamsError
+from synthdet.data import DataError, list_images
+from synthdet.params import FEW_SHOT_SOURCES, Params, ParamsError
 
 BASELINE = "real"
-FIXED = ("real", "synthetic", "mixed")
-MIX_NAME = re.compile(r"mix-r(?P<real>[0-9.eE+-]+)-f(?P<fraction>[0-9.eE+-]+)")
+HANDFUL = "handful"
+SYNTHETIC = "synthetic"  # the extra source made by generate + annotate-with-baseline
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    real_share: float  # share of the real train images used (0 for `synthetic`)
-    # share of synthetic images in the training set; None: every auto-labelled image
-    synthetic_fraction: float | None
+    # labelled real images: "all", "handful", "none", a count (int, nested, handful first) or a
+    # share of the train images (float, mix-*)
+    real: str | int | float
+    extra: str | None = None  # synthetic | copy-paste | pseudo
+    # how many extra images: None = all of the source, an int = that many, a float = the share
+    # of the training set they make up (mix-*)
+    extra_amount: int | float | None = None
 
     @property
-    def uses_synthetic(self) -> bool:
-        return self.synthetic_fraction is None or self.synthetic_fraction > 0
+    def uses_handful_only(self) -> bool:
+        return self.real == "handful"
+
+
+def few_shot_name(source: str) -> str:
+    """The variant of the handful plus the images of `source`: `handful-<source>`."""
+    return f"{HANDFUL}-{source}"
+
+
+def is_few_shot(name: str) -> bool:
+    """A `handful-<source>` variant."""
+    return name.startswith(f"{HANDFUL}-")
 
 
 def mix_name(real_share: float, synthetic_fraction: float) -> str:
     return f"mix-r{real_share}-f{synthetic_fraction}"
 
 
-def parse(name: str) -> Variant:
-    """The variant a name (as dvc.yaml writes it) stands for."""
-    fixed = {
-        "real": Variant("real", 1.0, 0.0),
-        "synthetic": Variant("synthetic", 0.0, None),
-        "mixed": Variant("mixed", 1.0, None),
-    }
-    if name in fixed:
-        return fixed[name]
-    match = MIX_NAME.fullmatch(name)
-    if match is None:
-        raise ParamsError(
-            f"unknown detector variant {name!r}: expected one of {list(FIXED)} or "
-            "mix-r<real share>-f<synthetic fraction>"
-        )
+def _mix(match: re.Match[str], _: Params | None) -> Variant:
+    name = match.string
     try:
         share, fraction = float(match["real"]), float(match["fraction"])
     except ValueError as exc:
@@ -74,22 +80,57 @@ def parse(name: str) -> Variant:
             "(train_detector.mix_real_shares) and the synthetic fraction in [0, 1) "
             "(train_detector.mix_synthetic_fractions)"
         )
-    return Variant(mix_name(share, fraction), share, fraction)
+    return Variant(mix_name(share, fraction), share, SYNTHETIC, fraction)
+
+
+def _few_shot(match: re.Match[str], params: Params | None) -> Variant:
+    source = match["source"]
+    if source not in FEW_SHOT_SOURCES:
+        raise ParamsError(
+            f"detector variant {match.string!r}: unknown source {source!r}; expected one of "
+            f"{list(FEW_SHOT_SOURCES)} (few_shot.sources)"
+        )
+    amount = params.few_shot.extra_images if params is not None else None
+    return Variant(match.string, "handful", source, amount)
+
+
+# name pattern -> the variant it stands for (params give few_shot.extra_images)
+KINDS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], Params | None], Variant]], ...] = (
+    (re.compile(BASELINE), lambda m, _: Variant(BASELINE, "all")),
+    (re.compile(HANDFUL), lambda m, _: Variant(HANDFUL, "handful")),
+    (re.compile(r"real-n(?P<count>[1-9][0-9]*)"), lambda m, _: Variant(m[0], int(m["count"]))),
+    (re.compile(r"handful-(?P<source>[a-z-]+)"), _few_shot),
+    (re.compile(SYNTHETIC), lambda m, _: Variant(SYNTHETIC, "none", SYNTHETIC)),
+    (re.compile("mixed"), lambda m, _: Variant("mixed", "all", SYNTHETIC)),
+    (re.compile(r"mix-r(?P<real>[0-9.eE+-]+)-f(?P<fraction>[0-9.eE+-]+)"), _mix),
+)
+
+
+def parse(name: str, params: Params | None = None) -> Variant:
+    """The variant a name (as dvc.yaml writes it) stands for; raises ParamsError if none."""
+    for pattern, make in KINDS:
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return make(match, params)
+    raise ParamsError(
+        f"unknown detector variant {name!r}: expected real, handful, real-n<count>, "
+        "handful-<source>, synthetic, mixed or mix-r<real share>-f<synthetic fraction>"
+    )
 
 
 def configured(params: Params) -> list[Variant]:
-    """The variants params ask for, the baseline first, then synthetic, mixed and the mixes."""
-    config = params.train_detector
-    mixes = [
-        Variant(mix_name(share, fraction), share, fraction)
+    """Every variant params ask for: the baseline, the few-shot ones, then the generated ones."""
+    config, few_shot = params.train_detector, params.few_shot
+    names = [BASELINE, HANDFUL]
+    names += [f"real-n{count}" for count in few_shot.real_image_counts]
+    names += [few_shot_name(source) for source in few_shot.sources]
+    names += list(config.variants)
+    names += [
+        mix_name(share, fraction)
         for share in config.mix_real_shares
         for fraction in config.mix_synthetic_fractions
     ]
-    return [parse(name) for name in FIXED] + mixes
-
-
-def same_variant(a: Variant, b: Variant) -> bool:
-    return (a.real_share, a.synthetic_fraction) == (b.real_share, b.synthetic_fraction)
+    return [parse(name, params) for name in names]
 
 
 def seed_folder(seed: int) -> str:
@@ -98,54 +139,158 @@ def seed_folder(seed: int) -> str:
 
 @dataclass(frozen=True)
 class Composition:
-    real: tuple[Path, ...]  # image paths
-    synthetic: tuple[Path, ...]
+    real: tuple[Path, ...]  # labelled real image paths
+    extra: tuple[Path, ...]  # extra image paths (of the variant's source)
 
     @property
-    def synthetic_share(self) -> float:
-        total = len(self.real) + len(self.synthetic)
-        return len(self.synthetic) / total if total else 0.0
+    def extra_share(self) -> float:
+        total = len(self.real) + len(self.extra)
+        return len(self.extra) / total if total else 0.0
 
 
-def _ordered(images: Sequence[Path], seed: int) -> list[Path]:
+def _shuffled(images: Sequence[Path], seed: int) -> list[Path]:
     ordered = sorted(images)
     random.Random(seed).shuffle(ordered)
     return ordered
 
 
-def compose(
-    variant: Variant, real_images: Sequence[Path], synthetic_images: Sequence[Path], seed: int
-) -> Composition:
-    """The real and synthetic images `variant` trains on (nested prefixes of seeded orders)."""
-    real = _ordered(real_images, seed)[: round(variant.real_share * len(real_images))]
-    if variant.real_share > 0 and not real:
+def real_order(real_images: Sequence[Path], handful: Sequence[Path], seed: int) -> list[Path]:
+    """The real train images, the handful first (matched by file name), then the rest shuffled
+    with `seed`; raises DataError if a handful image is not among the train images."""
+    by_name = {Path(p).name: Path(p) for p in real_images}
+    missing = sorted(Path(p).name for p in handful if Path(p).name not in by_name)
+    if missing:
         raise DataError(
-            f"variant {variant.name}: {variant.real_share} of {len(real_images)} real train "
-            "images is no image; raise train_detector.mix_real_shares"
+            f"handful images {', '.join(missing[:5])} are not among the {len(by_name)} real "
+            "train images; rerun prepare (personalize images are train images)"
         )
-    synthetic = _ordered(synthetic_images, seed)
-    if variant.synthetic_fraction is not None:
-        fraction = variant.synthetic_fraction
-        wanted = round(fraction / (1 - fraction) * len(real))
-        if wanted > len(synthetic):
+    first = [by_name[name] for name in sorted(Path(p).name for p in handful)]
+    chosen = set(first)
+    return first + _shuffled([p for p in by_name.values() if p not in chosen], seed)
+
+
+def compose(
+    variant: Variant,
+    real_images: Sequence[Path],
+    handful: Sequence[Path],
+    extra_images: Sequence[Path],
+    seed: int,
+) -> Composition:
+    """The real and extra images `variant` trains on (nested prefixes of seeded orders).
+
+    `real_images`: the labelled train images; `handful`: the handful (a subset of them, by file
+    name); `extra_images`: the images of the variant's source. Raises DataError when a variant
+    asks for more images than exist."""
+    ordered = real_order(real_images, handful, seed) if variant.real != "handful" else []
+    if variant.real == "all":
+        real = ordered
+    elif variant.real == "handful":
+        real = sorted(Path(p) for p in handful)
+    elif variant.real == "none":
+        real = []
+    elif isinstance(variant.real, int):
+        if variant.real > len(ordered):
             raise DataError(
-                f"variant {variant.name}: a synthetic fraction of {fraction} with {len(real)} "
-                f"real images needs {wanted} auto-labelled images, but there are "
-                f"{len(synthetic)}; raise generate.num_images or lower "
-                "train_detector.mix_synthetic_fractions / mix_real_shares"
+                f"variant {variant.name}: {variant.real} labelled images asked for, but there "
+                f"are {len(ordered)} train images; lower few_shot.real_image_counts"
             )
-        synthetic = synthetic[:wanted]
-    if not real and not synthetic:
+        real = ordered[: variant.real]
+    else:
+        real = ordered[: round(variant.real * len(ordered))]
+        if not real:
+            raise DataError(
+                f"variant {variant.name}: {variant.real} of {len(ordered)} real train images is "
+                "no image; raise train_detector.mix_real_shares"
+            )
+    extra = _shuffled(extra_images, seed) if variant.extra else []
+    amount = variant.extra_amount
+    wanted = None
+    if isinstance(amount, float):
+        wanted = round(amount / (1 - amount) * len(real))
+        fix = "lower train_detector.mix_synthetic_fractions / mix_real_shares"
+    elif isinstance(amount, int):
+        wanted, fix = amount, "lower few_shot.extra_images"
+    if wanted is not None:
+        if wanted > len(extra):
+            raise DataError(
+                f"variant {variant.name}: needs {wanted} {variant.extra} images, but there are "
+                f"{len(extra)}; make more (generate.num_images, or more train images for "
+                f"pseudo-labels) or {fix}"
+            )
+        extra = extra[:wanted]
+    if not real and not extra:
         raise DataError(f"variant {variant.name}: no training images")
-    return Composition(tuple(real), tuple(synthetic))
+    return Composition(tuple(real), tuple(extra))
 
 
-def subset_view(source: Path, images: Sequence[Path], view: Path) -> Path:
-    """A YOLO folder at `view` linking `images` of the YOLO folder `source` and their labels."""
+def compositions(
+    params: Params,
+    real_images: Sequence[Path],
+    handful: Sequence[Path],
+    extra_images: Mapping[str, Sequence[Path]],
+    names: Sequence[str],
+) -> dict[str, Composition]:
+    """{variant name: composition} for `names`, each with its source's images."""
+    result = {}
+    for name in names:
+        variant = parse(name, params)
+        extra = extra_images.get(variant.extra, ()) if variant.extra else ()
+        result[name] = compose(variant, real_images, handful, extra, params.shared.seed)
+    return result
+
+
+def handful_images(handful_root: Path) -> list[Path]:
+    """The handful: every image of `handful_root/<subject>/images` (prepare's personalize split)."""
+    return sorted(
+        p for folder in sorted(Path(handful_root).glob("*/images")) for p in list_images(folder)
+    )
+
+
+def subset_view(images: Sequence[Path], view: Path) -> Path:
+    """A YOLO folder at `view` linking `images` and the labels next to them (../labels)."""
     (view / "images").mkdir(parents=True)
     (view / "labels").mkdir()
     for image in images:
-        label = Path(source) / "labels" / f"{image.stem}.txt"
-        (view / "images" / image.name).symlink_to(Path(image).resolve())
+        label = Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
+        (view / "images" / Path(image).name).symlink_to(Path(image).resolve())
         (view / "labels" / label.name).symlink_to(label.resolve())
     return view
+
+
+def training_folders(
+    params: Params,
+    variant: Variant,
+    real_dir: Path | None,
+    handful_dir: Path | None,
+    extra_dir: Path | None,
+    scratch: Path,
+) -> tuple[list[Path], Composition]:
+    """YOLO folders holding exactly the variant's images (linked subsets in `scratch`)."""
+    needs = {
+        "--real": real_dir is None and variant.real != "handful" and variant.real != "none",
+        "--handful": handful_dir is None and variant.real not in ("all", "none"),
+        "--extra": extra_dir is None and variant.extra is not None,
+    }
+    missing = [flag for flag, lacking in needs.items() if lacking]
+    if missing:
+        raise DataError(f"variant {variant.name} needs {' and '.join(missing)}")
+    real = list_images(Path(real_dir) / "images") if real_dir is not None else []
+    handful = handful_images(handful_dir) if handful_dir is not None else []
+    extra = list_images(Path(extra_dir) / "images") if variant.extra else []
+    composition = compose(variant, real, handful, extra, params.shared.seed)
+    folders = [
+        subset_view(chosen, scratch / name)
+        for name, chosen in (("real", composition.real), ("extra", composition.extra))
+        if chosen
+    ]
+    return folders, composition
+
+
+def label_boxes(images: Sequence[Path]) -> int:
+    """The boxes in the YOLO labels next to `images` (no label file: a background image)."""
+    total = 0
+    for image in images:
+        label = Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
+        if label.is_file():
+            total += sum(1 for line in label.read_text().splitlines() if line.strip())
+    return total

@@ -1,4 +1,4 @@
-"""Stage train-detector: train one YOLO detector per data variant and seed.
+"""Stages train-*: train one YOLO detector per data variant and seed.
 
 Every variant and seed trains with the same `train_detector` params (`train_args()`: the `yolo`
 block, overridden by the `preset` if one is set); only the training images (`synthdet.variants`)
@@ -10,53 +10,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from synthdet import detection, variants
 from synthdet.cli import run_stage
-from synthdet.data import DataError, list_images
 from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.tracking import stage_run
-
-
-def training_folders(
-    variant: variants.Variant,
-    real_dir: Path,
-    synthetic_dir: Path | None,
-    seed: int,
-    scratch: Path,
-) -> tuple[list[Path], variants.Composition]:
-    """YOLO folders holding exactly the variant's images: the sources themselves when a variant
-    uses all of a source, otherwise linked subsets in `scratch`."""
-    if variant.uses_synthetic and synthetic_dir is None:
-        raise DataError(f"variant {variant.name} trains on synthetic images: pass --synthetic")
-    real_images = list_images(Path(real_dir) / "images")
-    synthetic_images = list_images(Path(synthetic_dir) / "images") if variant.uses_synthetic else []
-    composition = variants.compose(variant, real_images, synthetic_images, seed)
-    folders = []
-    for name, source, chosen, available in (
-        ("real", real_dir, composition.real, real_images),
-        ("synthetic", synthetic_dir, composition.synthetic, synthetic_images),
-    ):
-        if not chosen:
-            continue
-        if len(chosen) == len(available):
-            folders.append(Path(source))
-        else:
-            folders.append(variants.subset_view(Path(source), chosen, scratch / name))
-    return folders, composition
-
-
-def label_boxes(images: Sequence[Path], folder: Path | None) -> int:
-    """The boxes in the YOLO labels of `images` of `folder` (no label file: a background image)."""
-    total = 0
-    for image in images:
-        label = Path(folder) / "labels" / f"{Path(image).stem}.txt"
-        if label.is_file():
-            total += sum(1 for line in label.read_text().splitlines() if line.strip())
-    return total
 
 
 def empty_labels_warning(variant: str, seed: int, images: int) -> str:
@@ -71,96 +32,109 @@ def empty_labels_warning(variant: str, seed: int, images: int) -> str:
 
 def run(
     params: Params,
+    stage: str,
     variant_name: str,
     seed: int,
-    real_dir: Path,
-    synthetic_dir: Path | None,
+    folders: Mapping[str, Path | None],
     val_folder: Path,
     out_dir: Path,
     results_csv: Path,
 ) -> dict:
+    """Train the detector of one variant and seed; return its metrics (also logged to MLflow).
+
+    `folders`: `real` (labelled train YOLO folder), `handful` (prepare's personalize folder,
+    one YOLO folder per subject) and `extra` (the variant's extra source), each None when the
+    variant does not use it. Writes the detector to `out_dir` and its per-epoch validation
+    metrics to `results_csv`. Raises DataError when a folder the variant needs is missing or
+    holds too few images; warns (and sets `empty_label_set`) when no training label has a box.
+    """
     config = params.train_detector
-    variant = variants.parse(variant_name)
+    variant = variants.parse(variant_name, params)
     train_args = config.train_args()
     logged_params = {
         "variant": variant.name,
-        "real_share": variant.real_share,
-        "synthetic_fraction": variant.synthetic_fraction,
+        "real": str(variant.real),
+        "extra": variant.extra,
+        "extra_amount": variant.extra_amount,
         "model": config.model_source,
         "preset": config.preset,
         "seed": seed,
-        "real": str(real_dir),
-        "synthetic": str(synthetic_dir),
+        **{f"{name}_dir": str(folder) for name, folder in folders.items()},
         "val": str(val_folder),
         "yolo": train_args,
     }
-    stage = f"train-detector@{variant.name}-{seed}"
     with (
-        stage_run(stage, params.shared.mlflow_experiment, logged_params) as tracking,
+        stage_run(stage, params.shared.mlflow_experiment, logged_params) as mlflow_run,
         tempfile.TemporaryDirectory(prefix="synthdet-variant-") as scratch,
     ):
-        folders, composition = training_folders(
-            variant, real_dir, synthetic_dir, params.shared.seed, Path(scratch)
+        train_folders, composition = variants.training_folders(
+            params,
+            variant,
+            folders.get("real"),
+            folders.get("handful"),
+            folders.get("extra"),
+            Path(scratch),
         )
         boxes = {
-            "real_boxes": label_boxes(composition.real, real_dir),
-            "synthetic_boxes": label_boxes(composition.synthetic, synthetic_dir),
+            "real_boxes": variants.label_boxes(composition.real),
+            "extra_boxes": variants.label_boxes(composition.extra),
         }
         empty = sum(boxes.values()) == 0
         if empty:
-            images = len(composition.real) + len(composition.synthetic)
+            images = len(composition.real) + len(composition.extra)
             warn(empty_labels_warning(variant.name, seed, images))
         result = detection.train_detector(
             model=config.model_source,
-            train_folders=folders,
+            train_folders=train_folders,
             val_folder=val_folder,
             class_names=params.shared.class_names,
             seed=seed,
             yolo_args=train_args,
             out_dir=out_dir,
-            on_epoch=lambda row: tracking.log_metrics(row, step=int(row["epoch"])),
+            on_epoch=lambda row: mlflow_run.log_metrics(row, step=int(row["epoch"])),
         )
         detection.write_epochs_csv(result.epochs, results_csv)
         metrics = {
             "train_images": result.train_images,
             "real_images": len(composition.real),
-            "synthetic_images": len(composition.synthetic),
-            "synthetic_share": round(composition.synthetic_share, 6),
+            "extra_images": len(composition.extra),
+            "extra_share": round(composition.extra_share, 6),
             **boxes,
             "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
             "epochs": len(result.epochs),
             **{f"best.{name}": value for name, value in result.best.items()},
         }
-        tracking.log_metrics(metrics)
-        tracking.log_artifact(out_dir, "detector")
-        tracking.log_artifact(results_csv)
+        mlflow_run.log_metrics(metrics)
+        mlflow_run.log_artifact(out_dir, "detector")
+        mlflow_run.log_artifact(results_csv)
+    print(
+        f"{stage}: {variant.name} seed {seed}, {len(composition.real)} real + "
+        f"{len(composition.extra)} extra images, {len(result.epochs)} epochs, "
+        f"val mAP50-95 {result.best.get('metrics/mAP50-95', float('nan')):.3f}"
+    )
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--variant", required=True, help="real, synthetic, mixed or mix-r<share>-f<fraction>"
-    )
+    parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
+    parser.add_argument("--variant", required=True, help="a synthdet.variants name, e.g. handful")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
-    parser.add_argument("--real", type=Path, required=True, help="real train YOLO folder")
+    parser.add_argument("--real", type=Path, default=None, help="labelled real train YOLO folder")
     parser.add_argument(
-        "--synthetic", type=Path, default=None, help="auto-labelled synthetic YOLO folder"
+        "--handful", type=Path, default=None, help="prepare's personalize folder (the handful)"
+    )
+    parser.add_argument(
+        "--extra", type=Path, default=None, help="YOLO folder of the variant's extra images"
     )
     parser.add_argument("--val", type=Path, required=True, help="YOLO folder to validate on")
     parser.add_argument("--out", type=Path, required=True, help="output detector folder")
     parser.add_argument("--results", type=Path, required=True, help="per-epoch results CSV")
     args = parser.parse_args()
+    folders = {"real": args.real, "handful": args.handful, "extra": args.extra}
     run_stage(
         lambda params: run(
-            params,
-            args.variant,
-            args.seed,
-            args.real,
-            args.synthetic,
-            args.val,
-            args.out,
-            args.results,
+            params, args.stage, args.variant, args.seed, folders, args.val, args.out, args.results
         )
     )
 

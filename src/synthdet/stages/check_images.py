@@ -1,0 +1,145 @@
+"""check-images: the generated images checked before any detector trains on them.
+
+Right after generate: the leakage guard (a generated image that is a near-copy of a test image
+fails the run, naming both files: a test photo reached personalisation, and every detector
+trained on such images would be scored on its own training data), FID and KID from one
+Inception pass per image (`metrics.image_realism`), the CLIP score of each image with its prompt
+when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the real-vs-generated
+classifier test and the subject check (`synthdet.classifiers`). Writes `metrics/images.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from synthdet import classifiers, metrics
+from synthdet.cli import run_stage
+from synthdet.data import DataError, list_images, read_jsonl, read_yolo_folder, write_json
+from synthdet.params import Params
+from synthdet.tracking import stage_run
+
+
+def check_test_leakage(
+    generated: list[Path], test: list[Path], threshold: float, inception: torch.nn.Module
+) -> float:
+    """Raise DataError when a generated image is a near-copy (cosine similarity of Inception
+    features above `threshold`) of a test image; return the highest similarity."""
+    with Image.open(generated[0]) as first:
+        size = max(first.size)
+    matches = metrics.nearest_matches(generated, test, size, inception)
+    leaks = sorted((m for m in matches if m.similarity > threshold), key=lambda m: -m.similarity)
+    if leaks:
+        pairs = "; ".join(f"{m.image} ~ {m.match} ({m.similarity:.3f})" for m in leaks[:5])
+        raise DataError(
+            f"{len(leaks)} generated images are near-copies of test images (similarity above "
+            f"evaluate.leak_threshold={threshold}): {pairs}. Check that no val/test photo "
+            "reached the personalize split."
+        )
+    return max(m.similarity for m in matches)
+
+
+def clip_metrics(manifest: Path, images: Sequence[Path], model: str | None) -> dict:
+    if model is None:
+        return {
+            "clip_score": None,
+            "clip_score_reason": "evaluate.clip_model is null: no CLIP model configured (the "
+            "offline default has none); set it to a hub id or a local CLIP folder",
+        }
+    if not manifest.is_file():
+        return {"clip_score": None, "clip_score_reason": f"{manifest} is missing (no prompts)"}
+    prompts = {row.get("file"): row.get("prompt") for row in read_jsonl(manifest)}
+    missing = [image.name for image in images if not prompts.get(image.name)]
+    if missing:
+        raise DataError(f"{manifest}: no prompt for {', '.join(missing[:5])}")
+    score = metrics.clip_score(images, [prompts[image.name] for image in images], model)
+    return {"clip_score": round(score, 4), "clip_score_reason": None}
+
+
+def classifier_metrics(
+    params: Params, real: Sequence[Path], generated: Sequence[Path], train: Path, val: Path
+) -> dict[str, float | int | None]:
+    config, seed, classes = params.evaluate, params.shared.seed, len(params.shared.class_names)
+    net = (config.classifier_model, config.classifier_size, config.classifier_epochs)
+    two_sample = classifiers.two_sample_test(real, generated, *net, config.classifier_folds, seed)
+    subject = classifiers.subject_check(
+        read_yolo_folder(train, classes), read_yolo_folder(val, classes), generated, *net, seed
+    )
+    return {
+        **{f"real_vs_generated.{k}": v for k, v in two_sample.summary().items()},
+        **{f"subject.{k}": v for k, v in subject.summary().items()},
+    }
+
+
+def run(
+    params: Params,
+    generated_dir: Path,
+    test_dir: Path,
+    real_images_dir: Path,
+    train_dir: Path,
+    val_dir: Path,
+    metrics_path: Path,
+) -> dict:
+    """Check `generated_dir/images` against the test images (leak), the real images of
+    `real_images_dir` (FID, KID, classifier) and the train/val subject crops; write and return
+    the metrics. Raises DataError on a leak."""
+    config = params.evaluate
+    generated = list_images(generated_dir / "images")
+    if not generated:
+        raise DataError(f"{generated_dir / 'images'}: no generated image to check")
+    test = list_images(test_dir / "images")
+    logged = {"evaluate": vars(config), "generated": len(generated), "test": len(test)}
+    with stage_run("check-images", params.shared.mlflow_experiment, logged) as mlflow_run:
+        inception = metrics.FidInceptionFeatures()
+        summary: dict = {
+            "leak_max_similarity": round(
+                check_test_leakage(generated, test, config.leak_threshold, inception), 6
+            )
+        }
+        real = list_images(real_images_dir)
+        realism = metrics.image_realism(real, generated, inception, seed=params.shared.seed)
+        summary |= {
+            "fid": round(realism.fid, 4),
+            "kid_mean": round(realism.kid_mean, 6),
+            "kid_std": round(realism.kid_std, 6),
+            "kid_subset_size": realism.kid_subset_size,
+            "fid_real_images": len(real),
+            "fid_generated_images": len(generated),
+        }
+        manifest = generated_dir / "manifest.jsonl"
+        summary |= clip_metrics(manifest, generated, config.clip_model)
+        summary |= classifier_metrics(params, real, generated, train_dir, val_dir)
+        write_json(metrics_path, summary)
+        mlflow_run.log_metrics(summary)
+    print(
+        f"check-images: {len(generated)} images, no leak (max similarity "
+        f"{summary['leak_max_similarity']:.3f}), FID {summary['fid']:.1f}, KID "
+        f"{summary['kid_mean']:.3f}, subject in {summary['subject.generated_share']:.2f}"
+    )
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generated", type=Path, required=True, help="generate's folder")
+    parser.add_argument("--test", type=Path, required=True, help="real test YOLO folder")
+    parser.add_argument(
+        "--real-images", type=Path, required=True, help="real images for FID, KID, classifier"
+    )
+    parser.add_argument("--train", type=Path, required=True, help="real train YOLO folder")
+    parser.add_argument("--val", type=Path, required=True, help="real val YOLO folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    args = parser.parse_args()
+    run_stage(
+        lambda params: run(
+            params, args.generated, args.test, args.real_images, args.train, args.val, args.metrics
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

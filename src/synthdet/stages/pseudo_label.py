@@ -1,0 +1,102 @@
+"""pseudo-label: real train images outside the handful, labelled by the annotator, labels withheld.
+
+The `handful-pseudo` variant's extra images: `few_shot.extra_images` real train images that are
+not in the handful, drawn with shared.seed, labelled by the annotator detector
+(`annotate_with_baseline.annotator`, at its confidence and NMS IoU). Only the images folder is
+read, never a label file of these images: they compete with the generated images on equal terms
+(real unlabelled photos against generated ones). Writes a YOLO folder and `metrics/pseudo.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from synthdet import data, detection
+from synthdet.cli import run_stage
+from synthdet.params import Params
+from synthdet.tracking import stage_run
+
+
+def unlabelled_pool(images_dir: Path, handful_dir: Path, count: int, seed: int) -> list[Path]:
+    """`count` images of `images_dir` not in the handful (by file name), drawn with `seed`.
+
+    Raises DataError when fewer exist."""
+    handful = {p.name for folder in Path(handful_dir).glob("*/images") for p in folder.iterdir()}
+    pool = [p for p in data.list_images(images_dir) if p.name not in handful]
+    if len(pool) < count:
+        raise data.DataError(
+            f"{images_dir}: {len(pool)} train images outside the handful, but "
+            f"few_shot.extra_images is {count}; lower it"
+        )
+    return sorted(random.Random(seed).sample(pool, count))
+
+
+def run(
+    params: Params,
+    images_dir: Path,
+    handful_dir: Path,
+    annotator_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+) -> dict:
+    """Label `few_shot.extra_images` images of `images_dir` (the train images, no labels) outside
+    `handful_dir` with the detector in `annotator_dir`; write them to `out_dir` (YOLO)."""
+    config = params.annotate_with_baseline
+    pool = unlabelled_pool(
+        images_dir, handful_dir, params.few_shot.extra_images, params.shared.seed
+    )
+    logged = {"annotator": config.annotator, "images": len(pool), "confidence": config.confidence}
+    with stage_run("pseudo-label", params.shared.mlflow_experiment, logged) as mlflow_run:
+        detector = detection.load_detector(annotator_dir, params.shared.class_names)
+        found = detection.predict(
+            detector,
+            tqdm(pool, desc="pseudo-label", unit="image"),
+            imgsz=config.imgsz,
+            confidence=config.confidence,
+            iou=config.iou,
+        )
+        with data.atomic_path(out_dir) as tmp:
+            (tmp / "images").mkdir(parents=True)
+            (tmp / "labels").mkdir()
+            for image, detections in zip(pool, found, strict=True):
+                shutil.copy2(image, tmp / "images" / image.name)
+                boxes = [box for box, _ in detections.yolo_boxes()]
+                (tmp / "labels" / f"{image.stem}.txt").write_text(data.format_label(boxes))
+        boxes = sum(len(d.yolo_boxes()) for d in found)
+        metrics = {
+            "images": len(pool),
+            "boxes": boxes,
+            "boxes_per_image": round(boxes / len(pool), 6),
+            "images_without_box": sum(1 for d in found if not d.yolo_boxes()),
+        }
+        data.write_json(metrics_path, metrics)
+        mlflow_run.log_metrics(metrics)
+    print(
+        f"pseudo-label: {len(pool)} real images labelled by the {config.annotator} detector, "
+        f"{boxes} boxes ({metrics['images_without_box']} images without one)"
+    )
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, required=True, help="train images folder only")
+    parser.add_argument("--handful", type=Path, required=True, help="prepare's personalize folder")
+    parser.add_argument("--annotator", type=Path, required=True, help="annotator detector folder")
+    parser.add_argument("--out", type=Path, required=True, help="output YOLO folder")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    args = parser.parse_args()
+    run_stage(
+        lambda params: run(
+            params, args.images, args.handful, args.annotator, args.out, args.metrics
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""report: the one-page Markdown report of a run (`metrics/report.md`, synthdet.report).
+
+Reads only metrics files of earlier stages (prepare, generate, annotate-with-baseline,
+copy-paste, pseudo-label, check-images, evaluate) and params, so a change of wording reruns
+this stage alone. Also writes `metrics/environment.json`: package versions, Python, threads and
+device of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from synthdet import evaluation, report, tracking, variants
+from synthdet.cli import run_stage
+from synthdet.data import DataError, write_json, write_text
+from synthdet.params import Params
+
+READS = ("prepare", "annotate", "copy_paste", "pseudo", "images", "evaluation")
+
+
+def read_metrics(folder: Path, name: str) -> dict:
+    """`folder/<name>.json`; raises DataError naming the file and the stage that writes it."""
+    path = Path(folder) / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the metrics JSON ({exc}); run dvc repro") from exc
+
+
+def run(params: Params, metrics_dir: Path) -> str:
+    """Render `metrics_dir/report.md` from the metrics files in `metrics_dir`; return it."""
+    read = {name: read_metrics(metrics_dir, name) for name in READS}
+    names = [v.name for v in variants.configured(params)]
+    with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
+        page = report.render(
+            params,
+            read["evaluation"],
+            read["images"],
+            read["prepare"],
+            read["annotate"],
+            {
+                "copy-paste (handful crops)": read["copy_paste"],
+                "pseudo-labelled real": read["pseudo"],
+            },
+            names,
+            evaluation.comparisons(names),
+        )
+        write_text(metrics_dir / "report.md", page)
+        write_json(metrics_dir / "environment.json", tracking.environment())
+        mlflow_run.log_artifact(metrics_dir / "report.md")
+    print(f"report: {metrics_dir / 'report.md'} ({len(page.splitlines())} lines)")
+    return page
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=Path, required=True, help="the run's metrics folder")
+    args = parser.parse_args()
+    run_stage(lambda params: run(params, args.metrics))
+
+
+if __name__ == "__main__":
+    main()
