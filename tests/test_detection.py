@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from synthdet import detection, report
+from synthdet import annotation, detection, report
+from synthdet.artifacts.metrics import AnnotateMetrics, PrepareMetrics
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
@@ -63,9 +64,9 @@ def tiny_params() -> Params:
         params,
         train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
         annotate_with_baseline=dataclasses.replace(
-            params.annotate_with_baseline, confidence=0.0, imgsz=SIZE, source_boxes=False
+            params.annotate_with_baseline, confidence=0.0, source_boxes=False
         ),
-        evaluate=dataclasses.replace(params.evaluate, imgsz=SIZE, grid_images=4),
+        evaluate=dataclasses.replace(params.evaluate, grid_images=4),
     )
 
 
@@ -246,7 +247,7 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
     config = dataclasses.replace(
         tiny_params().annotate_with_baseline, source_boxes=True, source_box_confidence=0.5
     )
-    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    merged, counts = annotation.source_proposals(found, manifest, labels, config, 1)
     assert counts == {"source_images": 1, "source_boxes_offered": 2, "source_boxes_kept": 1}
     # the overlapping pair keeps the baseline's more confident box; the missed apple is added
     np.testing.assert_allclose(
@@ -256,13 +257,13 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
     assert merged[1] is found[1]  # txt2img: no source, the predictions as they are
     # a source box scored above the prediction replaces it
     config = dataclasses.replace(config, source_box_confidence=0.95)
-    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    merged, counts = annotation.source_proposals(found, manifest, labels, config, 1)
     assert counts["source_boxes_kept"] == 2
     np.testing.assert_allclose(merged[0].scores, [0.3, 0.95, 0.95])
     # a source without labels is an error naming it
     (labels / "tree_3.txt").unlink()
     with pytest.raises(DataError, match=r"tree_3\.jpg.*tree_3\.txt"):
-        annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+        annotation.source_proposals(found, manifest, labels, config, 1)
 
 
 @pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores
@@ -366,20 +367,17 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
         "test_images": 40,
         "test_boxes": 351,
     }
-    prepared = {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
-    annotated = {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
+    prepared = PrepareMetrics.from_dict(
+        {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
+    )
+    annotated = AnnotateMetrics.from_dict(
+        {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
+    )
     two_seeds = dataclasses.replace(
         tiny_params(),
         train_detector=dataclasses.replace(tiny_params().train_detector, seeds=(42, 43)),
     )
-    page = report.render(
-        two_seeds,
-        evaluation,
-        prepared,
-        annotated,
-        ["real", "synthetic"],
-        tmp_path / "metrics" / "report.md",
-    )
+    page = report.render(two_seeds, evaluation, prepared, annotated, ["real", "synthetic"])
     assert "| real | 116 | 0 | 3 | 0.250 ± 0.020 | 0.500 | 0.200 | (baseline) |" in page
     assert "| synthetic | 0 | 32 | 3 | 0.100 | 0.300 | 0.050 | -0.150 ± 0.030 |" in page
     assert "| real | 0.120 | n/a | n/a |" in page  # mAP by object size
@@ -394,11 +392,11 @@ def test_report_has_the_table_the_settings_and_the_limits(tmp_path: Path) -> Non
     one_seed = dataclasses.replace(
         tiny_params(), train_detector=dataclasses.replace(tiny_params().train_detector, seeds=(42,))
     )
-    page = report.render(one_seed, evaluation, prepared, annotated, ["real"], tmp_path / "r.md")
+    page = report.render(one_seed, evaluation, prepared, annotated, ["real"])
     assert "One seed per variant (42), no error bars" in page
     assert "No box in any generated image" not in page
-    empty = dict(annotated, boxes=0, empty_label_set=True)
-    page = report.render(one_seed, evaluation, prepared, empty, ["real"], tmp_path / "r.md")
+    empty = dataclasses.replace(annotated, boxes=0, empty_label_set=True)
+    page = report.render(one_seed, evaluation, prepared, empty, ["real"])
     assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
 
 

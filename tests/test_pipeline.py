@@ -39,12 +39,12 @@ MICRO_OVERRIDES = {
         "validation_seeds": [0],
     },
     "generate": {"num_images": 3, "num_inference_steps": 2, "resolution": 32, "batch_size": 2},
-    "annotate_with_baseline": {"imgsz": 64, "confidence": 0.0},
+    "annotate_with_baseline": {"confidence": 0.0},
     "train_detector": {
         "yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0},
         "seeds": [42],
     },
-    "evaluate": {"imgsz": 64, "grid_images": 3, "classifier_epochs": 1, "classifier_folds": 2},
+    "evaluate": {"grid_images": 3, "classifier_epochs": 1, "classifier_folds": 2},
 }
 
 

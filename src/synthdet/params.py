@@ -581,9 +581,11 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class AnnotateParams:
+    """Labelling of the generated images; at the detector's input size
+    (`Params.train_detector.imgsz`, one value for training, labelling and evaluation)."""
+
     confidence: float
     iou: float
-    imgsz: int
     # img2img / ControlNet: also propose the real boxes of the train image a generated image was
     # made from (manifest `source`), merged with the baseline's boxes by class-wise NMS
     source_boxes: bool = False
@@ -603,11 +605,6 @@ class AnnotateParams:
             "annotate_with_baseline.source_boxes=true (img2img / controlnet)",
         )
         _require(0 < self.iou <= 1, "annotate_with_baseline.iou", "must be in (0, 1]")
-        _require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "annotate_with_baseline.imgsz",
-            "must be a positive multiple of 32",
-        )
         _require(
             0 < self.source_box_confidence <= 1,
             "annotate_with_baseline.source_box_confidence",
@@ -643,6 +640,9 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
         "close_mosaic": 0,
     }
 }
+
+
+ULTRALYTICS_IMGSZ = 640  # ultralytics' input size when train_detector.yolo sets none
 
 
 @dataclass(frozen=True)
@@ -696,6 +696,15 @@ class TrainDetectorParams:
             f"must be in (0, 1] (the share of the training images ultralytics uses), got "
             f"{fraction!r}",
         )
+        imgsz = self.imgsz  # labelling and evaluation use it too
+        _require(
+            isinstance(imgsz, int)
+            and not isinstance(imgsz, bool)
+            and imgsz >= 32
+            and imgsz % 32 == 0,
+            "train_detector.yolo.imgsz",
+            f"must be a positive multiple of 32, got {imgsz!r}",
+        )
 
     @property
     def architecture(self) -> str:
@@ -710,10 +719,18 @@ class TrainDetectorParams:
         """The ultralytics train arguments: `yolo`, overridden by the preset's values."""
         return {**self.yolo, **(DETECTOR_PRESETS[self.preset] if self.preset else {})}
 
+    @property
+    def imgsz(self) -> int:
+        """The detectors' input size: `yolo.imgsz` (ultralytics' 640 when unset). The one value
+        the detectors train, label (annotate_with_baseline) and are evaluated at."""
+        return self.train_args().get("imgsz", ULTRALYTICS_IMGSZ)
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    imgsz: int
+    """Scoring of the detectors and the generated images; the detectors see the test images at
+    `imgsz`, train_detector's (set when a `Params` is made)."""
+
     confidence: float  # low, so the PR curve and mAP see the whole ranking
     iou: float
     fid_real_split: Literal["train", "val", "test"]
@@ -740,11 +757,6 @@ class EvaluateParams:
             "keep it low (0.001) so mAP and the PR curve see the whole ranking",
         )
         _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
-        _require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "evaluate.imgsz",
-            "must be a positive multiple of 32",
-        )
         _require(self.grid_images >= 1, "evaluate.grid_images", "must be >= 1")
         _require(
             0 <= self.grid_confidence < 1,
@@ -754,6 +766,22 @@ class EvaluateParams:
         _require(self.classifier_size >= 16, "evaluate.classifier_size", "must be >= 16")
         _require(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
         _require(self.classifier_folds >= 2, "evaluate.classifier_folds", "must be >= 2")
+
+    @property
+    def imgsz(self) -> int:
+        """train_detector's `imgsz` (`TrainDetectorParams.imgsz`), not a key of its own."""
+        try:
+            return self.__dict__["_imgsz"]
+        except KeyError:
+            raise AttributeError(
+                "EvaluateParams.imgsz is train_detector's: read it from a Params"
+            ) from None
+
+    def at_imgsz(self, imgsz: int) -> EvaluateParams:
+        """A copy whose `imgsz` is `imgsz` (a Params gives its evaluate train_detector's)."""
+        copy = dataclasses.replace(self)
+        object.__setattr__(copy, "_imgsz", imgsz)
+        return copy
 
 
 PRIOR_METHODS = ("dreambooth", "dreambooth_lora")  # the methods with prior preservation
@@ -856,6 +884,8 @@ class Params:
 
     def __post_init__(self) -> None:
         check_across_sections(self)
+        # one input size: evaluate's is train_detector's (a copy, never another Params' section)
+        object.__setattr__(self, "evaluate", self.evaluate.at_imgsz(self.train_detector.imgsz))
 
 
 def _describe(value: Any) -> str:

@@ -6,13 +6,12 @@ Everything in it is read from the run's metrics files and params; nothing is com
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from synthdet.artifacts.metrics import AnnotateMetrics, PrepareMetrics
 from synthdet.params import Params
 
 BASELINE = "real"
-SPLITS = ("train", "val", "test", "personalize")
 
 
 def _number(value: Any, digits: int = 3, signed: bool = False) -> str:
@@ -124,12 +123,11 @@ def image_quality(params: Params, evaluation: Mapping[str, Any]) -> list[str]:
 def render(
     params: Params,
     evaluation: Mapping[str, Any],
-    prepared: Mapping[str, Any],
-    annotated: Mapping[str, Any],
+    prepared: PrepareMetrics,
+    annotated: AnnotateMetrics,
     variants: Sequence[str],
-    report: Path,
 ) -> str:
-    """The report as Markdown; the tables and grids it links lie next to `report`."""
+    """The report as Markdown; the tables and grids it links lie next to it."""
     generate, detector = params.generate, params.train_detector
     yolo = detector.train_args()
     base_model = params.personalize.base_model
@@ -138,12 +136,10 @@ def render(
     preset = f", preset `{detector.preset}`" if detector.preset else ""
     lines = ["# synthdet run report", "", "## Data", ""]
     lines += ["| split | images | boxes |", "|---|---:|---:|"]
-    for split in SPLITS:
-        images, boxes = prepared.get(f"{split}.images"), prepared.get(f"{split}.boxes")
-        lines.append(f"| real {split} | {_number(images)} | {_number(boxes)} |")
+    for split, counts in prepared.splits().items():
+        lines.append(f"| real {split} | {_number(counts.images)} | {_number(counts.boxes)} |")
     lines.append(
-        f"| synthetic (auto-labelled) | {_number(annotated.get('images'))} | "
-        f"{_number(annotated.get('boxes'))} |"
+        f"| synthetic (auto-labelled) | {_number(annotated.images)} | {_number(annotated.boxes)} |"
     )
     lines += [
         "",
@@ -151,7 +147,7 @@ def render(
         "",
         f"- Base model: `{base_model}`; LoRA personalisation for "
         f"{params.personalize.max_train_steps} steps on the "
-        f"{_number(prepared.get('personalize.images'))} personalize images.",
+        f"{_number(prepared.personalize.images)} personalize images.",
         f"- Generation: {generate.num_images} images at {generate.resolution} px, "
         f"{generate.num_inference_steps} denoising steps, guidance {generate.guidance_scale}.",
         f"- Detectors: `{detector.model_source}` ({detector.architecture}{preset}), {epochs} "
@@ -166,7 +162,7 @@ def render(
             if params.annotate_with_baseline.source_boxes
             else ""
         )
-        + f"; {_number(annotated.get('corrected_images', 0))} images with reviewed labels.",
+        + f"; {_number(annotated.corrected_images)} images with reviewed labels.",
         "",
         f"## Detection on the real test split ({evaluation.get('test_images')} images, "
         f"{evaluation.get('test_boxes')} boxes)",
@@ -184,8 +180,8 @@ def render(
         "`metrics/evaluate.json` (`<variant>.gap_map50`, `.gap_map75`).",
         "",
         f"## Annotator (the `{BASELINE}` detector of seed {params.shared.seed} on the real val "
-        f"split, {_number(annotated.get('annotator.val_images'))} images, "
-        f"{_number(annotated.get('annotator.val_boxes'))} boxes)",
+        f"split, {_number(annotated.annotator.val_images)} images, "
+        f"{_number(annotated.annotator.val_boxes)} boxes)",
         "",
         "At the labelling settings above; precision and recall match boxes greedily at IoU 0.5. "
         "The mAP ranks only the boxes kept at that confidence, so it is lower than the "
@@ -195,14 +191,14 @@ def render(
         "|---:|---:|---:|---:|",
         "| "
         + " | ".join(
-            _number(annotated.get(f"annotator.{key}"))
+            _number(getattr(annotated.annotator, key))
             for key in ("precision", "recall", "map50", "map50_95")
         )
         + " |",
         "",
-        f"On the synthetic images: {_number(annotated.get('boxes_per_image'), 2)} boxes per "
-        f"image, {_number(annotated.get('images_without_boxes'))} images without any box, mean "
-        f"confidence {_number(annotated.get('mean_confidence'))}.",
+        f"On the synthetic images: {_number(annotated.boxes_per_image, 2)} boxes per "
+        f"image, {_number(annotated.images_without_boxes)} images without any box, mean "
+        f"confidence {_number(annotated.mean_confidence)}.",
         "",
         "## Generated images",
         "",
@@ -235,8 +231,8 @@ def render(
 def limits(
     params: Params,
     evaluation: Mapping[str, Any],
-    prepared: Mapping[str, Any],
-    annotated: Mapping[str, Any],
+    prepared: PrepareMetrics,
+    annotated: AnnotateMetrics,
 ) -> list[str]:
     found = []
     resolution = params.generate.resolution
@@ -247,13 +243,14 @@ def limits(
             if params.base.init
             else "trained from scratch on"
         )
+        train_images = "real" if prepared.train.images is None else prepared.train.images
         found.append(
             f"Offline tiny base model (`builtin:tiny`: {start} the "
-            f"{prepared.get('train.images', 'real')} real train images), not Stable "
+            f"{train_images} real train images), not Stable "
             f"Diffusion: the images are {resolution} px and low fidelity, so these numbers do not "
             "predict what a real base model gives."
         )
-    if annotated.get("empty_label_set"):
+    if annotated.empty_label_set:
         found.append(
             "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
             "synthetic detectors trained on background only, so their mAP measures nothing and "
@@ -285,7 +282,7 @@ def limits(
     )
     found.append(
         "The synthetic labels are the annotator's own predictions: what it misses on real images "
-        f"(recall {_number(annotated.get('annotator.recall'))} on val) becomes unlabelled "
+        f"(recall {_number(annotated.annotator.recall)} on val) becomes unlabelled "
         "objects in the synthetic set, its false positives become wrong labels."
     )
     found.append(
