@@ -712,14 +712,6 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
     return Imported(fmt, samples, repairs, notes, sizes)
 
 
-def read_dataset(
-    folder: Path, fmt: Format, class_names: Sequence[str]
-) -> tuple[list[Sample], Counter]:
-    """Read and validate a user's dataset; returns the samples and the repair counts."""
-    imported = import_dataset(folder, fmt, class_names)
-    return imported.samples, imported.repairs
-
-
 # ---------------------------------------------------------------- writing
 
 
