@@ -127,3 +127,27 @@ def test_atomic_path_removes_leftovers_of_a_killed_run(tmp_path):
     leftover.mkdir(parents=True)
     data.write_text(tmp_path / "out", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_dataset_yaml_paths_relative_to_its_folder_or_to_root(tmp_path):
+    written = data.write_dataset_yaml(tmp_path, ["apple", "pear"], "images", "images")
+    assert written == tmp_path / "dataset.yaml"
+    assert written.read_text() == ("train: images\nval: images\nnames:\n  0: apple\n  1: pear\n")
+    data.write_dataset_yaml(tmp_path, ["apple"], ["a/images", "b/images"], "v", "t", root=tmp_path)
+    assert written.read_text() == (
+        f"path: {tmp_path}\ntrain:\n- a/images\n- b/images\nval: v\ntest: t\nnames:\n  0: apple\n"
+    )
+
+
+def test_linked_yolo_folder_reads_like_its_source_and_writes_nothing_there(tiny_yolo_folder):
+    before = sorted(p.name for p in tiny_yolo_folder.rglob("*"))
+    view = data.link_yolo_folder(tiny_yolo_folder, tiny_yolo_folder.parent / "all")
+    assert samples_of(view) == [
+        data.Sample(view / "images" / s.image.name, s.boxes) for s in samples_of(tiny_yolo_folder)
+    ]
+    assert not (view / "images").is_symlink() and (view / "labels").is_dir()
+    chosen = data.list_images(tiny_yolo_folder / "images")[:2]
+    subset = data.link_yolo_folder(tiny_yolo_folder, tiny_yolo_folder.parent / "two", chosen)
+    assert [s.image.name for s in samples_of(subset)] == [p.name for p in chosen]
+    assert all(p.is_symlink() for p in subset.rglob("*.*"))
+    assert sorted(p.name for p in tiny_yolo_folder.rglob("*")) == before
