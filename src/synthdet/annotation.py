@@ -44,6 +44,7 @@ from synthdet.data import (
     atomic_path,
     drop_duplicate_boxes,
     format_label,
+    label_file,
     list_images,
     parse_label_file,
     read_jsonl,
@@ -210,7 +211,7 @@ def write_labelled_folder(
             image = staging / "images" / found.image.name
             shutil.copy2(found.image, image)
             labelled.append(Sample(image, boxes))
-            (staging / "labels" / f"{found.image.stem}.txt").write_text(format_label(boxes))
+            label_file(staging, found.image).write_text(format_label(boxes))
             boxes_per_image.append(len(boxes))
         coco = formats.coco_dict(labelled, class_names, staging / "images")
         write_json(staging / "annotations.json", coco)

@@ -251,6 +251,11 @@ def inspect_image(path: Path) -> ImageInfo:
     return _decode(Path(path), inspect=True)  # type: ignore[return-value]
 
 
+def label_file(folder: Path, image: Path | str) -> Path:
+    """The label file of `image` in the YOLO folder `folder`: `labels/<stem>.txt`."""
+    return Path(folder) / "labels" / f"{Path(image).stem}.txt"
+
+
 def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
     """Read `folder/images/*` with `folder/labels/<stem>.txt`, validating every file."""
     folder = Path(folder)
@@ -267,7 +272,7 @@ def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
             raise DataError(f"{image}: duplicate file stem, also {stems[image.stem]}")
         stems[image.stem] = image
         verify_image(image)
-        label = labels_dir / f"{image.stem}.txt"
+        label = label_file(folder, image)
         if not label.is_file():
             raise DataError(f"{image}: no label file {label} (write an empty one for background)")
         samples.append(Sample(image, parse_label_file(label, num_classes)))
@@ -378,7 +383,7 @@ def link_yolo_folder(source: Path, view: Path, images: Iterable[Path] | None = N
         links = {sub: sorted((source / sub).iterdir()) for sub in ("images", "labels")}
     else:
         chosen = [Path(image) for image in images]
-        labels = [source / "labels" / f"{image.stem}.txt" for image in chosen]
+        labels = [label_file(source, image) for image in chosen]
         links = {"images": chosen, "labels": labels}
     for sub, files in links.items():
         for file in files:
