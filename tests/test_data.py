@@ -78,7 +78,7 @@ def test_empty_dataset(tmp_path):
 
 def test_split_keeps_groups_together_and_is_seeded(tiny_yolo_folder):
     samples = samples_of(tiny_yolo_folder)
-    split = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    split = data.split_by_group(samples, r"(.+)_\d+", 1, 2, seed=3)
     pattern = re.compile(r"(.+)_\d+")
 
     def groups(name):
@@ -88,20 +88,17 @@ def test_split_keeps_groups_together_and_is_seeded(tiny_yolo_folder):
     assert not groups("train") & groups("val")
     assert not groups("train") & groups("test")
     assert not groups("val") & groups("test")
-    assert len(split["personalize"]) == 4
-    assert set(split["personalize"]) <= set(split["train"])
-    again = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    assert list(split) == ["train", "val", "test"]
+    again = data.split_by_group(samples, r"(.+)_\d+", 1, 2, seed=3)
     assert again == split
 
 
 def test_split_errors(tiny_yolo_folder):
     samples = samples_of(tiny_yolo_folder)
     with pytest.raises(DataError, match="does not match prepare.group_pattern"):
-        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, 1, seed=0)
+        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, seed=0)
     with pytest.raises(DataError, match="only 6 groups"):
-        data.split_by_group(samples, r"(.+)_\d+", 3, 3, 1, seed=0)
-    with pytest.raises(DataError, match="personalize_images=50"):
-        data.split_by_group(samples, r"(.+)_\d+", 1, 1, 50, seed=0)
+        data.split_by_group(samples, r"(.+)_\d+", 3, 3, seed=0)
 
 
 def test_atomic_path_keeps_old_output_on_failure(tmp_path):
@@ -130,3 +127,27 @@ def test_atomic_path_removes_leftovers_of_a_killed_run(tmp_path):
     leftover.mkdir(parents=True)
     data.write_text(tmp_path / "out", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_dataset_yaml_paths_relative_to_its_folder_or_to_root(tmp_path):
+    written = data.write_dataset_yaml(tmp_path, ["apple", "pear"], "images", "images")
+    assert written == tmp_path / "dataset.yaml"
+    assert written.read_text() == ("train: images\nval: images\nnames:\n  0: apple\n  1: pear\n")
+    data.write_dataset_yaml(tmp_path, ["apple"], ["a/images", "b/images"], "v", "t", root=tmp_path)
+    assert written.read_text() == (
+        f"path: {tmp_path}\ntrain:\n- a/images\n- b/images\nval: v\ntest: t\nnames:\n  0: apple\n"
+    )
+
+
+def test_linked_yolo_folder_reads_like_its_source_and_writes_nothing_there(tiny_yolo_folder):
+    before = sorted(p.name for p in tiny_yolo_folder.rglob("*"))
+    view = data.link_yolo_folder(tiny_yolo_folder, tiny_yolo_folder.parent / "all")
+    assert samples_of(view) == [
+        data.Sample(view / "images" / s.image.name, s.boxes) for s in samples_of(tiny_yolo_folder)
+    ]
+    assert not (view / "images").is_symlink() and (view / "labels").is_dir()
+    chosen = data.list_images(tiny_yolo_folder / "images")[:2]
+    subset = data.link_yolo_folder(tiny_yolo_folder, tiny_yolo_folder.parent / "two", chosen)
+    assert [s.image.name for s in samples_of(subset)] == [p.name for p in chosen]
+    assert all(p.is_symlink() for p in subset.rglob("*.*"))
+    assert sorted(p.name for p in tiny_yolo_folder.rglob("*")) == before

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from synthdet import detection
+from synthdet import annotation, detection
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
@@ -69,9 +69,9 @@ def tiny_params() -> Params:
         params,
         train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
         annotate_with_baseline=dataclasses.replace(
-            params.annotate_with_baseline, confidence=0.0, imgsz=SIZE, source_boxes=False
+            params.annotate_with_baseline, confidence=0.0, source_boxes=False
         ),
-        evaluate=dataclasses.replace(params.evaluate, imgsz=SIZE, grid_images=4),
+        evaluate=dataclasses.replace(params.evaluate, grid_images=4),
     )
 
 
@@ -252,7 +252,7 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
     config = dataclasses.replace(
         tiny_params().annotate_with_baseline, source_boxes=True, source_box_confidence=0.5
     )
-    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    merged, counts = annotation.source_proposals(found, manifest, labels, config, 1)
     assert counts == {"source_images": 1, "source_boxes_offered": 2, "source_boxes_kept": 1}
     # the overlapping pair keeps the baseline's more confident box; the missed apple is added
     np.testing.assert_allclose(
@@ -262,13 +262,13 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
     assert merged[1] is found[1]  # txt2img: no source, the predictions as they are
     # a source box scored above the prediction replaces it
     config = dataclasses.replace(config, source_box_confidence=0.95)
-    merged, counts = annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+    merged, counts = annotation.source_proposals(found, manifest, labels, config, 1)
     assert counts["source_boxes_kept"] == 2
     np.testing.assert_allclose(merged[0].scores, [0.3, 0.95, 0.95])
     # a source without labels is an error naming it
     (labels / "tree_3.txt").unlink()
     with pytest.raises(DataError, match=r"tree_3\.jpg.*tree_3\.txt"):
-        annotate_with_baseline.source_proposals(found, manifest, labels, config, 1)
+        annotation.source_proposals(found, manifest, labels, config, 1)
 
 
 def few_shot_project(root: Path, tmp_path: Path) -> dict[str, Path]:

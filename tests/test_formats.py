@@ -10,6 +10,12 @@ from synthdet.data import DataError, read_yolo_folder
 NAMES = ("apple", "pear")
 
 
+def read_dataset(folder, fmt, class_names):
+    """The samples and repair counts prepare imports (`formats.import_dataset`)."""
+    imported = formats.import_dataset(folder, fmt, class_names)
+    return imported.samples, imported.repairs
+
+
 def image_file(path, size=(40, 20), mode="RGB", fmt=None, **save):
     """An image whose pixels differ from other names' (prepare drops repeated pictures)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +47,7 @@ def test_coco_import_clips_and_counts(tmp_path):
             {"id": 2, "image_id": 1, "category_id": 7, "bbox": [30, 5, 20, 10]},  # past the edge
         ],
     )
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     assert [s.image.name for s in samples] == ["a.jpg", "b.jpg"]
     first, clipped = samples[0].boxes
     assert (first.cx, first.cy, first.w, first.h) == pytest.approx((0.5, 0.5, 0.5, 0.5))
@@ -57,7 +63,7 @@ def test_coco_unknown_class_names_the_annotation(tmp_path):
         categories=({"id": 3, "name": "plum"},),
     )
     with pytest.raises(DataError, match=r"annotations.json annotation #0 \(id 5\): class 'plum'"):
-        formats.read_dataset(tmp_path, "coco", NAMES)
+        read_dataset(tmp_path, "coco", NAMES)
 
 
 def test_voc_zero_size_taken_from_image(tmp_path):
@@ -68,7 +74,7 @@ def test_voc_zero_size_taken_from_image(tmp_path):
         "<object><name>pear</name><bndbox><xmin>10</xmin><ymin>10</ymin>"
         "<xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>"
     )
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     (box,) = samples[0].boxes
     assert box.class_id == 1
     assert (box.cx, box.cy, box.w, box.h) == pytest.approx((0.2, 0.5, 0.2, 0.6))
@@ -80,7 +86,7 @@ def test_voc_broken_xml(tmp_path):
     (tmp_path / "Annotations").mkdir()
     (tmp_path / "Annotations" / "x.xml").write_text("<annotation>")
     with pytest.raises(DataError, match="x.xml: not a valid Pascal VOC annotation"):
-        formats.read_dataset(tmp_path, "voc", NAMES)
+        read_dataset(tmp_path, "voc", NAMES)
 
 
 def test_yolo_missing_label_is_background_and_partial_box_clipped(tmp_path):
@@ -88,7 +94,7 @@ def test_yolo_missing_label_is_background_and_partial_box_clipped(tmp_path):
     image_file(tmp_path / "images" / "b.jpg")
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("1 0.95 0.5 0.2 0.2\n")
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     (box,) = samples[0].boxes
     assert (box.cx, box.w) == pytest.approx((0.925, 0.15))
     assert samples[1].boxes == ()
@@ -97,9 +103,9 @@ def test_yolo_missing_label_is_background_and_partial_box_clipped(tmp_path):
 
 def test_unknown_layout_and_missing_folder(tmp_path):
     with pytest.raises(DataError, match="cannot tell the dataset format"):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
     with pytest.raises(DataError, match="dataset folder not found"):
-        formats.read_dataset(tmp_path / "nope", "auto", NAMES)
+        read_dataset(tmp_path / "nope", "auto", NAMES)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +142,7 @@ def test_written_folder_reads_back_strictly(tmp_path):
     write_coco(
         tmp_path / "coco", [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}]
     )
-    samples, _ = formats.read_dataset(tmp_path / "coco", "coco", NAMES)
+    samples, _ = read_dataset(tmp_path / "coco", "coco", NAMES)
     formats.write_yolo_folder(samples, tmp_path / "out", Counter())
     again = read_yolo_folder(tmp_path / "out", len(NAMES))
     assert [len(s.boxes) for s in again] == [1, 0]
@@ -149,7 +155,7 @@ def test_export_round_trip(tiny_yolo_folder, tmp_path, fmt):
 
     count = export(tiny_yolo_folder, fmt, tmp_path / "out", ("apple",))
     assert count == 18
-    back, _ = formats.read_dataset(tmp_path / "out", fmt, ("apple",))
+    back, _ = read_dataset(tmp_path / "out", fmt, ("apple",))
     original = read_yolo_folder(tiny_yolo_folder, 1)
     assert [s.image.name for s in back] == [s.image.name for s in original]
     for a, b in zip(back, original, strict=True):

@@ -37,6 +37,22 @@ def test_unknown_key_suggests_closest(raw):
         parse_params(raw)
 
 
+@pytest.mark.parametrize("section", ["annotate_with_baseline", "evaluate"])
+def test_imgsz_is_train_detectors_only(raw, section):
+    """One input size: annotate and evaluate read train_detector.yolo.imgsz; an old params.yaml
+    that still sets their own copy fails like any unknown key."""
+    params = parse_params(copy.deepcopy(raw))
+    assert params.train_detector.imgsz == raw["train_detector"]["yolo"]["imgsz"]
+    raw[section]["imgsz"] = 192
+    with pytest.raises(ParamsError, match=rf"unknown key '{section}.imgsz'"):
+        parse_params(raw)
+
+
+def test_imgsz_defaults_to_ultralytics(raw):
+    del raw["train_detector"]["yolo"]["imgsz"]
+    assert parse_params(raw).train_detector.imgsz == 640
+
+
 def test_unknown_section(raw):
     raw["prepar"] = {}
     with pytest.raises(ParamsError, match="unknown key 'prepar'.*'prepare'"):
@@ -251,8 +267,8 @@ def test_the_planned_img2img_default_is_valid(raw):
             "params: 'generate.resolution' must be a positive multiple of 8",
         ),
         (
-            {"annotate_with_baseline.imgsz": 0},
-            "params: 'annotate_with_baseline.imgsz' must be a positive multiple of 32",
+            {"train_detector.yolo.imgsz": 0},
+            "params: 'train_detector.yolo.imgsz' must be a positive multiple of 32, got 0",
         ),
     ],
 )

@@ -5,6 +5,7 @@ import re
 import pytest
 import yaml
 
+from synthdet.artifacts.metrics import PREPARE_METRICS, SplitCounts, read_prepare_metrics
 from synthdet.data import DataError, read_jsonl
 from synthdet.params import SubjectParams
 from synthdet.stages import caption, prepare
@@ -55,6 +56,16 @@ def test_prepare_writes_splits_yaml_and_stats(small_params, tiny_yolo_folder, tm
         "test": "test/images",
         "names": {0: "apple"},
     }
+
+
+def test_prepare_metrics_read_back_typed(small_params, tiny_yolo_folder, tmp_path):
+    """What the report reads of prepare.json: `artifacts.metrics.PrepareMetrics`."""
+    path = tmp_path / PREPARE_METRICS
+    stats = prepare.run(small_params, tiny_yolo_folder, tmp_path / "out", path)
+    read = read_prepare_metrics(path)
+    assert list(read.splits()) == ["train", "val", "test", "personalize"]
+    for split, counts in read.splits().items():
+        assert counts == SplitCounts(stats[f"{split}.images"], stats[f"{split}.boxes"])
 
 
 def test_prepare_bad_label_keeps_previous_outputs(small_params, tiny_yolo_folder, tmp_path):
@@ -240,7 +251,7 @@ def test_prepare_new_users_voc_with_each_image_its_own_group(small_params, tmp_p
     )
     # 64 px images, train_detector.yolo.imgsz 192: 3x apart
     assert "warning: the images are 64 px on their longer side (median) but " in printed
-    assert "-S train_detector.yolo.imgsz=64 -S annotate_with_baseline.imgsz=64" in printed
+    assert printed.rstrip().endswith("if that is not intended, set -S train_detector.yolo.imgsz=64")
 
 
 def test_prepare_default_sized_images_print_no_imgsz_warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from synthdet import evaluation, report
+from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import load_params
 from tests.conftest import REPO
 
@@ -64,13 +65,17 @@ IMAGES = {
     "fid_real_images": 116,
     "fid_generated_images": 32,
 }
-PREPARED = {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
-ANNOTATED = {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
-EXTRAS = {"copy-paste (handful crops)": {"images": 64, "boxes": 700}}
+PREPARED = PrepareMetrics.from_dict(
+    {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
+)
+ANNOTATED = AnnotateMetrics.from_dict(
+    {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
+)
+EXTRAS = {"copy-paste (handful crops)": ExtraImagesMetrics(64, 700)}
 VARIANTS = ["real", "handful", "handful-synthetic", "synthetic"]
 
 
-def render(seeds: tuple[int, ...], annotated: dict = ANNOTATED) -> str:
+def render(seeds: tuple[int, ...], annotated: AnnotateMetrics = ANNOTATED) -> str:
     params = load_params(REPO / "params.yaml")
     detector = dataclasses.replace(params.train_detector, seeds=seeds)
     params = dataclasses.replace(params, train_detector=detector, shared=params.shared)
@@ -114,5 +119,5 @@ def test_report_limits_name_one_seed_and_an_empty_label_set() -> None:
     page = render((42,))
     assert "**One seed per variant (42, the default's time budget)" in page
     assert "No box in any generated image" not in page
-    page = render((42,), dict(ANNOTATED, boxes=0, empty_label_set=True))
+    page = render((42,), dataclasses.replace(ANNOTATED, boxes=0, empty_label_set=True))
     assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page

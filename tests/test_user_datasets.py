@@ -15,6 +15,14 @@ from synthdet import formats
 from synthdet.data import DataError, read_yolo_folder
 
 NAMES = ("apple", "pear")
+
+
+def read_dataset(folder, fmt, class_names):
+    """The samples and repair counts prepare imports (`formats.import_dataset`)."""
+    imported = formats.import_dataset(folder, fmt, class_names)
+    return imported.samples, imported.repairs
+
+
 RED = (220, 20, 20)
 
 
@@ -85,7 +93,7 @@ def test_label_files_named_after_the_image_or_in_another_case_are_paired(tmp_pat
     image_file(tmp_path / "images" / "b.jpg")
     text_file(tmp_path / "labels" / "img_1.txt", "0 0.5 0.5 0.2 0.2\n")
     text_file(tmp_path / "labels" / "b.jpg.txt", "1 0.5 0.5 0.2 0.2\n")
-    samples, repairs = formats.read_dataset(tmp_path, "yolo", NAMES)
+    samples, repairs = read_dataset(tmp_path, "yolo", NAMES)
     assert {name: [b[0] for b in boxes] for name, boxes in boxes_of(samples).items()} == {
         "IMG_1.JPG": [0],
         "b.jpg": [1],
@@ -103,7 +111,7 @@ def test_label_file_matching_no_image_is_an_error(tmp_path):
         "photo_1.txt): rename them, add the images, or remove them from prepare.raw_dir"
     )
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_two_label_files_for_one_image(tmp_path):
@@ -111,13 +119,13 @@ def test_two_label_files_for_one_image(tmp_path):
     text_file(tmp_path / "labels" / "train" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
     text_file(tmp_path / "labels" / "val" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match="several label files for one image"):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_tif_is_read_and_written_as_png(tmp_path):
     image_file(tmp_path / "raw" / "images" / "scan.tif", fmt="TIFF")
     text_file(tmp_path / "raw" / "labels" / "scan.txt", "0 0.5 0.5 0.2 0.2\n")
-    samples, _ = formats.read_dataset(tmp_path / "raw", "auto", NAMES)
+    samples, _ = read_dataset(tmp_path / "raw", "auto", NAMES)
     repairs = Counter()
     formats.write_yolo_folder(samples, tmp_path / "out", repairs)
     assert [p.name for p in (tmp_path / "out" / "images").iterdir()] == ["scan.png"]
@@ -144,7 +152,7 @@ def test_a_file_no_reader_uses_is_named(tmp_path, name, message):
     text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
     text_file(tmp_path / name, b"\x00\x01")
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}: {message}")):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_coco_file_names_with_folder_prefix_or_windows_separators(tmp_path):
@@ -160,7 +168,7 @@ def test_coco_file_names_with_folder_prefix_or_windows_separators(tmp_path):
         {"id": i, "image_id": i, "category_id": 1, "bbox": [10, 5, 20, 10]} for i in (1, 2, 3)
     ]
     coco_file(tmp_path / "annotations" / "instances_default.json", images, annotations)
-    samples, repairs = formats.read_dataset(tmp_path, "coco", NAMES)
+    samples, repairs = read_dataset(tmp_path, "coco", NAMES)
     assert [s.image.relative_to(tmp_path).as_posix() for s in samples] == [
         "images/batch/a.jpg",
         "images/batch/b.jpg",
@@ -176,7 +184,7 @@ def test_coco_image_in_no_coco_file(tmp_path):
     with pytest.raises(
         DataError, match=re.escape("1 image(s) are in no COCO file (a.json): images/extra.jpg")
     ):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_yolo_class_list_must_be_shared_class_names(tmp_path):
@@ -189,7 +197,7 @@ def test_yolo_class_list_must_be_shared_class_names(tmp_path):
         "names, so set shared.class_names to the dataset's list in params.yaml"
     )
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 # ---------------------------------------------------------------- 2. declared sizes
@@ -224,7 +232,7 @@ def test_voc_zero_size_on_exif_rotated_photo_puts_the_box_on_the_apple(tmp_path)
     text_file(
         tmp_path / "raw" / "Annotations" / "r.xml", voc_xml([("apple", 0, apple)], size=(0, 0))
     )
-    samples, repairs = formats.read_dataset(tmp_path / "raw", "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path / "raw", "auto", NAMES)
     assert repairs == Counter(voc_size_from_image=1)
     formats.write_yolo_folder(samples, tmp_path / "out", Counter())
     assert red_share_inside(tmp_path / "out", "r") == 1.0
@@ -238,7 +246,7 @@ def test_voc_stored_size_of_exif_rotated_photo_is_an_error(tmp_path):
         "upright; that is the stored size: the photo has EXIF orientation 6"
     )
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(tmp_path):
@@ -247,7 +255,7 @@ def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(
     x0, y0, x1, y1 = apple
     annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0]}
     coco_file(raw / "coco.json", [{"id": 1, "file_name": "r.png"}], [annotation])
-    samples, repairs = formats.read_dataset(raw, "auto", NAMES)
+    samples, repairs = read_dataset(raw, "auto", NAMES)
     assert repairs == Counter(coco_size_from_image=1)
     formats.write_yolo_folder(samples, tmp_path / "out", Counter())
     assert red_share_inside(tmp_path / "out", "r") == 1.0
@@ -258,7 +266,7 @@ def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(
         f"{raw / 'images' / 'r.png'} is 20x40 upright; otherwise correct the declared size"
     )
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(raw, "auto", NAMES)
+        read_dataset(raw, "auto", NAMES)
 
 
 # ---------------------------------------------------------------- 3. annotation policies
@@ -271,7 +279,7 @@ def test_coco_crowd_regions_are_ignored_and_counted(tmp_path):
         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1},
     ]
     coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
     assert repairs == Counter(coco_crowd_regions=1, coco_size_from_image=1)
 
@@ -280,7 +288,7 @@ def test_voc_difficult_objects_are_dropped_and_counted(tmp_path):
     image_file(tmp_path / "JPEGImages" / "a.jpg")
     objects = [("apple", 0, (10, 5, 30, 15)), ("pear", 1, (0, 0, 8, 8))]
     text_file(tmp_path / "Annotations" / "a.xml", voc_xml(objects))
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
     assert repairs == Counter(voc_difficult_objects=1)
 
@@ -289,7 +297,7 @@ def test_duplicate_label_rows_are_one_object(tmp_path):
     image_file(tmp_path / "images" / "a.jpg")
     rows = "0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n0 0.5000001 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n"
     text_file(tmp_path / "labels" / "a.txt", rows)
-    samples, repairs = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     assert [b.class_id for b in samples[0].boxes] == [0, 1]
     assert repairs == Counter(duplicate_boxes=2)
 
@@ -306,19 +314,19 @@ def test_utf16_label_file_is_named(tmp_path):
     label = yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n".encode("utf-16"))
     message = f"{label}: not UTF-8 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_bom_and_float_class_ids_are_read(tmp_path):
     yolo_one(tmp_path, "\ufeff0.000e+00 0.5 0.5 0.2 0.2\n1.0 0.25 0.5 0.1 0.1\n")
-    samples, _ = formats.read_dataset(tmp_path, "auto", NAMES)
+    samples, _ = read_dataset(tmp_path, "auto", NAMES)
     assert [b.class_id for b in samples[0].boxes] == [0, 1]
 
 
 def test_fractional_class_id_is_an_error(tmp_path):
     label = yolo_one(tmp_path, "0.5 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=re.escape(f"{label}:1: class id '0.5' is not a whole")):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_decompression_bomb_is_named(tmp_path, monkeypatch):
@@ -327,7 +335,7 @@ def test_decompression_bomb_is_named(tmp_path, monkeypatch):
     with pytest.raises(
         DataError, match=re.escape(f"{tmp_path / 'images' / 'a.jpg'}: image too large to open")
     ):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_coco_json_in_annotations_folder_with_explicit_format(tmp_path):
@@ -336,7 +344,7 @@ def test_coco_json_in_annotations_folder_with_explicit_format(tmp_path):
     image = {"id": 1, "file_name": "a.jpg", "width": 40, "height": 20}
     coco_file(tmp_path / "annotations" / "instances.json", [image], [annotation])
     for fmt in ("coco", "auto"):
-        samples, _ = formats.read_dataset(tmp_path, fmt, NAMES)
+        samples, _ = read_dataset(tmp_path, fmt, NAMES)
         assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
 
 
@@ -349,7 +357,7 @@ def test_string_category_id_says_so(tmp_path):
         "(ids [1]); it is the string '1': COCO ids are integers, write 1"
     )
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def valid_dataset(root: Path, fmt: str) -> list[Path]:
@@ -445,7 +453,7 @@ def test_voc_annotation_found_by_its_filename_element(tmp_path):
         tmp_path / "Annotations" / "0001.xml",
         voc_xml([("apple", 0, (10, 5, 30, 15))], filename="photo.jpg"),
     )
-    samples, _ = formats.read_dataset(tmp_path, "voc", NAMES)
+    samples, _ = read_dataset(tmp_path, "voc", NAMES)
     assert boxes_of(samples) == {"photo.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
 
 
@@ -454,14 +462,14 @@ def test_cvat_xml_is_not_voc(tmp_path):
     xml = text_file(tmp_path / "annotations.xml", "<annotations><image/></annotations>")
     message = f"{xml}: not a Pascal VOC annotation (root element <annotations>, expected"
     with pytest.raises(DataError, match=re.escape(message)):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_several_label_formats_need_prepare_format(tmp_path):
     yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
     text_file(tmp_path / "Annotations" / "a.xml", voc_xml([]))
     with pytest.raises(DataError, match="holds label files of several formats"):
-        formats.read_dataset(tmp_path, "auto", NAMES)
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_gitignore_ignores_dvc_plots():

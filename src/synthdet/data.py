@@ -24,7 +24,7 @@ from synthdet.errors import SynthdetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_IMAGE_SIDE = 10  # ultralytics' minimum: smaller images cannot hold an object
-SPLITS = ("train", "val", "test", "personalize")
+DATASET_YAML = "dataset.yaml"  # the ultralytics dataset description next to YOLO folders
 
 
 class DataError(SynthdetError):
@@ -251,6 +251,11 @@ def inspect_image(path: Path) -> ImageInfo:
     return _decode(Path(path), inspect=True)  # type: ignore[return-value]
 
 
+def label_file(folder: Path, image: Path | str) -> Path:
+    """The label file of `image` in the YOLO folder `folder`: `labels/<stem>.txt`."""
+    return Path(folder) / "labels" / f"{Path(image).stem}.txt"
+
+
 def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
     """Read `folder/images/*` with `folder/labels/<stem>.txt`, validating every file."""
     folder = Path(folder)
@@ -267,7 +272,7 @@ def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
             raise DataError(f"{image}: duplicate file stem, also {stems[image.stem]}")
         stems[image.stem] = image
         verify_image(image)
-        label = labels_dir / f"{image.stem}.txt"
+        label = label_file(folder, image)
         if not label.is_file():
             raise DataError(f"{image}: no label file {label} (write an empty one for background)")
         samples.append(Sample(image, parse_label_file(label, num_classes)))
@@ -297,18 +302,9 @@ def group_of(stem: str, pattern: re.Pattern[str] | None) -> str:
 
 
 def split_by_group(
-    samples: list[Sample],
-    pattern: str | None,
-    val_groups: int,
-    test_groups: int,
-    personalize_images: int,
-    seed: int,
+    samples: list[Sample], pattern: str | None, val_groups: int, test_groups: int, seed: int
 ) -> dict[str, list[Sample]]:
-    """Seeded split that keeps every group (photo) on one side.
-
-    `personalize` is drawn from the train groups' images, so nothing from val/test can reach the
-    diffusion model.
-    """
+    """Seeded train / val / test split that keeps every group (photo) on one side."""
     compiled = None if pattern is None else re.compile(pattern)
     groups: dict[str, list[Sample]] = {}
     for sample in samples:
@@ -326,21 +322,11 @@ def split_by_group(
         names[test_groups : test_groups + val_groups],
         names[test_groups + val_groups :],
     )
-    split = {
+    return {
         "train": [s for g in sorted(train) for s in groups[g]],
         "val": [s for g in sorted(val) for s in groups[g]],
         "test": [s for g in sorted(test) for s in groups[g]],
     }
-    if len(split["train"]) < personalize_images:
-        raise DataError(
-            f"prepare.personalize_images={personalize_images} but the train split has only "
-            f"{len(split['train'])} images"
-        )
-    split["personalize"] = sorted(
-        random.Random(seed + 1).sample(split["train"], personalize_images),
-        key=lambda s: s.image.name,
-    )
-    return split
 
 
 def subject_images(
@@ -363,13 +349,46 @@ def subject_images(
     return sorted(chosen, key=lambda s: s.image.name)
 
 
-def dataset_yaml(class_names: Iterable[str]) -> str:
-    """An ultralytics dataset yaml with paths relative to the yaml's own folder."""
-    names = dict(enumerate(class_names))
-    return yaml.safe_dump(
-        {"train": "train/images", "val": "val/images", "test": "test/images", "names": names},
-        sort_keys=False,
-    )
+def write_dataset_yaml(
+    folder: Path,
+    class_names: Iterable[str],
+    train: str | list[str],
+    val: str,
+    test: str | None = None,
+    root: Path | None = None,
+) -> Path:
+    """Write `folder/dataset.yaml` for ultralytics: image folders relative to `root` (its `path`
+    key), or to the yaml's own folder when `root` is None; returns the yaml's path."""
+    dataset: dict[str, object] = {} if root is None else {"path": str(root)}
+    dataset.update(train=train, val=val)
+    if test is not None:
+        dataset["test"] = test
+    dataset["names"] = dict(enumerate(class_names))
+    path = Path(folder) / DATASET_YAML
+    write_text(path, yaml.safe_dump(dataset, sort_keys=False))
+    return path
+
+
+def link_yolo_folder(source: Path, view: Path, images: Iterable[Path] | None = None) -> Path:
+    """A YOLO folder at `view` whose files are symlinks to `source`'s: every file of its images/
+    and labels/, or only `images` and their label files.
+
+    Ultralytics resolves directory symlinks and would write `labels.cache` into the source, so
+    the folders are real directories and only the files are links.
+    """
+    source, view = Path(source), Path(view)
+    (view / "images").mkdir(parents=True)
+    (view / "labels").mkdir()
+    if images is None:
+        links = {sub: sorted((source / sub).iterdir()) for sub in ("images", "labels")}
+    else:
+        chosen = [Path(image) for image in images]
+        labels = [label_file(source, image) for image in chosen]
+        links = {"images": chosen, "labels": labels}
+    for sub, files in links.items():
+        for file in files:
+            (view / sub / file.name).symlink_to(file.resolve())
+    return view
 
 
 def list_images(folder: Path) -> list[Path]:

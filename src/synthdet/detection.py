@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from synthdet.data import Box, atomic_path, read_yolo_folder, verify_image
+from synthdet.data import (
+    Box,
+    atomic_path,
+    link_yolo_folder,
+    read_yolo_folder,
+    verify_image,
+    write_dataset_yaml,
+)
 from synthdet.errors import ModelNotAvailableError, SynthdetError
 
 # A trained detector is a folder: the weights as safetensors (no pickle, so loading one cannot run
@@ -115,8 +124,6 @@ def _architecture_file(folder: Path) -> Path:
 
 def save_detector(model: Any, folder: Path) -> None:
     """Write a trained `ultralytics.nn.tasks.DetectionModel` as `WEIGHTS_NAME` + model yaml."""
-    from safetensors.torch import save_file
-
     architecture = {k: v for k, v in model.yaml.items() if k != "yaml_file"}
     architecture["names"] = [model.names[i] for i in sorted(model.names)]
     stem = Path(model.yaml.get("yaml_file") or "model.yaml").stem
@@ -126,9 +133,6 @@ def save_detector(model: Any, folder: Path) -> None:
 
 
 def _load_yolo(folder: Path) -> Any:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not (folder / WEIGHTS_NAME).is_file():
         raise ModelNotAvailableError(
             f"detector {folder}: no {WEIGHTS_NAME}; train it first (dvc repro train-detector)"
@@ -198,23 +202,12 @@ def _initial_detector(model: str) -> Any:
 # ---------------------------------------------------------------- training
 
 
-def _link_yolo_folder(source: Path, view: Path) -> None:
-    """Mirror `source/{images,labels}` with one symlink per file.
-
-    Ultralytics resolves directory symlinks and would write `labels.cache` into the source, so the
-    folders are real (temporary) directories and only the files are links.
-    """
-    for sub in ("images", "labels"):
-        (view / sub).mkdir(parents=True)
-        for file in sorted((source / sub).iterdir()):
-            (view / sub / file.name).symlink_to(file.resolve())
-
-
 def dataset_view(
     root: Path, train_folders: Sequence[Path], val_folder: Path, class_names: Sequence[str]
 ) -> tuple[Path, int]:
     """Build a dataset yaml in `root` that trains on `train_folders` (deduplicated) and validates
-    on `val_folder`, so that nothing is written into those folders.
+    on `val_folder`, through symlink views (`data.link_yolo_folder`), so that nothing is written
+    into those folders.
 
     Returns the yaml's path and the number of training images.
     """
@@ -224,17 +217,10 @@ def dataset_view(
     read_yolo_folder(val_folder, len(class_names))
     train_views = []
     for index, folder in enumerate(unique_train):
-        _link_yolo_folder(folder, root / f"train{index}")
+        link_yolo_folder(folder, root / f"train{index}")
         train_views.append(f"train{index}/images")
-    _link_yolo_folder(Path(val_folder), root / "val")
-    dataset = {
-        "path": str(root),
-        "train": train_views,
-        "val": "val/images",
-        "names": dict(enumerate(class_names)),
-    }
-    dataset_yaml = root / "dataset.yaml"
-    dataset_yaml.write_text(yaml.safe_dump(dataset, sort_keys=False))
+    link_yolo_folder(Path(val_folder), root / "val")
+    dataset_yaml = write_dataset_yaml(root, class_names, train_views, "val/images", root=root)
     return dataset_yaml, train_images
 
 

@@ -20,8 +20,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 from synthdet import data, detection, formats
 from synthdet.errors import SynthdetError
 from synthdet.params import load_params
@@ -38,9 +36,7 @@ def export(source: Path, fmt: str, out: Path, class_names: tuple[str, ...]) -> i
             data.write_json(tmp / "annotations.json", coco)
             shutil.rmtree(tmp / "labels")
         else:
-            names = dict(enumerate(class_names))
-            dataset = {"train": "images", "val": "images", "names": names}
-            (tmp / "dataset.yaml").write_text(yaml.safe_dump(dataset, sort_keys=False))
+            data.write_dataset_yaml(tmp, class_names, train="images", val="images")
     return len(samples)
 
 

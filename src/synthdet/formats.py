@@ -55,6 +55,7 @@ from synthdet.data import (
     drop_duplicate_boxes,
     format_label,
     inspect_image,
+    label_file,
     parse_label_file,
     read_text,
 )
@@ -712,14 +713,6 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
     return Imported(fmt, samples, repairs, notes, sizes)
 
 
-def read_dataset(
-    folder: Path, fmt: Format, class_names: Sequence[str]
-) -> tuple[list[Sample], Counter]:
-    """Read and validate a user's dataset; returns the samples and the repair counts."""
-    imported = import_dataset(folder, fmt, class_names)
-    return imported.samples, imported.repairs
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -729,7 +722,7 @@ def write_yolo_folder(samples: Sequence[Sample], folder: Path, repairs: Counter)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     for sample in samples:
         write_normalised_image(sample.image, folder / "images", repairs)
-        (folder / "labels" / f"{sample.image.stem}.txt").write_text(format_label(sample.boxes))
+        label_file(folder, sample.image).write_text(format_label(sample.boxes))
 
 
 def write_normalised_image(source: Path, folder: Path, repairs: Counter) -> Path:

@@ -584,9 +584,11 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class AnnotateParams:
+    """Labelling of the generated images; at the detector's input size
+    (`Params.train_detector.imgsz`, one value for training, labelling and evaluation)."""
+
     confidence: float
     iou: float
-    imgsz: int
     # the detector that labels generated images and the pseudo-labelled real images: handful
     # (trained on the subjects' handful only: strict few-shot) or real (every labelled train
     # image, Genfusion's protocol: the annotator has seen labels the few-shot variants have not)
@@ -610,11 +612,6 @@ class AnnotateParams:
             "annotate_with_baseline.source_boxes=true (img2img / controlnet)",
         )
         _require(0 < self.iou <= 1, "annotate_with_baseline.iou", "must be in (0, 1]")
-        _require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "annotate_with_baseline.imgsz",
-            "must be a positive multiple of 32",
-        )
         _require(
             0 < self.source_box_confidence <= 1,
             "annotate_with_baseline.source_box_confidence",
@@ -650,6 +647,9 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
         "close_mosaic": 0,
     }
 }
+
+
+ULTRALYTICS_IMGSZ = 640  # ultralytics' input size when train_detector.yolo sets none
 
 
 @dataclass(frozen=True)
@@ -711,6 +711,15 @@ class TrainDetectorParams:
             f"must be in (0, 1] (the share of the training images ultralytics uses), got "
             f"{fraction!r}",
         )
+        imgsz = self.imgsz  # labelling and evaluation use it too
+        _require(
+            isinstance(imgsz, int)
+            and not isinstance(imgsz, bool)
+            and imgsz >= 32
+            and imgsz % 32 == 0,
+            "train_detector.yolo.imgsz",
+            f"must be a positive multiple of 32, got {imgsz!r}",
+        )
 
     @property
     def architecture(self) -> str:
@@ -725,10 +734,18 @@ class TrainDetectorParams:
         """The ultralytics train arguments: `yolo`, overridden by the preset's values."""
         return {**self.yolo, **(DETECTOR_PRESETS[self.preset] if self.preset else {})}
 
+    @property
+    def imgsz(self) -> int:
+        """The detectors' input size: `yolo.imgsz` (ultralytics' 640 when unset). The one value
+        the detectors train, label (annotate_with_baseline) and are evaluated at."""
+        return self.train_args().get("imgsz", ULTRALYTICS_IMGSZ)
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    imgsz: int
+    """Scoring of the detectors and the generated images; the detectors see the test images at
+    `imgsz`, train_detector's (set when a `Params` is made)."""
+
     confidence: float  # low, so the PR curve and mAP see the whole ranking
     iou: float
     fid_real_split: Literal["train", "val", "test"]
@@ -755,11 +772,6 @@ class EvaluateParams:
             "keep it low (0.001) so mAP and the PR curve see the whole ranking",
         )
         _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
-        _require(
-            self.imgsz >= 32 and self.imgsz % 32 == 0,
-            "evaluate.imgsz",
-            "must be a positive multiple of 32",
-        )
         _require(self.grid_images >= 1, "evaluate.grid_images", "must be >= 1")
         _require(
             0 <= self.grid_confidence < 1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import Params
 
 
@@ -173,9 +174,7 @@ def image_quality(params: Params, evaluation: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _settings(
-    params: Params, prepared: Mapping[str, Any], annotated: Mapping[str, Any]
-) -> list[str]:
+def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetrics) -> list[str]:
     generate, detector, annotate = (
         params.generate,
         params.train_detector,
@@ -187,7 +186,7 @@ def _settings(
     return [
         f"- Base model: `{params.personalize.base_model}`; `{params.personalize.method}` "
         f"personalisation for {params.personalize.max_train_steps} steps on the "
-        f"{_number(prepared.get('personalize.images'))} handful images.",
+        f"{_number(prepared.personalize.images)} handful images.",
         f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
         f"{generate.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
@@ -211,22 +210,21 @@ def _settings(
             if annotate.source_boxes
             else ""
         )
-        + f"; {_number(annotated.get('corrected_images', 0))} images with reviewed labels.",
+        + f"; {_number(annotated.corrected_images)} images with reviewed labels.",
     ]
 
 
 def _data(
-    prepared: Mapping[str, Any], annotated: Mapping[str, Any], extras: Mapping[str, Mapping]
+    prepared: PrepareMetrics,
+    annotated: AnnotateMetrics,
+    extras: Mapping[str, ExtraImagesMetrics],
 ) -> list[str]:
     lines = ["| split | images | boxes |", "|---|---:|---:|"]
-    for split in ("train", "val", "test", "personalize"):
-        images, boxes = prepared.get(f"{split}.images"), prepared.get(f"{split}.boxes")
-        lines.append(f"| real {split} | {_number(images)} | {_number(boxes)} |")
+    for split, counts in prepared.splits().items():
+        lines.append(f"| real {split} | {_number(counts.images)} | {_number(counts.boxes)} |")
     rows = {"synthetic (generated, labelled)": annotated, **extras}
     for name, counts in rows.items():
-        lines.append(
-            f"| {name} | {_number(counts.get('images'))} | {_number(counts.get('boxes'))} |"
-        )
+        lines.append(f"| {name} | {_number(counts.images)} | {_number(counts.boxes)} |")
     return lines
 
 
@@ -234,9 +232,9 @@ def render(
     params: Params,
     evaluation: Mapping[str, Any],
     images: Mapping[str, Any],
-    prepared: Mapping[str, Any],
-    annotated: Mapping[str, Any],
-    extras: Mapping[str, Mapping[str, Any]],
+    prepared: PrepareMetrics,
+    annotated: AnnotateMetrics,
+    extras: Mapping[str, ExtraImagesMetrics],
     variants: Sequence[str],
     comparisons: Sequence[tuple[str, str]],
 ) -> str:
@@ -249,7 +247,7 @@ def render(
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
         "",
-        f"## The few-shot question: {_number(prepared.get('personalize.images'))} labelled "
+        f"## The few-shot question: {_number(prepared.personalize.images)} labelled "
         f"images, and {params.few_shot.extra_images} more of each kind",
         "",
         f"Real test split: {evaluation.get('test_images')} images, "
@@ -285,8 +283,8 @@ def render(
         "Per detector: [detection_runs.csv](detection_runs.csv); every number: "
         "`metrics/evaluation.json`.",
         "",
-        f"## Annotator on the real val split ({_number(annotated.get('annotator.val_images'))} "
-        f"images, {_number(annotated.get('annotator.val_boxes'))} boxes)",
+        f"## Annotator on the real val split ({_number(annotated.annotator.val_images)} "
+        f"images, {_number(annotated.annotator.val_boxes)} boxes)",
         "",
         "At the labelling settings above; precision and recall match boxes greedily at IoU 0.5.",
         "",
@@ -294,14 +292,14 @@ def render(
         "|---:|---:|---:|---:|",
         "| "
         + " | ".join(
-            _number(annotated.get(f"annotator.{key}"))
+            _number(getattr(annotated.annotator, key))
             for key in ("precision", "recall", "map50", "map50_95")
         )
         + " |",
         "",
-        f"On the generated images: {_number(annotated.get('boxes_per_image'), 2)} boxes per "
-        f"image ({_number(annotated.get('annotator.val_boxes_per_image'), 2)} on real val), "
-        f"{_number(annotated.get('images_without_boxes'))} images without any box.",
+        f"On the generated images: {_number(annotated.boxes_per_image, 2)} boxes per "
+        f"image ({_number(annotated.annotator.val_boxes_per_image, 2)} on real val), "
+        f"{_number(annotated.images_without_boxes)} images without any box.",
         "",
         "## Generated images",
         "",
@@ -336,8 +334,8 @@ def limits(
     params: Params,
     evaluation: Mapping[str, Any],
     images: Mapping[str, Any],
-    prepared: Mapping[str, Any],
-    annotated: Mapping[str, Any],
+    prepared: PrepareMetrics,
+    annotated: AnnotateMetrics,
 ) -> list[str]:
     found = []
     resolution = params.generate.resolution
@@ -350,11 +348,11 @@ def limits(
         )
         found.append(
             f"Offline tiny base model (`builtin:tiny`: {start} the "
-            f"{prepared.get('train.images', 'real')} real train images), not Stable "
+            f"{prepared.train.images or 'real'} real train images), not Stable "
             f"Diffusion: the images are {resolution} px and low fidelity, so these numbers do not "
             "predict what a real base model gives."
         )
-    if annotated.get("empty_label_set"):
+    if annotated.empty_label_set:
         found.append(
             "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
             "detectors on generated images trained on background only, so their mAP measures "
@@ -412,7 +410,7 @@ def limits(
         "Labels not drawn by a person: the generated images' labels are the img2img source "
         "boxes merged with the annotator's predictions, and the pseudo-labels are its "
         "predictions alone; what it misses (recall "
-        f"{_number(annotated.get('annotator.recall'))} on val) becomes unlabelled objects, its "
+        f"{_number(annotated.annotator.recall)} on val) becomes unlabelled objects, its "
         "false positives wrong labels."
     )
     found.append(

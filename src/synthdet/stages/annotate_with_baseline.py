@@ -1,186 +1,23 @@
 """Stage annotate-with-baseline: label the generated images with the real-data detector.
 
-Writes a complete YOLO folder (images copied, one label file per image, empty when the baseline
-found nothing), so the synthetic images can be trained on like real ones, and the same labels as
-COCO JSON (`annotations.json`, file names relative to `images/`) for review in CVAT or Label
-Studio.
-
-Before its labels are trusted, the annotator is measured on the real val split with exactly the
-settings it labels with (`confidence`, `iou`, `imgsz`): `annotator.precision` / `.recall` count
-the boxes it keeps, matched greedily at IoU 0.5 (`metrics.precision_recall`);
-`annotator.map50` / `.map50_95` are COCO mAP of those same boxes, so they are lower than the
-evaluate stage's mAP of this detector, which ranks boxes down to a confidence of 0.001.
-
-Two further label sources:
-
-- `source_boxes` (img2img / ControlNet): the real boxes of the train image a generated image was
-  made from (manifest `source`) are merged with the baseline's boxes (`source_proposals`).
-- Reviewed labels: a YOLO folder (`--corrections`, default `data/corrections`: images/ +
-  labels/, e.g. Label Studio's YOLO export of `annotations.json` after review) replaces the
-  labels of every generated image whose bytes equal one of its images. Corrections that match no
-  generated image are counted (`corrections_unused`), never applied to another image.
+The labelling itself (annotator quality on val, source boxes, reviewed corrections, counts) is
+`synthdet.annotation`; this file is the stage's command line and MLflow run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import shutil
-import statistics
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import torch
-from torchvision.ops import batched_nms
-
-from synthdet import detection, formats, metrics
+from synthdet import annotation, detection
 from synthdet.cli import run_stage
-from synthdet.data import (
-    Box,
-    DataError,
-    Sample,
-    atomic_path,
-    drop_duplicate_boxes,
-    format_label,
-    list_images,
-    parse_label_file,
-    read_jsonl,
-    read_yolo_folder,
-    write_json,
-)
+from synthdet.data import DataError, write_json
 from synthdet.errors import warn
-from synthdet.params import AnnotateParams, Params
+from synthdet.params import Params
 from synthdet.tracking import stage_run
 
-
-def annotator_quality(detector: Any, val_dir: Path, params: Params) -> dict[str, float | None]:
-    """Precision, recall and mAP of `detector` on a real labelled folder, at the labelling
-    settings; flat `annotator.*` keys."""
-    config = params.annotate_with_baseline
-    samples = read_yolo_folder(val_dir, len(params.shared.class_names))
-    found = detection.predict(
-        detector, [s.image for s in samples], config.imgsz, config.confidence, config.iou
-    )
-    predictions = [metrics.predicted_boxes(image) for image in found]
-    targets = [metrics.target_boxes(sample) for sample in samples]
-    scores = [score for image in found for _, score in image.yolo_boxes()]
-    counts = metrics.precision_recall(predictions, targets)
-    ranked = metrics.detection_metrics(predictions, targets)
-    return {
-        "annotator.precision": None if counts.precision is None else round(counts.precision, 6),
-        "annotator.recall": round(counts.recall, 6),
-        "annotator.map50": round(ranked.map50, 6),
-        "annotator.map50_95": round(ranked.map50_95, 6),
-        "annotator.val_images": len(samples),
-        "annotator.val_boxes": counts.true_positives + counts.false_negatives,
-        # the same annotator at the same confidence on real images: what boxes_per_image and
-        # mean_confidence of the generated images are to be read against
-        "annotator.val_boxes_per_image": round(len(scores) / max(1, len(samples)), 6),
-        "annotator.val_mean_confidence": round(statistics.fmean(scores), 6) if scores else None,
-    }
-
-
-def source_proposals(
-    detections: list[detection.Detections],
-    manifest: Path,
-    source_labels: Path,
-    config: AnnotateParams,
-    num_classes: int,
-) -> tuple[list[detection.Detections], dict[str, int]]:
-    """Merge each generated image's source boxes into the baseline's detections.
-
-    img2img and ControlNet start from a real train image (manifest `source`); its real boxes,
-    read from `source_labels/<stem>.txt` in the image's normalised coordinates, are offered with
-    score `source_box_confidence` next to the baseline's boxes, and class-wise NMS at `merge_iou`
-    keeps the higher-scoring box of each overlapping pair. Images without a source (txt2img) keep
-    the baseline's boxes.
-    """
-    rows = {row.get("file"): row for row in read_jsonl(manifest)} if manifest.is_file() else {}
-    merged, offered, kept, with_source = [], 0, 0, 0
-    for found in detections:
-        source = rows.get(found.image.name, {}).get("source")
-        if not source:
-            merged.append(found)
-            continue
-        label = Path(source_labels) / f"{Path(source).stem}.txt"
-        if not label.is_file():
-            raise DataError(
-                f"{manifest}: {found.image.name} was made from {source}, which has no label file "
-                f"{label} (annotate_with_baseline.source_boxes)"
-            )
-        source_boxes = parse_label_file(label, num_classes)
-        real = [box.xyxy(found.width, found.height) for box in source_boxes]
-        classes = [box.class_id for box in source_boxes]
-        with_source += 1
-        offered += len(real)
-        boxes = torch.cat(
-            [
-                torch.as_tensor(found.xyxy, dtype=torch.float64).reshape(-1, 4),
-                torch.tensor(real, dtype=torch.float64).reshape(-1, 4),
-            ]
-        )
-        scores = torch.cat(
-            [
-                torch.as_tensor(found.scores, dtype=torch.float64),
-                torch.full((len(real),), config.source_box_confidence, dtype=torch.float64),
-            ]
-        )
-        labels = torch.cat(
-            [
-                torch.as_tensor(found.class_ids, dtype=torch.int64),
-                torch.tensor(classes, dtype=torch.int64),
-            ]
-        )
-        keep = batched_nms(boxes.float(), scores.float(), labels, config.merge_iou)
-        keep = keep.sort().values  # the baseline's boxes first, in their order
-        kept += int((keep >= len(found.scores)).sum())
-        merged.append(
-            dataclasses.replace(
-                found,
-                xyxy=boxes[keep].numpy(),
-                scores=scores[keep].numpy(),
-                class_ids=labels[keep].numpy(),
-            )
-        )
-    counts = {
-        "source_images": with_source,
-        "source_boxes_offered": offered,
-        "source_boxes_kept": kept,
-    }
-    return merged, counts
-
-
-def empty_labels_warning(images: int, config: AnnotateParams) -> str:
-    return (
-        f"annotate-with-baseline labelled no box in any of the {images} generated images "
-        f"(annotate_with_baseline.confidence={config.confidence}): the synthetic variant trains "
-        "on background only, and metrics/annotate.json says empty_label_set: true. Lower "
-        "annotate_with_baseline.confidence, label by construction with generate.mode=img2img "
-        "and annotate_with_baseline.source_boxes=true, or look at the images "
-        "(metrics/synthetic_grid.png)."
-    )
-
-
-def read_corrections(corrections: Path | None, num_classes: int) -> dict[str, tuple[Box, ...]]:
-    """{sha256 of an image: its corrected boxes} from a reviewed YOLO folder (images/ + labels/).
-
-    A correction applies to the generated image with exactly the same bytes, whatever its name,
-    so a label reviewed for one image never lands on a regenerated, different one.
-    """
-    if corrections is None or not (Path(corrections) / "images").is_dir():
-        return {}
-    if not list_images(Path(corrections) / "images"):
-        return {}
-    return {
-        _sha256(sample.image): sample.boxes
-        for sample in read_yolo_folder(Path(corrections), num_classes)
-    }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+STAGE = "annotate-with-baseline"  # the DVC stage, and its MLflow run's name
 
 
 def run(
@@ -193,114 +30,68 @@ def run(
     source_labels: Path | None = None,
     corrections: Path | None = None,
 ) -> dict:
+    """Label generate's images with the `baseline` detector and measure it on `val_dir`.
+
+    Inputs: `generated_dir` (generate's `images/` and `manifest.jsonl`), `baseline` (a detector
+    folder), `val_dir` (real labelled YOLO folder), `source_labels` (the real `labels/` img2img
+    started from; needed when `annotate_with_baseline.source_boxes`), `corrections` (a reviewed
+    YOLO folder, optional). Labels at `train_detector.yolo.imgsz`.
+    Outputs: `out_dir` (YOLO folder + `annotations.json`, written atomically) and `metrics_path`
+    (`artifacts.metrics.AnnotateMetrics`), also logged to MLflow; returns the metrics. Warns
+    when no image got a box (`empty_label_set`).
+    Errors: DataError when there is no generated image, source boxes lack `source_labels` or a
+    source's label file, or a folder is malformed; ModelNotAvailableError for an unusable
+    detector.
+    """
     config = params.annotate_with_baseline
-    images_dir = Path(generated_dir) / "images"
-    images = list_images(images_dir) if images_dir.is_dir() else []
-    if not images:
-        raise DataError(f"{images_dir}: no images to annotate (run the generate stage first)")
+    imgsz = params.train_detector.imgsz
+    images = annotation.generated_images(generated_dir)
     if config.source_boxes and source_labels is None:
         raise DataError("annotate_with_baseline.source_boxes needs --source-labels")
-    num_classes = len(params.shared.class_names)
-    corrected = read_corrections(corrections, num_classes)
+    class_names = params.shared.class_names
+    corrected = annotation.read_corrections(corrections, len(class_names))
     logged_params = {
         "baseline": str(baseline),
         "generated": str(generated_dir),
         "val": str(val_dir),
         "corrections": str(corrections),
-        "annotate_with_baseline": dataclasses.asdict(config),
+        "annotate_with_baseline": dataclasses.asdict(config) | {"imgsz": imgsz},
     }
-    with stage_run(
-        "annotate-with-baseline", params.shared.mlflow_experiment, logged_params
-    ) as tracking:
-        detector = detection.load_detector(baseline, params.shared.class_names)
-        quality = annotator_quality(detector, val_dir, params)
+    with stage_run(STAGE, params.shared.mlflow_experiment, logged_params) as mlflow_run:
+        detector = detection.load_detector(baseline, class_names)
+        quality = annotation.annotator_quality(detector, val_dir, params)
         detections = detection.predict(
-            detector, images, imgsz=config.imgsz, confidence=config.confidence, iou=config.iou
+            detector, images, imgsz=imgsz, confidence=config.confidence, iou=config.iou
         )
         source_counts: dict[str, int] = {}
         if config.source_boxes:
-            detections, source_counts = source_proposals(
+            detections, source_counts = annotation.source_proposals(
                 detections,
                 Path(generated_dir) / "manifest.jsonl",
                 Path(source_labels),
                 config,
-                num_classes,
+                len(class_names),
             )
-        boxes_per_image = []
-        confidences = []
-        duplicates: Counter = Counter()
-        labelled = []
-        used_corrections = set()
-        with atomic_path(Path(out_dir)) as staging:
-            (staging / "images").mkdir(parents=True)
-            (staging / "labels").mkdir()
-            for found in detections:
-                digest = _sha256(found.image)
-                if digest in corrected:
-                    used_corrections.add(digest)
-                    boxes = corrected[digest]
-                else:
-                    scored = found.yolo_boxes()
-                    boxes = drop_duplicate_boxes((box for box, _ in scored), duplicates)
-                    confidences.extend(score for _, score in scored)
-                image = staging / "images" / found.image.name
-                shutil.copy2(found.image, image)
-                labelled.append(Sample(image, boxes))
-                label = staging / "labels" / f"{found.image.stem}.txt"
-                label.write_text(format_label(boxes))
-                boxes_per_image.append(len(boxes))
-            coco = formats.coco_dict(labelled, params.shared.class_names, staging / "images")
-            write_json(staging / "annotations.json", coco)
-        metrics = {
-            "images": len(images),
-            "boxes": sum(boxes_per_image),
-            "images_without_boxes": boxes_per_image.count(0),
-            "boxes_per_image": round(statistics.fmean(boxes_per_image), 6),
-            # undefined (null) when the baseline found nothing at annotate_with_baseline.confidence
-            "mean_confidence": round(statistics.fmean(confidences), 6) if confidences else None,
-            "corrected_images": len(used_corrections),
-            "corrections_unused": len(set(corrected) - used_corrections),
-            # boxes identical to another of the same image once written (6 decimals)
-            "duplicate_boxes_dropped": duplicates["duplicate_boxes"],
-            # no box in any image: the synthetic variant would learn only "nothing to find"
-            "empty_label_set": sum(boxes_per_image) == 0,
-            **source_counts,
-            **quality,
-        }
+        labelled = annotation.write_labelled_folder(detections, corrected, out_dir, class_names)
+        metrics = {**labelled, **source_counts, **quality}
         if metrics["empty_label_set"]:
-            warn(empty_labels_warning(len(images), config))
+            warn(annotation.empty_labels_warning(len(images), config))
         write_json(metrics_path, metrics)
-        tracking.log_metrics(metrics)
-        tracking.log_artifact(metrics_path)
+        mlflow_run.log_metrics(metrics)
+        mlflow_run.log_artifact(metrics_path)
     return metrics
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--generated", type=Path, required=True, help="generate's folder: images/, manifest.jsonl"
-    )
-    parser.add_argument("--baseline", type=Path, required=True, help="baseline detector folder")
-    parser.add_argument(
-        "--val",
-        type=Path,
-        required=True,
-        help="real labelled YOLO folder the annotator is measured on",
-    )
-    parser.add_argument(
-        "--source-labels",
-        type=Path,
-        default=None,
-        help="labels/ of the real images img2img started from (source_boxes)",
-    )
-    parser.add_argument(
-        "--corrections",
-        type=Path,
-        default=None,
-        help="reviewed YOLO folder (images/ + labels/) whose labels replace the auto-labels",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output YOLO folder")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
+    add = parser.add_argument
+    add("--generated", type=Path, required=True, help="generate's folder: images/, manifest.jsonl")
+    add("--baseline", type=Path, required=True, help="baseline detector folder")
+    add("--val", type=Path, required=True, help="real labelled YOLO folder to measure it on")
+    add("--source-labels", type=Path, help="labels/ of the real images img2img started from")
+    add("--corrections", type=Path, help="reviewed YOLO folder whose labels replace auto-labels")
+    add("--out", type=Path, required=True, help="output YOLO folder")
+    add("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()
     run_stage(
         lambda params: run(

@@ -80,7 +80,7 @@ def run(params: Params, folders: dict[str, Path], images_metrics: Path, out_dir:
                 found = detection.predict(
                     detection.load_detector(folder, class_names),
                     [sample.image for sample in test],
-                    imgsz=config.imgsz,
+                    imgsz=params.train_detector.imgsz,
                     confidence=config.confidence,
                     iou=config.iou,
                 )

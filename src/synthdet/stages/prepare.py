@@ -16,6 +16,8 @@ from synthdet import data, formats, tracking
 from synthdet.cli import run_stage
 from synthdet.params import Params
 
+STAGE = "prepare"  # the DVC stage, and its MLflow run's name
+
 
 def split_statistics(split: dict[str, list[data.Sample]]) -> dict[str, float]:
     stats: dict[str, float] = {}
@@ -28,7 +30,6 @@ def split_statistics(split: dict[str, list[data.Sample]]) -> dict[str, float]:
 
 
 IMGSZ_FACTOR = 2  # images this many times larger or smaller than the detector's imgsz: warn
-ULTRALYTICS_IMGSZ = 640  # ultralytics' default when train_detector.yolo sets none
 
 
 def check_boxes(imported: formats.Imported, split: dict[str, list[data.Sample]], raw: Path) -> None:
@@ -57,9 +58,7 @@ def check_boxes(imported: formats.Imported, split: dict[str, list[data.Sample]],
 
 def imgsz_warning(params: Params, imported: formats.Imported) -> str | None:
     """The detector sees images at `train_detector.yolo.imgsz`: tuned for 320 px tiles."""
-    imgsz = params.train_detector.yolo.get("imgsz", ULTRALYTICS_IMGSZ)
-    if not isinstance(imgsz, int | float) or isinstance(imgsz, bool) or imgsz <= 0:
-        return None
+    imgsz = params.train_detector.imgsz
     side = imported.median_long_side
     if max(side / imgsz, imgsz / side) < IMGSZ_FACTOR:
         return None
@@ -68,8 +67,7 @@ def imgsz_warning(params: Params, imported: formats.Imported) -> str | None:
         f"warning: the images are {side:g} px on their longer side (median) but "
         f"train_detector.yolo.imgsz is {imgsz}: the detector sees every object "
         f"{side / imgsz:.2g}x its size; if that is not intended, set -S "
-        f"train_detector.yolo.imgsz={size} -S annotate_with_baseline.imgsz={size} -S "
-        f"evaluate.imgsz={size}"
+        f"train_detector.yolo.imgsz={size}"
     )
 
 
@@ -99,14 +97,23 @@ def summary(
 
 
 def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, float]:
+    """Import the dataset at `raw_dir` and split it by photo.
+
+    Inputs: `raw_dir`, a YOLO, COCO or Pascal VOC dataset (`prepare.format`, auto-detected by
+    default). Outputs: under `out_dir`, the YOLO folders `train/`, `val/`, `test/` and
+    `personalize/<subject>/` (each written whole or not at all) and `dataset.yaml`;
+    `metrics_path` (images and boxes per split, repairs, drops: `artifacts.metrics`), also logged
+    to MLflow; prints a summary; returns the metrics. Errors: DataError for unreadable data, a
+    dataset or split without a box, too few groups, or a subject with too few train images.
+    """
     p = params.prepare
-    with tracking.stage_run("prepare", params.shared.mlflow_experiment, {"prepare": vars(p)}) as t:
+    logged = {"prepare": vars(p)}
+    with tracking.stage_run(STAGE, params.shared.mlflow_experiment, logged) as mlflow_run:
         imported = formats.import_dataset(raw_dir, p.format, params.shared.class_names)
         samples, repairs = imported.samples, imported.repairs
         split = data.split_by_group(
-            samples, p.group_pattern, p.val_groups, p.test_groups, 0, params.shared.seed
+            samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
         )
-        del split["personalize"]
         check_boxes(imported, split, Path(raw_dir))
         subjects = {
             name: data.subject_images(
@@ -128,7 +135,8 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
             for name, chosen in subjects.items():
                 # personalize images are train images too: count their repairs once.
                 formats.write_yolo_folder(chosen, tmp / name, Counter())
-        data.write_text(out_dir / "dataset.yaml", data.dataset_yaml(params.shared.class_names))
+        names = params.shared.class_names
+        data.write_dataset_yaml(out_dir, names, "train/images", "val/images", "test/images")
         split["personalize"] = [s for chosen in subjects.values() for s in chosen]
         split.update({f"personalize.{name}": chosen for name, chosen in subjects.items()})
         stats = (
@@ -141,7 +149,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
             }
         )
         data.write_json(metrics_path, stats)
-        t.log_metrics(stats)
+        mlflow_run.log_metrics(stats)
     print(summary(stats, imported, list(subjects), imgsz_warning(params, imported)))
     return stats
 

@@ -56,7 +56,7 @@ def run(
         found = detection.predict(
             detector,
             tqdm(pool, desc="pseudo-label", unit="image"),
-            imgsz=config.imgsz,
+            imgsz=params.train_detector.imgsz,
             confidence=config.confidence,
             iou=config.iou,
         )

@@ -13,37 +13,43 @@ import json
 from pathlib import Path
 
 from synthdet import evaluation, report, tracking, variants
+from synthdet.artifacts.metrics import (
+    ANNOTATE_METRICS,
+    COPY_PASTE_METRICS,
+    PREPARE_METRICS,
+    PSEUDO_METRICS,
+    read_annotate_metrics,
+    read_extra_images_metrics,
+    read_prepare_metrics,
+)
 from synthdet.cli import run_stage
 from synthdet.data import DataError, write_json, write_text
 from synthdet.params import Params
 
-READS = ("prepare", "annotate", "copy_paste", "pseudo", "images", "evaluation")
 
-
-def read_metrics(folder: Path, name: str) -> dict:
-    """`folder/<name>.json`; raises DataError naming the file and the stage that writes it."""
-    path = Path(folder) / f"{name}.json"
+def read_metrics(path: Path) -> dict:
+    """A flat metrics JSON; raises DataError naming the file."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read the metrics JSON ({exc}); run dvc repro") from exc
 
 
 def run(params: Params, metrics_dir: Path) -> str:
     """Render `metrics_dir/report.md` from the metrics files in `metrics_dir`; return it."""
-    read = {name: read_metrics(metrics_dir, name) for name in READS}
+    extras = {
+        "copy-paste (handful crops)": read_extra_images_metrics(metrics_dir / COPY_PASTE_METRICS),
+        "pseudo-labelled real": read_extra_images_metrics(metrics_dir / PSEUDO_METRICS),
+    }
     names = [v.name for v in variants.configured(params)]
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
-            read["evaluation"],
-            read["images"],
-            read["prepare"],
-            read["annotate"],
-            {
-                "copy-paste (handful crops)": read["copy_paste"],
-                "pseudo-labelled real": read["pseudo"],
-            },
+            read_metrics(metrics_dir / "evaluation.json"),
+            read_metrics(metrics_dir / "images.json"),
+            read_prepare_metrics(metrics_dir / PREPARE_METRICS),
+            read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
+            extras,
             names,
             evaluation.comparisons(names),
         )

@@ -1,0 +1,1 @@
+"""Typed files one stage hands another."""

@@ -1,0 +1,121 @@
+"""Stage metrics that another stage reads: prepare's and annotate-with-baseline's.
+
+Each is a frozen dataclass with the metrics file's name and a read function. The files are
+flat JSON written by their stage (`metrics/<FILE>`); a value the file lacks reads as None, which
+the report prints as "n/a".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from synthdet.data import DataError
+
+PREPARE_METRICS = "prepare.json"
+ANNOTATE_METRICS = "annotate.json"
+COPY_PASTE_METRICS = "copy_paste.json"
+PSEUDO_METRICS = "pseudo.json"
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    images: int | None = None
+    boxes: int | None = None
+
+
+@dataclass(frozen=True)
+class PrepareMetrics:
+    """The real splits as prepare wrote them (`<split>.images`, `<split>.boxes`)."""
+
+    train: SplitCounts
+    val: SplitCounts
+    test: SplitCounts
+    personalize: SplitCounts  # every subject's personalisation images together
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PrepareMetrics:
+        names = [split.name for split in fields(cls)]
+        return cls(**{n: SplitCounts(raw.get(f"{n}.images"), raw.get(f"{n}.boxes")) for n in names})
+
+    def splits(self) -> dict[str, SplitCounts]:
+        """{split name: counts}, in the order train, val, test, personalize."""
+        return {split.name: getattr(self, split.name) for split in fields(self)}
+
+
+@dataclass(frozen=True)
+class AnnotatorQuality:
+    """The annotator on the real val split at the labelling settings (`annotator.*`)."""
+
+    precision: float | None = None  # None: it kept no box
+    recall: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    val_images: int | None = None
+    val_boxes: int | None = None
+    val_boxes_per_image: float | None = None
+    val_mean_confidence: float | None = None  # None: it kept no box
+
+
+@dataclass(frozen=True)
+class AnnotateMetrics:
+    """The auto-labelled set as annotate-with-baseline wrote it."""
+
+    images: int | None = None
+    boxes: int | None = None
+    images_without_boxes: int | None = None
+    boxes_per_image: float | None = None
+    mean_confidence: float | None = None  # None: no box from the baseline
+    corrected_images: int = 0
+    corrections_unused: int = 0
+    duplicate_boxes_dropped: int = 0
+    empty_label_set: bool = False  # no box in any image
+    annotator: AnnotatorQuality = AnnotatorQuality()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AnnotateMetrics:
+        own = {f.name for f in fields(cls)} - {"annotator"}
+        prefix = "annotator."
+        quality = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+        known = {f.name for f in fields(AnnotatorQuality)}
+        return cls(
+            **{k: v for k, v in raw.items() if k in own},
+            annotator=AnnotatorQuality(**{k: v for k, v in quality.items() if k in known}),
+        )
+
+
+@dataclass(frozen=True)
+class ExtraImagesMetrics:
+    """An extra-image set of the few-shot variants as its stage wrote it (copy-paste,
+    pseudo-label): images and boxes; the rest of the file is the stage's own."""
+
+    images: int | None = None
+    boxes: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExtraImagesMetrics:
+        return cls(raw.get("images"), raw.get("boxes"))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the metrics JSON ({exc})") from exc
+
+
+def read_prepare_metrics(path: Path) -> PrepareMetrics:
+    """prepare's metrics file (`metrics/prepare.json`)."""
+    return PrepareMetrics.from_dict(_read(path))
+
+
+def read_annotate_metrics(path: Path) -> AnnotateMetrics:
+    """annotate-with-baseline's metrics file (`metrics/annotate.json`)."""
+    return AnnotateMetrics.from_dict(_read(path))
+
+
+def read_extra_images_metrics(path: Path) -> ExtraImagesMetrics:
+    """copy-paste's or pseudo-label's metrics file (`metrics/copy_paste.json`, `pseudo.json`)."""
+    return ExtraImagesMetrics.from_dict(_read(path))
