@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.data import DataError, list_images
+from synthdet.data import DataError, label_file, link_yolo_folder, list_images
 from synthdet.params import FEW_SHOT_SOURCES, Params, ParamsError
 
 BASELINE = "real"
@@ -246,15 +246,16 @@ def handful_images(handful_root: Path) -> list[Path]:
     )
 
 
-def subset_view(images: Sequence[Path], view: Path) -> Path:
-    """A YOLO folder at `view` linking `images` and the labels next to them (../labels)."""
-    (view / "images").mkdir(parents=True)
-    (view / "labels").mkdir()
+def subset_views(images: Sequence[Path], scratch: Path, name: str) -> list[Path]:
+    """YOLO folders `scratch/<name><i>` linking `images` and their labels, one per source YOLO
+    folder the images lie in (the handful spans one folder per subject)."""
+    by_source: dict[Path, list[Path]] = {}
     for image in images:
-        label = Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
-        (view / "images" / Path(image).name).symlink_to(Path(image).resolve())
-        (view / "labels" / label.name).symlink_to(label.resolve())
-    return view
+        by_source.setdefault(Path(image).parent.parent, []).append(Path(image))
+    return [
+        link_yolo_folder(source, scratch / f"{name}{index}", chosen)
+        for index, (source, chosen) in enumerate(sorted(by_source.items()))
+    ]
 
 
 def training_folders(
@@ -279,9 +280,9 @@ def training_folders(
     extra = list_images(Path(extra_dir) / "images") if variant.extra else []
     composition = compose(variant, real, handful, extra, params.shared.seed)
     folders = [
-        subset_view(chosen, scratch / name)
+        folder
         for name, chosen in (("real", composition.real), ("extra", composition.extra))
-        if chosen
+        for folder in subset_views(chosen, scratch, name)
     ]
     return folders, composition
 
@@ -290,7 +291,7 @@ def label_boxes(images: Sequence[Path]) -> int:
     """The boxes in the YOLO labels next to `images` (no label file: a background image)."""
     total = 0
     for image in images:
-        label = Path(image).parent.parent / "labels" / f"{Path(image).stem}.txt"
+        label = label_file(Path(image).parent.parent, image)
         if label.is_file():
             total += sum(1 for line in label.read_text().splitlines() if line.strip())
     return total
