@@ -383,3 +383,20 @@ def test_clip_model_that_is_not_there_names_the_param(tmp_path: Path) -> None:
     images = write_images(tmp_path / "images", 1, 32, seed=0, mean=120)
     with pytest.raises(ModelNotAvailableError, match="evaluate.clip_model"):
         clip_score(images, ["a photo"], str(tmp_path / "no-clip-here"))
+
+
+def test_fid_matches_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from synthdet.metrics import PrecomputedFeatures, frechet_distance
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(30, 64)).astype(np.float32)
+    for generated in (rng.normal(0.5, 2.0, size=(12, 64)), rng.normal(size=(80, 64))):
+        generated = generated.astype(np.float32)
+        metric = FrechetInceptionDistance(feature=PrecomputedFeatures(64))
+        metric.update(torch.from_numpy(real), real=True)
+        metric.update(torch.from_numpy(generated), real=False)
+        expected = float(metric.compute())
+        assert frechet_distance(real, generated) == pytest.approx(expected, rel=1e-3)
+    assert frechet_distance(real, real[:1]) is None

@@ -1,6 +1,6 @@
-"""Export a split (data/prepared/<split>) or the auto-labelled synthetic set (data/annotated).
+"""Export a split (data/prepared/<split>) or the auto-labelled synthetic set (data/extra/synthetic).
 
-    python -m synthdet.export data/annotated --format coco --out exports/synthetic
+    python -m synthdet.export data/extra/synthetic --format coco --out exports/synthetic
     python -m synthdet.export data/prepared/test --format yolo --out exports/test
 
 `coco` writes images/ and annotations.json (for CVAT, Label Studio, pycocotools); `yolo` writes
