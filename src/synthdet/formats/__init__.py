@@ -27,6 +27,10 @@ repaired and counted, skipped by name with a printed note, or named in an error:
 - **Errors** name the file, what is wrong and the fix: a declared size that differs from the
   upright image, an unreadable, truncated or oversized image, a label file in another encoding,
   a label or annotation file that matches no image, a file no reader uses.
+
+The package: `survey` (the files of the folder, the format), `records` (an image as an
+annotation describes it, annotation files paired by stem), the readers `yolo`, `coco` and `voc`,
+`importer` (the whole import) and `writing` (the internal YOLO layout, COCO JSON).
 """
 
 from synthdet.formats.importer import DROP_KEYS, LAYOUT, REPAIR_KEYS, Imported, import_dataset

@@ -53,9 +53,7 @@ DROP_KEYS = (
     "duplicate_images",
 )
 OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".jp2", ".dng", ".cr2", ".nef", ".arw")
-
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
 
 READERS = {"yolo": read_yolo, "coco": read_coco, "voc": read_voc}
 
