@@ -28,7 +28,9 @@ def synthdet_imports(module_file: Path) -> set[str]:
 
 
 def module_file(name: str) -> Path:
-    return SRC / (name.replace(".", "/") + ".py")
+    """The file of a module: `synthdet/x.py`, or `synthdet/x/__init__.py` for a package."""
+    package = SRC / name.replace(".", "/") / "__init__.py"
+    return package if package.is_file() else SRC / (name.replace(".", "/") + ".py")
 
 
 def code_closure(stage_module: str) -> set[str]:

@@ -1,0 +1,196 @@
+"""COCO JSON datasets: one or more files anywhere under the folder, file names resolved."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from synthdet.data import DataError, read_text
+from synthdet.formats.records import Record
+from synthdet.formats.survey import Survey, _names, class_index
+
+
+def _coco_where(path: Path, section: str, number: int, item: Any) -> str:
+    name = item.get("id") if isinstance(item, dict) else None
+    return f"{path} {section} #{number}" + (f" (id {name!r})" if name is not None else "")
+
+
+def _load_coco(path: Path) -> dict:
+    try:
+        coco = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); fix or re-export it") from exc
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(key), list) for key in ("images", "categories")
+    ):
+        raise DataError(
+            f"{path}: not a COCO detection file (it needs the lists 'images' and 'categories'); "
+            "export the dataset as COCO, or move this file out of prepare.raw_dir"
+        )
+    if not isinstance(coco.get("annotations", []), list):
+        raise DataError(f"{path}: not a COCO detection file ('annotations' is not a list)")
+    return coco
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coco_size(image: dict, where: str) -> tuple[int, int] | None:
+    width, height = image.get("width"), image.get("height")
+    if width in (None, 0) or height in (None, 0):
+        return None
+    if not all(_is_number(v) and v > 0 and v == int(v) for v in (width, height)):
+        raise DataError(
+            f"{where}: width and height must be positive whole numbers, got {width!r} x "
+            f"{height!r}; fix them or remove both (the size is then read from the image)"
+        )
+    return int(width), int(height)
+
+
+class _ImageIndex:
+    """Finds a COCO `file_name` among the images under the dataset folder."""
+
+    def __init__(self, folder: Path, images: Sequence[Path]):
+        self.folder = folder
+        self.images = set(images)
+        self.paths = {p.relative_to(folder).as_posix(): p for p in images}
+
+    def find(self, file_name: str, annotation: Path) -> tuple[Path | None, bool]:
+        """(image, whether it took more than joining `file_name` to a usual root)."""
+        parts = [p for p in re.split(r"[\\/]+", file_name) if p not in ("", ".")]
+        if parts and re.fullmatch(r"[A-Za-z]:", parts[0]):  # a Windows drive
+            parts = parts[1:]
+        if ".." in parts:
+            parts = parts[len(parts) - parts[::-1].index("..") :]
+        if not parts:
+            return None, False
+        plain = "/".join(parts) == file_name
+        here, up = annotation.parent, annotation.parent.parent  # up: for annotations/*.json
+        for root in (here, here / "images", up, up / "images", self.folder, self.folder / "images"):
+            if root.joinpath(*parts) in self.images:
+                return root.joinpath(*parts), not plain
+        for fold in (False, True):
+            for length in range(len(parts), 0, -1):
+                suffix = "/".join(parts[-length:])
+                suffix = suffix.lower() if fold else suffix
+                matches = [
+                    path
+                    for key, path in self.paths.items()
+                    if (key.lower() if fold else key) == suffix
+                    or (key.lower() if fold else key).endswith("/" + suffix)
+                ]
+                if len(matches) == 1:
+                    return matches[0], True
+                if len(matches) > 1:
+                    raise DataError(
+                        f"{annotation}: file_name {file_name!r} matches several images: "
+                        f"{_names(matches, self.folder)}; give it a path that names one"
+                    )
+        return None, False
+
+
+def read_coco(
+    found: Survey, class_names: Sequence[str], repairs: Counter
+) -> tuple[list[Record], set[Path]]:
+    files = found.with_suffix(".json")
+    if not files:
+        raise DataError(
+            f"{found.folder}: no COCO *.json found (looked in the whole folder, e.g. beside "
+            "images/ or in annotations/); export the labels as COCO or set prepare.format"
+        )
+    index = _ImageIndex(found.folder, found.images)
+    records: dict[Path, Record] = {}
+    listed_in: dict[Path, str] = {}
+    for path in files:
+        coco = _load_coco(path)
+        categories: dict[int, str] = {}
+        for number, category in enumerate(coco["categories"]):
+            where = _coco_where(path, "category", number, category)
+            ok = isinstance(category, dict) and isinstance(category.get("name"), str)
+            if not ok or not isinstance(category.get("id"), int):
+                raise DataError(f"{where}: needs an integer 'id' and a string 'name'")
+            categories[category["id"]] = category["name"]
+        images: dict[Any, Record] = {}
+        for number, image in enumerate(coco["images"]):
+            where = _coco_where(path, "image", number, image)
+            if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
+                raise DataError(f"{where}: needs a string 'file_name'")
+            image_id = image.get("id")
+            if not isinstance(image_id, int | str) or isinstance(image_id, bool):
+                raise DataError(f"{where}: needs an integer 'id'")
+            if image_id in images:
+                raise DataError(f"{where}: image id {image_id!r} is listed twice")
+            file_name = image["file_name"]
+            resolved, repaired = index.find(file_name, path)
+            if resolved is None:
+                raise DataError(
+                    f"{where}: image file_name {file_name!r} not found under {found.folder} "
+                    f"(no image with the file name {PurePosixPath(file_name).name!r}); add the "
+                    "image or remove its entry"
+                )
+            if resolved in listed_in:
+                raise DataError(
+                    f"{where}: file_name {file_name!r} is {resolved}, already listed in "
+                    f"{listed_in[resolved]}; list each image once"
+                )
+            listed_in[resolved] = where
+            repairs["coco_file_name_resolved"] += repaired
+            size = _coco_size(image, where)
+            images[image_id] = records[resolved] = Record(
+                resolved, where, size, "coco_size_from_image", labelled=False
+            )
+        for number, ann in enumerate(coco.get("annotations", [])):
+            where = _coco_where(path, "annotation", number, ann)
+            if not isinstance(ann, dict):
+                raise DataError(f"{where}: an annotation must be an object, got {ann!r}")
+            image_id = ann.get("image_id")
+            record = images.get(image_id) if isinstance(image_id, int | str) else None
+            if record is None:
+                raise DataError(
+                    f"{where}: image_id {image_id!r} is not in 'images'"
+                    f"{_string_hint(ann.get('image_id'))}"
+                )
+            record.labelled = True
+            category = ann.get("category_id")
+            if (
+                not isinstance(category, int)
+                or isinstance(category, bool)
+                or (category not in categories)
+            ):
+                raise DataError(
+                    f"{where}: category_id {category!r} is not in 'categories' "
+                    f"(ids {sorted(categories)}){_string_hint(category)}"
+                )
+            crowd = ann.get("iscrowd", 0)
+            if crowd not in (0, 1):
+                raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
+            if crowd:  # a region over many objects: ignored, as COCO evaluation does
+                repairs["coco_crowd_regions"] += 1
+                continue
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+                raise DataError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+            class_id = class_index(categories[category], class_names, where)
+            x, y, w, h = (float(v) for v in bbox)
+            record.pixel_boxes.append((class_id, x, y, x + w, y + h, where))
+    unlisted = [p for p in found.images if p not in records]
+    if unlisted:
+        raise DataError(
+            f"{found.folder}: {len(unlisted)} image(s) are in no COCO file "
+            f"({_names(files, found.folder, 3)}): {_names(unlisted, found.folder)}; add them to "
+            "'images' (with no annotation an image is background) or move them out of "
+            "prepare.raw_dir"
+        )
+    return sorted(records.values(), key=lambda r: r.image.name), set(files)
+
+
+def _string_hint(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return f"; it is the string {value!r}: COCO ids are integers, write {value.strip()}"
+    return ""

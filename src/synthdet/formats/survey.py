@@ -1,0 +1,108 @@
+"""What is in a dataset folder: images, candidate annotation files, skipped files; the format."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthdet.data import IMAGE_SUFFIXES, DataError
+
+ANNOTATION_SUFFIX = {"yolo": ".txt", "coco": ".json", "voc": ".xml"}
+
+DOCUMENTATION = re.compile(
+    r"(readme|licen[cs]e|notice|citation|changelog|copying|authors)([ ._-].*)?", re.IGNORECASE
+)
+SPLIT_LISTS = ("train.txt", "val.txt", "valid.txt", "test.txt", "trainval.txt")
+
+
+@dataclass
+class Survey:
+    """The files under a dataset folder: images, candidate annotation files, skipped files."""
+
+    folder: Path
+    images: list[Path]
+    others: list[Path]  # every other file that is not skipped
+    skipped: dict[Path, str]  # file -> why it is not data
+
+    def with_suffix(self, suffix: str) -> list[Path]:
+        return [p for p in self.others if p.suffix.lower() == suffix]
+
+
+def skip_reason(path: Path, folder: Path) -> str | None:
+    """Why a file under the dataset folder is not data (None: it is data)."""
+    relative = path.relative_to(folder)
+    name, suffix = path.name.lower(), path.suffix.lower()
+    if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+        return "hidden or system file"
+    if name in ("thumbs.db", "desktop.ini"):
+        return "system file"
+    if DOCUMENTATION.fullmatch(path.name) or suffix in (".md", ".rst", ".pdf", ".html", ".htm"):
+        return "documentation"
+    if suffix in (".yaml", ".yml", ".data"):
+        return "dataset description"
+    if name in ("classes.txt", "notes.json", "labelmap.txt") or suffix == ".names":
+        return "class list"
+    if suffix == ".cache":
+        return "ultralytics label cache"
+    lowered = [part.lower() for part in relative.parts[:-1]]
+    if "imagesets" in lowered:
+        return "VOC split list (prepare makes its own split)"
+    if "segmentationclass" in lowered or "segmentationobject" in lowered:
+        return "VOC segmentation mask"
+    return None
+
+
+def survey(folder: Path) -> Survey:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    skipped = {p: reason for p in files if (reason := skip_reason(p, folder)) is not None}
+    images = [p for p in files if p not in skipped and p.suffix.lower() in IMAGE_SUFFIXES]
+    stems = {p.stem.lower() for p in images}
+    others = []
+    for p in files:
+        if p in skipped or p.suffix.lower() in IMAGE_SUFFIXES:
+            continue
+        if p.parent == folder and p.name.lower() in SPLIT_LISTS and p.stem.lower() not in stems:
+            skipped[p] = "split list (prepare makes its own split)"
+            continue
+        others.append(p)
+    return Survey(folder, images, others, skipped)
+
+
+def detect_format(folder: Path, found: Survey | None = None) -> str:
+    found = survey(folder) if found is None else found
+    kinds = {
+        fmt: files
+        for fmt in ("yolo", "coco", "voc")
+        if (files := found.with_suffix(ANNOTATION_SUFFIX[fmt]))
+    }
+    if len(kinds) == 1:
+        return next(iter(kinds))
+    if not kinds and any(p.name.lower() == "labels" and p.is_dir() for p in folder.rglob("*")):
+        return "yolo"  # a YOLO dataset whose label files are all missing: background only
+    if kinds:
+        listing = "; ".join(
+            f"{len(files)} *{ANNOTATION_SUFFIX[fmt]} ({_names(files, folder, 2)})"
+            for fmt, files in kinds.items()
+        )
+        raise DataError(
+            f"{folder}: cannot tell the dataset format, it holds label files of several "
+            f"formats: {listing}; set prepare.format (yolo | coco | voc) and move the others out"
+        )
+    raise DataError(
+        f"{folder}: cannot tell the dataset format; found {len(found.images)} images but no "
+        "label files: expected images + labels/*.txt (YOLO), a COCO *.json (beside images/ or "
+        "in annotations/), or Annotations/*.xml (Pascal VOC); or set prepare.format"
+    )
+
+
+def _names(paths: Sequence[Path], folder: Path, limit: int = 5) -> str:
+    shown = ", ".join(str(p.relative_to(folder)) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def class_index(name: str, class_names: Sequence[str], where: str) -> int:
+    if name not in class_names:
+        raise DataError(f"{where}: class {name!r} is not in shared.class_names {list(class_names)}")
+    return class_names.index(name)

@@ -1,0 +1,78 @@
+"""Pascal VOC XML datasets: one annotation file per image."""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from synthdet.data import DataError
+from synthdet.formats.records import Record, _pair_by_stem
+from synthdet.formats.survey import Survey, class_index
+
+
+def _voc_number(text: str | None, where: str, what: str, default: float = math.nan) -> float:
+    """A number of a VOC file; an empty or missing element is `default`."""
+    try:
+        value = float(text) if text is not None and text.strip() else default
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {what} must be a number, got {text!r}")
+    return value
+
+
+def read_voc(
+    found: Survey, class_names: Sequence[str], repairs: Counter
+) -> tuple[list[Record], set[Path]]:
+    if not found.images:
+        raise DataError(f"{found.folder}: Pascal VOC layout needs images (JPEGImages/ or images/)")
+    files = found.with_suffix(".xml")
+    parsed = {}
+    for path in files:
+        try:
+            root = ET.fromstring(path.read_bytes())
+        except (ET.ParseError, ValueError, LookupError, RecursionError) as exc:
+            raise DataError(f"{path}: not a valid Pascal VOC annotation ({exc})") from exc
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        if root.tag != "annotation":
+            raise DataError(
+                f"{path}: not a Pascal VOC annotation (root element <{root.tag}>, expected "
+                "<annotation>); export the dataset as Pascal VOC (one XML per image)"
+            )
+        parsed[path] = root
+    stems = (
+        (path, [path.stem, *([Path(n).stem] if (n := root.findtext("filename")) else [])])
+        for path, root in parsed.items()
+    )
+    pairs = _pair_by_stem(found.images, stems, "annotation", found.folder, repairs)
+    records = []
+    for image in found.images:
+        xml_file = pairs.get(image)
+        if xml_file is None:
+            records.append(Record(image, labelled=False))
+            continue
+        root = parsed[xml_file]
+        width = _voc_number(root.findtext("size/width"), str(xml_file), "size/width", 0)
+        height = _voc_number(root.findtext("size/height"), str(xml_file), "size/height", 0)
+        size = (int(width), int(height)) if width > 0 and height > 0 else None
+        record = Record(image, str(xml_file), size, "voc_size_from_image")
+        for number, obj in enumerate(root.iter("object")):
+            where = f"{xml_file} object #{number}"
+            difficult = _voc_number(obj.findtext("difficult"), where, "difficult", 0)
+            if difficult not in (0, 1):
+                raise DataError(f"{where}: difficult must be 0 or 1, got {difficult:g}")
+            corners = [
+                _voc_number(obj.findtext(f"bndbox/{k}"), where, f"bndbox/{k}")
+                for k in ("xmin", "ymin", "xmax", "ymax")
+            ]
+            class_id = class_index((obj.findtext("name") or "").strip(), class_names, where)
+            if difficult:
+                repairs["voc_difficult_objects"] += 1
+                continue
+            record.pixel_boxes.append((class_id, *corners, where))
+        records.append(record)
+    return records, set(files)

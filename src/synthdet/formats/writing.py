@@ -1,0 +1,65 @@
+"""Writing samples out: the internal YOLO layout (RGB, upright images) and COCO JSON."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from synthdet.data import Sample, format_label, label_file
+
+SUFFIX_OF_FORMAT = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
+
+
+def write_yolo_folder(samples: Sequence[Sample], folder: Path, repairs: Counter) -> None:
+    """The internal layout: images/ (RGB, upright) and labels/<stem>.txt for every image."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        write_normalised_image(sample.image, folder / "images", repairs)
+        label_file(folder, sample.image).write_text(format_label(sample.boxes))
+
+
+def write_normalised_image(source: Path, folder: Path, repairs: Counter) -> Path:
+    """Copy an RGB JPEG/PNG as is; re-encode anything else upright as RGB PNG (counted)."""
+    with Image.open(source) as image:
+        suffix_ok = source.suffix.lower() in SUFFIX_OF_FORMAT.get(image.format or "", ())
+        rotated = image.getexif().get(0x0112, 1) != 1  # EXIF orientation tag
+        if suffix_ok and image.mode == "RGB" and not rotated:
+            target = folder / source.name
+            target.write_bytes(source.read_bytes())
+            return target
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: keep the top 8 bits.
+            upright = upright.point(lambda v: v / 256).convert("L")
+        target = folder / f"{source.stem}.png"
+        upright.convert("RGB").save(target)
+        repairs["reencoded_images"] += 1
+        return target
+
+
+def coco_dict(samples: Sequence[Sample], class_names: Sequence[str], image_root: Path) -> dict:
+    """COCO detection JSON of `samples`; file names relative to `image_root`."""
+    images, annotations = [], []
+    for image_id, sample in enumerate(samples, 1):
+        with Image.open(sample.image) as image:
+            width, height = image.size
+        file_name = sample.image.resolve().relative_to(image_root.resolve()).as_posix()
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for box in sample.boxes:
+            x0, y0, x1, y1 = box.xyxy(width, height)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": box.class_id + 1,  # COCO ids start at 1
+                    "bbox": [round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0)],
+                    "area": round((x1 - x0) * (y1 - y0), 3),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+    return {"images": images, "annotations": annotations, "categories": categories}

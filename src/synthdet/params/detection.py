@@ -1,0 +1,261 @@
+"""The detector sections: annotate_with_baseline, train_detector, evaluate and few_shot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from synthdet.params.parsing import _require
+
+
+@dataclass(frozen=True)
+class AnnotateParams:
+    """Labelling of the generated images; at the detector's input size
+    (`Params.train_detector.imgsz`, one value for training, labelling and evaluation)."""
+
+    confidence: float
+    iou: float
+    # the detector that labels generated images and the pseudo-labelled real images: handful
+    # (trained on the subjects' handful only: strict few-shot) or real (every labelled train
+    # image, Genfusion's protocol: the annotator has seen labels the few-shot variants have not)
+    annotator: Literal["handful", "real"] = "handful"
+    # img2img / ControlNet: also propose the real boxes of the train image a generated image was
+    # made from (manifest `source`), merged with the baseline's boxes by class-wise NMS
+    source_boxes: bool = False
+    source_box_confidence: float = 0.5  # score given to a source box in the merge
+    merge_iou: float = 0.5  # boxes overlapping more than this are one object; the higher score wins
+
+    def __post_init__(self) -> None:
+        _require(
+            0 <= self.confidence <= 1, "annotate_with_baseline.confidence", "must be in [0, 1]"
+        )
+        # A box is kept when its score is above the confidence, and no score is above 1.
+        _require(
+            self.confidence < 1 or self.source_boxes,
+            "annotate_with_baseline.confidence",
+            "is 1: no detector score is above 1, so the baseline would label no box at all; "
+            "lower it (e.g. 0.25), or label by construction only with "
+            "annotate_with_baseline.source_boxes=true (img2img / controlnet)",
+        )
+        _require(0 < self.iou <= 1, "annotate_with_baseline.iou", "must be in (0, 1]")
+        _require(
+            0 < self.source_box_confidence <= 1,
+            "annotate_with_baseline.source_box_confidence",
+            "must be in (0, 1]",
+        )
+        _require(0 < self.merge_iou <= 1, "annotate_with_baseline.merge_iou", "must be in (0, 1]")
+
+
+# Genfusion's fair comparison: no ultralytics augmentation, SGD with YOLO's classic settings.
+# A preset's values win over the same keys in `train_detector.yolo`.
+DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    "genfusion": {
+        "optimizer": "SGD",
+        "lr0": 0.01,
+        "momentum": 0.937,
+        "weight_decay": 0.0005,
+        "batch": 8,
+        "hsv_h": 0.0,
+        "hsv_s": 0.0,
+        "hsv_v": 0.0,
+        "degrees": 0.0,
+        "translate": 0.0,
+        "scale": 0.0,
+        "shear": 0.0,
+        "perspective": 0.0,
+        "flipud": 0.0,
+        "fliplr": 0.0,
+        "bgr": 0.0,
+        "mosaic": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "copy_paste": 0.0,
+        "close_mosaic": 0,
+    }
+}
+
+
+ULTRALYTICS_IMGSZ = 640  # ultralytics' input size when train_detector.yolo sets none
+
+
+@dataclass(frozen=True)
+class TrainDetectorParams:
+    family: Literal["yolov5", "yolov8", "yolo11"]
+    size: Literal["n", "s", "m", "l", "x"]
+    # null: `<family><size>.yaml` from scratch (offline); or a release asset name (yolov8n.pt,
+    # downloaded), a synthdet detector folder or a model yaml, matching family and size
+    model: str | None
+    seeds: tuple[int, ...]  # every variant is trained once per seed; shared.seed's `real` annotates
+    # extra `mix-r<share>-f<fraction>` variants, one per (real share, synthetic fraction) pair:
+    # a subset of the real train images plus enough auto-labelled images to make up the fraction
+    mix_real_shares: tuple[float, ...]
+    mix_synthetic_fractions: tuple[float, ...]
+    preset: Literal["genfusion"] | None  # fixed ultralytics settings, applied over `yolo`
+    yolo: dict[str, Any] = field(default_factory=dict)  # passed to ultralytics `model.train`
+    # variants on the generated images besides the few-shot ones: synthetic (generated images
+    # only) and mixed (every real train image plus every generated one); see synthdet.variants
+    variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.model.endswith((".yaml", ".pt")):
+            name = Path(self.model).name
+            _require(
+                name.startswith(f"{self.family}{self.size}"),
+                "train_detector.model",
+                f"{self.model!r} does not match train_detector.family/size "
+                f"({self.family}{self.size}); set them to the model's",
+            )
+        _require(len(self.seeds) >= 1, "train_detector.seeds", "must hold at least one seed")
+        _require(len(set(self.seeds)) == len(self.seeds), "train_detector.seeds", "has a duplicate")
+        _require(
+            len(set(self.variants)) == len(self.variants),
+            "train_detector.variants",
+            "has a duplicate",
+        )
+        for share in self.mix_real_shares:
+            _require(0 < share <= 1, "train_detector.mix_real_shares", "must be in (0, 1]")
+        for fraction in self.mix_synthetic_fractions:
+            _require(
+                0 <= fraction < 1, "train_detector.mix_synthetic_fractions", "must be in [0, 1)"
+            )
+        for owned in ("data", "project", "name", "seed", "exist_ok"):
+            _require(
+                owned not in self.yolo,
+                f"train_detector.yolo.{owned}",
+                "is set by the stage (paths and train_detector.seeds); remove it",
+            )
+        epochs = self.train_args().get("epochs", 1)
+        _require(
+            isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
+            "train_detector.yolo.epochs",
+            f"must be an integer >= 1 (0 epochs trains nothing), got {epochs!r}",
+        )
+        fraction = self.train_args().get("fraction", 1.0)
+        _require(
+            isinstance(fraction, int | float) and 0 < fraction <= 1,
+            "train_detector.yolo.fraction",
+            f"must be in (0, 1] (the share of the training images ultralytics uses), got "
+            f"{fraction!r}",
+        )
+        imgsz = self.imgsz  # labelling and evaluation use it too
+        _require(
+            isinstance(imgsz, int)
+            and not isinstance(imgsz, bool)
+            and imgsz >= 32
+            and imgsz % 32 == 0,
+            "train_detector.yolo.imgsz",
+            f"must be a positive multiple of 32, got {imgsz!r}",
+        )
+
+    @property
+    def architecture(self) -> str:
+        return f"{self.family}{self.size}"
+
+    @property
+    def model_source(self) -> str:
+        """What training starts from: `model`, or the family/size yaml (from scratch)."""
+        return self.model or f"{self.architecture}.yaml"
+
+    def train_args(self) -> dict[str, Any]:
+        """The ultralytics train arguments: `yolo`, overridden by the preset's values."""
+        return {**self.yolo, **(DETECTOR_PRESETS[self.preset] if self.preset else {})}
+
+    @property
+    def imgsz(self) -> int:
+        """The detectors' input size: `yolo.imgsz` (ultralytics' 640 when unset). The one value
+        the detectors train, label (annotate_with_baseline) and are evaluated at."""
+        return self.train_args().get("imgsz", ULTRALYTICS_IMGSZ)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Scoring of the detectors and the generated images; the detectors see the test images at
+    `imgsz`, train_detector's (set when a `Params` is made)."""
+
+    confidence: float  # low, so the PR curve and mAP see the whole ranking
+    iou: float
+    fid_real_split: Literal["train", "val", "test"]
+    grid_images: int
+    leak_threshold: float  # a generated image this similar to a test image fails the run
+    grid_confidence: float = 0.25  # boxes drawn in the test grid (ground truth vs predicted)
+    # CLIP score of each generated image with its prompt: a hub id or local CLIP folder; null
+    # (offline default) writes clip_score: null with the reason
+    clip_model: str | None = None
+    # the two classifier checks (timm, trained from scratch on CPU)
+    classifier_model: str = "test_resnet"
+    classifier_size: int = 32  # input pixels
+    classifier_epochs: int = 15
+    classifier_folds: int = 4  # two-sample test: every image is held out once
+
+    def __post_init__(self) -> None:
+        _require(0 < self.leak_threshold <= 1, "evaluate.leak_threshold", "must be in (0, 1]")
+        # Detectors keep boxes scoring above the confidence, and no score is above 1: at 1 every
+        # detector would find nothing (mAP 0 everywhere) and the grid would draw no box.
+        _require(
+            0 <= self.confidence < 1,
+            "evaluate.confidence",
+            "must be in [0, 1): no box scores above 1, so every detector would find nothing; "
+            "keep it low (0.001) so mAP and the PR curve see the whole ranking",
+        )
+        _require(0 < self.iou <= 1, "evaluate.iou", "must be in (0, 1]")
+        _require(self.grid_images >= 1, "evaluate.grid_images", "must be >= 1")
+        _require(
+            0 <= self.grid_confidence < 1,
+            "evaluate.grid_confidence",
+            "must be in [0, 1): no box scores 1, so the test grid would draw no predicted box",
+        )
+        _require(self.classifier_size >= 16, "evaluate.classifier_size", "must be >= 16")
+        _require(self.classifier_epochs >= 1, "evaluate.classifier_epochs", "must be >= 1")
+        _require(self.classifier_folds >= 2, "evaluate.classifier_folds", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class CopyPasteParams:
+    """Box-level Simple Copy-Paste (Ghiasi et al. 2021) composites of the handful."""
+
+    objects_per_image: int  # object crops pasted on each background
+    scale: tuple[float, float]  # each crop is resized by a factor drawn from [low, high]
+    # a box whose object is hidden by pasted crops more than this (area share) is dropped
+    max_occlusion: float
+
+    def __post_init__(self) -> None:
+        _require(
+            self.objects_per_image >= 1, "few_shot.copy_paste.objects_per_image", "must be >= 1"
+        )
+        low_high = len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1]
+        _require(low_high, "few_shot.copy_paste.scale", "must be [low, high] with 0 < low <= high")
+        _require(
+            0 < self.max_occlusion < 1,
+            "few_shot.copy_paste.max_occlusion",
+            "must be in (0, 1): at 0 any overlap drops a box, at 1 a hidden object keeps its box",
+        )
+
+
+FEW_SHOT_SOURCES = ("synthetic", "copy-paste", "pseudo")
+
+
+@dataclass(frozen=True)
+class FewShotParams:
+    """The few-shot question: the handful alone, the handful plus `extra_images` images from each
+    source, and the nested real-image curve (synthdet.variants)."""
+
+    # N images each source adds to the handful: generated (synthetic), copy-paste composites,
+    # real train images with withheld labels labelled by the annotator (pseudo)
+    extra_images: int
+    sources: tuple[Literal["synthetic", "copy-paste", "pseudo"], ...]
+    # real-n<count> variants: the first <count> labelled train images, handful first, so the
+    # curve runs handful (k) -> counts -> all (`real`); mAP against count gives what an extra
+    # source is worth in real labelled images
+    real_image_counts: tuple[int, ...]
+    copy_paste: CopyPasteParams
+
+    def __post_init__(self) -> None:
+        _require(self.extra_images >= 1, "few_shot.extra_images", "must be >= 1")
+        _require(len(set(self.sources)) == len(self.sources), "few_shot.sources", "has a duplicate")
+        counts = self.real_image_counts
+        _require(
+            list(counts) == sorted(set(counts)) and all(c >= 1 for c in counts),
+            "few_shot.real_image_counts",
+            f"must be increasing positive image counts, got {list(counts)}",
+        )
