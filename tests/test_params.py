@@ -292,6 +292,7 @@ def test_label_by_construction_only_is_allowed(raw):
 def test_a_subject_with_images_is_enough(raw):
     raw["generate"]["num_images"] = 0
     raw["generate"]["subjects"] = {"apple_tree": {"num_images": 4}}
+    raw["few_shot"]["extra_images"] = 4
     assert parse_params(raw).generate.count("apple_tree") == 4
 
 

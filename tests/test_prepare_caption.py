@@ -17,7 +17,9 @@ def with_prepare(params, **changes):
 
 def with_subjects(params, **subjects):
     shared = dataclasses.replace(params.shared, subjects=subjects)
-    return dataclasses.replace(params, shared=shared)
+    # no real-image curve: its counts must lie above the (here larger) handful
+    few_shot = dataclasses.replace(params.few_shot, real_image_counts=())
+    return dataclasses.replace(params, shared=shared, few_shot=few_shot)
 
 
 def with_method(params, method):

@@ -109,8 +109,8 @@ def check_across_sections(params: Params) -> None:
         f"e.g. -S shared.seed={params.train_detector.seeds[0]}",
     )
     params.generate.check_subjects(list(params.shared.subjects))
-    _check_few_shot(params)
     _check_settings_take_effect(params)
+    _check_few_shot(params)
 
 
 def _check_few_shot(params: Params) -> None:
