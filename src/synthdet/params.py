@@ -22,6 +22,8 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from synthdet import methods
+from synthdet.captioning import subject_caption
 from synthdet.errors import SynthdetError
 
 
@@ -299,12 +301,12 @@ class TextualInversionParams:
         _require(self.num_vectors >= 1, "personalize.textual_inversion.num_vectors", "must be >= 1")
 
 
-PERSONALIZE_METHODS = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion")
+PERSONALIZE_METHODS = methods.METHOD_NAMES
 
 
 @dataclass(frozen=True)
 class PersonalizeParams:
-    method: Literal["lora", "dreambooth", "dreambooth_lora", "textual_inversion"]
+    method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.methods.METHODS
     base_model: str  # 'builtin:tiny', a hub id or a local diffusers folder
     vae: str | None  # replacement VAE (hub id or folder), e.g. an SDXL fp16-fix VAE
     resolution: int
@@ -314,8 +316,8 @@ class PersonalizeParams:
     learning_rate: float
     lr_scheduler: str
     lr_warmup_steps: int
-    train_text_encoder: bool  # lora / dreambooth / dreambooth_lora: train the text encoder(s) too
-    prior_loss_weight: float  # dreambooth / dreambooth_lora with class images
+    train_text_encoder: bool  # methods without a new token: train the text encoder(s) too
+    prior_loss_weight: float  # methods with prior preservation, with class images
     class_batch_size: int  # class (prior) images per step next to batch_size instance images
     snr_gamma: float | None  # Min-SNR loss weighting (5.0 in the paper); None = plain MSE
     mixed_precision: Literal["auto", "no", "fp16", "bf16"]  # auto: bf16/fp16 on GPU, fp32 on CPU
@@ -366,7 +368,7 @@ class PersonalizeParams:
             "personalize.validation_seeds",
             "must hold at least one seed (the validation grid draws one image per prompt and seed)",
         )
-        if self.method == "textual_inversion":
+        if methods.method(self.method).new_token:
             _require(
                 not self.train_text_encoder,
                 "personalize.train_text_encoder",
@@ -756,9 +758,6 @@ class EvaluateParams:
         _require(self.classifier_folds >= 2, "evaluate.classifier_folds", "must be >= 2")
 
 
-PRIOR_METHODS = ("dreambooth", "dreambooth_lora")  # the methods with prior preservation
-
-
 def _names_subject(template: str, token: str) -> bool:
     """Whether a prompt template names the subject: its {identifier} field, or the token itself."""
     return "identifier" in _fields(template) or (
@@ -768,13 +767,11 @@ def _names_subject(template: str, token: str) -> bool:
 
 def _check_settings_take_effect(params: Params) -> None:
     """Settings of different sections that together would produce nothing or have no effect."""
-    from synthdet.captioning import concept_token, subject_caption
-
-    method = params.personalize.method
+    method_name = params.personalize.method
     subjects = params.shared.subjects
     generate = params.generate
     for name, subject in subjects.items():
-        token = concept_token(subject.identifier, method)
+        token = methods.method(method_name).concept_token(subject.identifier)
         own = generate.subjects.get(name)
         key = (
             f"generate.subjects.{name}.prompts"
@@ -795,15 +792,15 @@ def _check_settings_take_effect(params: Params) -> None:
         "is 0 for every subject, so generate would make no image and the synthetic and mixed "
         "detectors would have nothing to train on; set generate.num_images >= 1",
     )
-    if method == "textual_inversion" and params.caption.captioner == "template":
+    if methods.method(method_name).new_token and params.caption.captioner == "template":
         for name, subject in subjects.items():
-            token = concept_token(subject.identifier, method)
+            token = methods.method(method_name).concept_token(subject.identifier)
             caption = subject_caption(
                 params.caption.template,
                 subject.identifier,
                 subject.class_noun,
                 "",
-                method,
+                method_name,
                 check=False,
             )
             _require(
@@ -825,9 +822,9 @@ def _check_settings_take_effect(params: Params) -> None:
     if count > 0:
         personalize = params.personalize
         _require(
-            method in PRIOR_METHODS,
+            method_name in methods.PRIOR_METHODS,
             "class_images.count",
-            f"is {count}, but personalize.method {method!r} uses no class images (prior "
+            f"is {count}, but personalize.method {method_name!r} uses no class images (prior "
             "preservation belongs to dreambooth and dreambooth_lora), so they would be drawn "
             "for nothing; set class_images.count=0",
         )
@@ -856,6 +853,15 @@ class Params:
 
     def __post_init__(self) -> None:
         check_across_sections(self)
+
+    def subject(self, name: str) -> SubjectParams:
+        """`shared.subjects.<name>`; ParamsError naming the subjects if there is none."""
+        if name not in self.shared.subjects:
+            raise ParamsError(
+                f"params: no subject 'shared.subjects.{name}'; subjects: "
+                f"{', '.join(self.shared.subjects)}"
+            )
+        return self.shared.subjects[name]
 
 
 def _describe(value: Any) -> str:
