@@ -43,6 +43,14 @@ def family_of(model: DiffusionPipeline | Mapping[str, Any]) -> str:
     return "sdxl" if second is not None else "sd"
 
 
+def tokenizers_and_encoders(pipeline: DiffusionPipeline) -> list[tuple]:
+    """(tokenizer, text encoder) of each text encoder of the pipeline (two for SDXL)."""
+    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
+    if family_of(pipeline) == "sdxl":
+        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
+    return pairs
+
+
 def model_source(base_model: str, builtin_folder: Path | None) -> str:
     """Where `base_model` loads from: the builtin:tiny folder, a local folder or a hub id."""
     if base_model == BUILTIN_TINY:

@@ -88,6 +88,7 @@ class Mode:
     pipeline: Callable[[Any, str, Any], Any]  # (txt2img pipeline, family, ControlNet)
     condition: Callable[[Image.Image, GenerateParams], Image.Image]  # real image -> input
     inputs: Callable[[GenerateParams, list], dict]  # (settings, conditions) -> pipeline kwargs
+    uses_controlnet: bool = False  # the engine needs generate.controlnet_model
 
 
 MODES = {
@@ -131,6 +132,7 @@ MODES = {
                 "width": s.resolution,
                 "controlnet_conditioning_scale": s.controlnet_conditioning_scale,
             },
+            uses_controlnet=True,
         ),
     )
 }

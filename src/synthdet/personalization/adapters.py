@@ -34,9 +34,13 @@ from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
 from synthdet.diffusion.builtin import BUILTIN_TINY
 from synthdet.diffusion.hashing import files_sha256
-from synthdet.diffusion.loading import family_of, load_pipeline, model_fingerprint
+from synthdet.diffusion.loading import (
+    family_of,
+    load_pipeline,
+    model_fingerprint,
+    tokenizers_and_encoders,
+)
 from synthdet.params import ParamsError, PersonalizeParams, SubjectParams
-from synthdet.personalization.examples import tokenizers_and_encoders
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default for save_lora_weights
 # Textual inversion: {placeholder: [num_vectors, dim]} per text encoder, as load_textual_inversion

@@ -14,7 +14,7 @@ from PIL import Image
 from synthdet import methods
 from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.diffusion.images import crop_box, load_images, with_flips
-from synthdet.diffusion.loading import family_of
+from synthdet.diffusion.loading import family_of, tokenizers_and_encoders
 from synthdet.diffusion.training import encode_latent_distributions
 from synthdet.params import PersonalizeParams, SubjectParams
 
@@ -77,13 +77,6 @@ class Examples:
             joined([p.embeddings for p in parts]),
             joined([p.pooled for p in parts]),
         )
-
-
-def tokenizers_and_encoders(pipeline: DiffusionPipeline) -> list[tuple]:
-    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
-    if family_of(pipeline) == "sdxl":
-        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
-    return pairs
 
 
 def tokenize(pipeline: DiffusionPipeline, prompts: Sequence[str]) -> list[torch.Tensor]:

@@ -17,11 +17,11 @@ from diffusers.training_utils import compute_snr
 from safetensors.torch import load_file, save_file
 
 from synthdet.diffusion.hashing import derive_seed
-from synthdet.diffusion.loading import family_of
+from synthdet.diffusion.loading import family_of, tokenizers_and_encoders
 from synthdet.diffusion.loss_curve import StepCallback
 from synthdet.params import ParamsError, PersonalizeParams
 from synthdet.personalization.adapters import Trainable, restore_frozen_embeddings
-from synthdet.personalization.examples import Examples, encode_tokens, tokenizers_and_encoders
+from synthdet.personalization.examples import Examples, encode_tokens
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:

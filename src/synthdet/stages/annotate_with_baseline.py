@@ -36,6 +36,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from synthdet import detection, formats, metrics
+from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import (
     Box,
@@ -221,7 +222,7 @@ def run(
         if config.source_boxes:
             detections, source_counts = source_proposals(
                 detections,
-                Path(generated_dir) / "manifest.jsonl",
+                Path(generated_dir) / MANIFEST,
                 Path(source_labels),
                 config,
                 num_classes,

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from synthdet import classifiers, detection, metrics, plots, report, tracking, variants
+from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import (
     DataError,
@@ -224,7 +225,7 @@ def clip_metrics(
             "clip_score_reason": "evaluate.clip_model is null: no CLIP model configured (the "
             "offline default has none); set it to a hub id or a local CLIP folder",
         }
-    manifest = Path(generated_dir) / "manifest.jsonl"
+    manifest = Path(generated_dir) / MANIFEST
     if not manifest.is_file():
         return {"clip_score": None, "clip_score_reason": f"{manifest} is missing (no prompts)"}
     prompts = {row.get("file"): row.get("prompt") for row in read_jsonl(manifest)}
