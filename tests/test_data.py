@@ -78,7 +78,7 @@ def test_empty_dataset(tmp_path):
 
 def test_split_keeps_groups_together_and_is_seeded(tiny_yolo_folder):
     samples = samples_of(tiny_yolo_folder)
-    split = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    split = data.split_by_group(samples, r"(.+)_\d+", 1, 2, seed=3)
     pattern = re.compile(r"(.+)_\d+")
 
     def groups(name):
@@ -88,20 +88,16 @@ def test_split_keeps_groups_together_and_is_seeded(tiny_yolo_folder):
     assert not groups("train") & groups("val")
     assert not groups("train") & groups("test")
     assert not groups("val") & groups("test")
-    assert len(split["personalize"]) == 4
-    assert set(split["personalize"]) <= set(split["train"])
-    again = data.split_by_group(samples, r"(.+)_\d+", 1, 2, 4, seed=3)
+    again = data.split_by_group(samples, r"(.+)_\d+", 1, 2, seed=3)
     assert again == split
 
 
 def test_split_errors(tiny_yolo_folder):
     samples = samples_of(tiny_yolo_folder)
     with pytest.raises(DataError, match="does not match prepare.group_pattern"):
-        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, 1, seed=0)
+        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, seed=0)
     with pytest.raises(DataError, match="only 6 groups"):
-        data.split_by_group(samples, r"(.+)_\d+", 3, 3, 1, seed=0)
-    with pytest.raises(DataError, match="personalize_images=50"):
-        data.split_by_group(samples, r"(.+)_\d+", 1, 1, 50, seed=0)
+        data.split_by_group(samples, r"(.+)_\d+", 3, 3, seed=0)
 
 
 def test_atomic_path_keeps_old_output_on_failure(tmp_path):

@@ -65,11 +65,11 @@ def test_group_pattern_null_makes_each_image_its_own_group(raw, tiny_yolo_folder
     params = parse_params(raw)
     assert params.prepare.group_pattern is None
     samples = data.read_yolo_folder(tiny_yolo_folder, 1)
-    split = data.split_by_group(samples, None, 2, 3, 0, seed=0)
+    split = data.split_by_group(samples, None, 2, 3, seed=0)
     assert (len(split["val"]), len(split["test"]), len(split["train"])) == (2, 3, 13)
 
 
 def test_group_pattern_mismatch_suggests_null(tiny_yolo_folder):
     samples = data.read_yolo_folder(tiny_yolo_folder, 1)
     with pytest.raises(data.DataError, match=r"or to null if every image is its own photo"):
-        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, 0, seed=0)
+        data.split_by_group(samples, r"IMG_(\d+)", 1, 1, seed=0)

@@ -24,7 +24,6 @@ from synthdet.errors import SynthdetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_IMAGE_SIDE = 10  # ultralytics' minimum: smaller images cannot hold an object
-SPLITS = ("train", "val", "test", "personalize")
 
 
 class DataError(SynthdetError):
@@ -301,14 +300,9 @@ def split_by_group(
     pattern: str | None,
     val_groups: int,
     test_groups: int,
-    personalize_images: int,
     seed: int,
 ) -> dict[str, list[Sample]]:
-    """Seeded split that keeps every group (photo) on one side.
-
-    `personalize` is drawn from the train groups' images, so nothing from val/test can reach the
-    diffusion model.
-    """
+    """Seeded train / val / test split that keeps every group (photo) on one side."""
     compiled = None if pattern is None else re.compile(pattern)
     groups: dict[str, list[Sample]] = {}
     for sample in samples:
@@ -326,21 +320,11 @@ def split_by_group(
         names[test_groups : test_groups + val_groups],
         names[test_groups + val_groups :],
     )
-    split = {
+    return {
         "train": [s for g in sorted(train) for s in groups[g]],
         "val": [s for g in sorted(val) for s in groups[g]],
         "test": [s for g in sorted(test) for s in groups[g]],
     }
-    if len(split["train"]) < personalize_images:
-        raise DataError(
-            f"prepare.personalize_images={personalize_images} but the train split has only "
-            f"{len(split['train'])} images"
-        )
-    split["personalize"] = sorted(
-        random.Random(seed + 1).sample(split["train"], personalize_images),
-        key=lambda s: s.image.name,
-    )
-    return split
 
 
 def subject_images(

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 from torch import nn
 
 from synthdet.data import DataError
@@ -117,9 +119,6 @@ def largest_cluster(
     neighbourhoods, not distances or densities, so KMeans clusters on it are not meaningful; PCA
     keeps the Euclidean geometry KMeans assumes. Ties go to the cluster with the lower label.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-
     count = len(features)
     components = max(1, min(filters.pca_components, count - 1, features.shape[1]))
     reduced = PCA(n_components=components, svd_solver="full", random_state=seed).fit_transform(

@@ -72,14 +72,10 @@ def run(
     pipeline.to(accelerator.device)
     check = validation.Check(settings, token, subject.class_noun, image_paths, image_captions, seed)
     stage_params = {
-        "personalize": dataclasses.asdict(settings),
-        "subject": subject_name,
+        **{"personalize": dataclasses.asdict(settings), "subject": subject_name},
         **{f"subject.{k}": v for k, v in dataclasses.asdict(subject).items()},
-        "family": family_of(pipeline),
-        "seed": seed,
-        "images": len(image_paths),
-        "mixed_precision": accelerator.mixed_precision,
-        "processes": accelerator.num_processes,
+        **{"family": family_of(pipeline), "seed": seed, "images": len(image_paths)},
+        **{"mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes},
     }
     # Under `accelerate launch` every process trains on its own batches; the main process alone
     # validates, writes the outputs and logs.
@@ -97,17 +93,9 @@ def run(
         )
         prior, prior_info = prior_examples(pipeline, class_images, subject, settings, cache_text)
         base_fingerprint = model_fingerprint(settings.base_model, builtin_base)
-        fingerprint = json_sha256(
-            {
-                "settings": dataclasses.asdict(settings),
-                "subject": dataclasses.asdict(subject),
-                "seed": seed,
-                "base": base_fingerprint,
-                "captions": image_captions,
-                "images": [sha256_of(p) for p in image_paths],
-                "prior": prior_info,
-            }
-        )
+        # What the training depends on: a checkpoint of another run is never resumed.
+        inputs = [image_captions, [sha256_of(p) for p in image_paths], prior_info, seed]
+        fingerprint = json_sha256([dataclasses.asdict(settings), subject, base_fingerprint, inputs])
         curve = LossCurve(mlflow_run)
         on_step = curve.recorder(settings.method) if main else lambda step, loss: None
         result = training.train(

@@ -100,13 +100,14 @@ def summary(
 
 def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, float]:
     p = params.prepare
-    with tracking.stage_run("prepare", params.shared.mlflow_experiment, {"prepare": vars(p)}) as t:
+    with tracking.stage_run(
+        "prepare", params.shared.mlflow_experiment, {"prepare": vars(p)}
+    ) as mlflow_run:
         imported = formats.import_dataset(raw_dir, p.format, params.shared.class_names)
         samples, repairs = imported.samples, imported.repairs
         split = data.split_by_group(
-            samples, p.group_pattern, p.val_groups, p.test_groups, 0, params.shared.seed
+            samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
         )
-        del split["personalize"]
         check_boxes(imported, split, Path(raw_dir))
         subjects = {
             name: data.subject_images(
@@ -141,7 +142,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
             }
         )
         data.write_json(metrics_path, stats)
-        t.log_metrics(stats)
+        mlflow_run.log_metrics(stats)
     print(summary(stats, imported, list(subjects), imgsz_warning(params, imported)))
     return stats
 
