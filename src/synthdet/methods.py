@@ -1,7 +1,7 @@
 """Personalisation methods (`personalize.method`): the one place a method is named.
 
 Each entry says what the method trains (its weight format: the setup, save and apply live in
-`synthdet.personalization.weights`, one implementation per format), whether it uses DreamBooth's
+`synthdet.personalization.adapters`, one implementation per format), whether it uses DreamBooth's
 prior preservation, and how prompts and captions name the subject. Adding a method is one entry
 here (and a weight format there if it trains something new). Pure Python: params reads it.
 """

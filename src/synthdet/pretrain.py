@@ -4,7 +4,7 @@ photos, the way Stable Diffusion is pretrained on an image corpus before anyone 
     python -m synthdet.pretrain --pool ../shared/datasets/applebbch81/images \\
         --exclude data/raw/images --out models/builtin/orchard --vae-steps 3000 --unet-steps 20000
 
-Trains `synthdet.diffusion.pretrain` (the `base` stage's own training, params.yaml's `base`
+Trains `synthdet.diffusion.training.pretrain` (the `base` stage's own training, params.yaml's `base`
 section for sizes and learning rates) on every pool image whose photo (`prepare.group_pattern`)
 is not among the photos of `--exclude`, so no tile of an embedded photo (train, val or test of
 the default split) is ever seen. Labels are never read. It saves the pipeline (safetensors), the
