@@ -396,6 +396,33 @@ def describe(
     )
 
 
+def write_adapter(
+    folder: Path,
+    pipeline: DiffusionPipeline,
+    trainable: Trainable,
+    settings: PersonalizeParams,
+    subject: tuple[str, SubjectParams],
+    base_fingerprint: str | None,
+    seed: int,
+    prior: dict,
+) -> AdapterInfo:
+    """Save the trained weights into `folder` and describe them in its adapter.json."""
+    files = save_adapter(pipeline, trainable, settings.method, folder)
+    info = describe(
+        pipeline,
+        trainable,
+        settings,
+        folder,
+        files,
+        subject=subject,
+        base_fingerprint=base_fingerprint,
+        seed=seed,
+        prior=prior,
+    )
+    info.write(folder)
+    return info
+
+
 def format_of(method: str) -> WeightFormat:
     return FORMATS[methods.method(method).weights]
 

@@ -28,6 +28,16 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+def make_accelerator(settings: PersonalizeParams, device: torch.device) -> Accelerator:
+    """accelerate for this run: CPU processes over gloo on a CPU (also under `accelerate launch`),
+    the resolved mixed precision, `gradient_accumulation_steps`."""
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=resolve_mixed_precision(settings.mixed_precision),
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+    )
+
+
 def resolve_mixed_precision(requested: str) -> str:
     cuda = torch.cuda.is_available()
     if requested == "auto":

@@ -17,7 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-from accelerate import Accelerator
 from diffusers.training_utils import set_seed
 
 from synthdet import methods, tracking
@@ -58,12 +57,7 @@ def run(
     settings, seed = params.personalize, params.shared.seed
     subject, method = params.subject(subject_name), methods.method(params.personalize.method)
     started = time.perf_counter()
-    device = configure_torch()
-    accelerator = Accelerator(
-        cpu=device.type == "cpu",  # also under `accelerate launch` on CPU: processes over gloo
-        mixed_precision=training.resolve_mixed_precision(settings.mixed_precision),
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-    )
+    accelerator = training.make_accelerator(settings, configure_torch())
     set_seed(seed)
     image_paths = [s.image for s in read_yolo_folder(images, len(params.shared.class_names))]
     image_captions = read_captions(captions, image_paths)
@@ -80,8 +74,8 @@ def run(
     # Under `accelerate launch` every process trains on its own batches; the main process alone
     # validates, writes the outputs and logs.
     main = accelerator.is_main_process
-    experiment = params.shared.mlflow_experiment
-    tracked = tracking.stage_run(f"personalize@{subject_name}", experiment, stage_params)
+    run_name, experiment = f"personalize@{subject_name}", params.shared.mlflow_experiment
+    tracked = tracking.stage_run(run_name, experiment, stage_params)
     with tracked if main else contextlib.nullcontext() as mlflow_run:
         if main:
             base_images, eval_loss_base = check(pipeline)
@@ -115,19 +109,9 @@ def run(
         if stop_after is not None or not main:
             return {"steps": result.steps, "resumed_from": result.resumed_from}
         personalised_images, eval_loss = check(pipeline, autocast=accelerator.autocast)
-        with atomic_path(out) as folder:
-            files = adapters.save_adapter(pipeline, trainable, settings.method, folder)
-            adapters.describe(
-                pipeline,
-                trainable,
-                settings,
-                folder,
-                files,
-                subject=(subject_name, subject),
-                base_fingerprint=base_fingerprint,
-                seed=seed,
-                prior=prior_info,
-            ).write(folder)
+        with atomic_path(out) as folder:  # weights + adapter.json
+            trained = (pipeline, trainable, settings, (subject_name, subject))
+            adapters.write_adapter(folder, *trained, base_fingerprint, seed, prior_info)
         metrics = {
             "images": len(image_paths),
             "class_images": prior_info.get("class_images", 0),
