@@ -26,18 +26,21 @@ from pathlib import Path
 
 import torch
 
-from synthdet import diffusion, generation
+from synthdet.diffusion.builtin import build_tiny_pipeline
+from synthdet.diffusion.loading import configure_torch
+from synthdet.generation.engine import Engine
 from synthdet.params import load_params
+from synthdet.personalization.adapters import load_personalized_pipeline
 
 
 def load(args: argparse.Namespace, params) -> tuple[object, str]:
     """A fresh personalised pipeline (or builtin:tiny with random weights) and its name."""
     if args.untrained:
         torch.manual_seed(0)
-        pipeline = diffusion.build_tiny_pipeline(params.base)
+        pipeline = build_tiny_pipeline(params.base)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline, "builtin:tiny architecture, random weights"
-    pipeline = diffusion.load_personalized_pipeline(args.adapter, args.builtin_base)
+    pipeline = load_personalized_pipeline(args.adapter, args.builtin_base)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline, f"{params.personalize.base_model} + adapter {args.adapter}"
 
@@ -56,14 +59,14 @@ def main() -> None:
     settings = params.generate
     subject_name, subject = next(iter(params.shared.subjects.items()))
     args.adapter = args.adapter or Path("models/personalize") / subject_name
-    device = diffusion.configure_torch()
+    device = configure_torch()
     prompts = [
         template.format(identifier=subject.identifier, class_noun=subject.class_noun)
         for template in settings.prompts
     ]
     naive_pipeline, model = load(args, params)
     naive_pipeline.to(device)
-    engine = generation.Engine(load(args, params)[0], settings, device)
+    engine = Engine(load(args, params)[0], settings, device)
     size, steps = settings.resolution, settings.num_inference_steps
 
     def naive_round() -> float:

@@ -33,25 +33,30 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
-from synthdet import diffusion, personalization
 from synthdet.data import list_images
+from synthdet.diffusion.builtin import build_tiny_pipeline
+from synthdet.diffusion.images import load_images
+from synthdet.diffusion.loading import configure_torch, load_pipeline
 from synthdet.params import load_params
+from synthdet.personalization.adapters import setup_method
+from synthdet.personalization.examples import make_examples
+from synthdet.personalization.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_pipeline(params):
     if (ROOT / "models/base/model_index.json").is_file():
-        return diffusion.load_pipeline("builtin:tiny", ROOT / "models/base"), "models/base"
+        return load_pipeline("builtin:tiny", ROOT / "models/base"), "models/base"
     torch.manual_seed(0)
-    return diffusion.build_tiny_pipeline(params.base), "builtin:tiny (random init)"
+    return build_tiny_pipeline(params.base), "builtin:tiny (random init)"
 
 
 def reference_steps(pipeline, settings, paths, class_paths, prompts, class_prompt, steps, preload):
     """The example scripts' loop: images, VAE and text encoder processed on every step."""
     if preload:
-        pixels = diffusion.load_images(paths, settings.resolution)
-        class_pixels = diffusion.load_images(class_paths, settings.resolution)
+        pixels = load_images(paths, settings.resolution)
+        class_pixels = load_images(class_paths, settings.resolution)
     else:  # a "dataset" that decodes and transforms at every access
 
         class Lazy:
@@ -62,11 +67,11 @@ def reference_steps(pipeline, settings, paths, class_paths, prompts, class_promp
                 return len(self.files)
 
             def __getitem__(self, index):
-                return diffusion.load_images([self.files[i] for i in index], settings.resolution)
+                return load_images([self.files[i] for i in index], settings.resolution)
 
         pixels, class_pixels = Lazy(paths), Lazy(class_paths)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    trainable = personalization.setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
+    trainable = setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
     optimizer = torch.optim.AdamW(trainable.parameters, lr=settings.learning_rate)
     unet, vae, text_encoder = pipeline.unet, pipeline.vae, pipeline.text_encoder
     unet.train()
@@ -105,15 +110,15 @@ def reference_steps(pipeline, settings, paths, class_paths, prompts, class_promp
 
 
 def our_steps(pipeline, settings, paths, class_paths, prompts, class_prompt, steps):
-    trainable = personalization.setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
+    trainable = setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
     started = time.perf_counter()
-    instance = personalization.make_examples(pipeline, paths, prompts, settings.resolution, True)
-    prior = personalization.make_examples(
+    instance = make_examples(pipeline, paths, prompts, settings.resolution, True)
+    prior = make_examples(
         pipeline, class_paths, [class_prompt] * len(class_paths), settings.resolution, True
     )
     cache_seconds = time.perf_counter() - started
     times = []
-    personalization.train(
+    train(
         pipeline,
         trainable,
         dataclasses.replace(settings, max_train_steps=steps),
@@ -139,7 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "metrics/bench/personalize.json")
     args = parser.parse_args()
-    diffusion.configure_torch()
+    configure_torch()
     params = load_params(ROOT / "params.yaml")
     settings = dataclasses.replace(
         params.personalize, method="dreambooth_lora", train_text_encoder=False

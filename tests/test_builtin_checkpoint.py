@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from synthdet import diffusion
 from synthdet.data import group_of, list_images
+from synthdet.diffusion.builtin import load_checkpoint
 from synthdet.params import ParamsError, load_params
 from tests.conftest import REPO
 
@@ -43,7 +43,7 @@ def test_pool_images_never_include_an_excluded_photo(tmp_path):
 
 def test_checkpoint_loads_with_the_default_base_sizes_and_card_is_complete():
     base = load_params(REPO / "params.yaml").base
-    pipeline = diffusion.load_checkpoint("builtin:orchard", REPO / "models/builtin", base)
+    pipeline = load_checkpoint("builtin:orchard", REPO / "models/builtin", base)
     assert pipeline.vae.config.scaling_factor > 0
     card = (CHECKPOINT / "README.md").read_text()
     for needed in ("CC BY 4.0", "excluded_photos.txt", "Wall time", "loss.tsv", "Recipe"):
@@ -57,4 +57,4 @@ def test_checkpoint_with_other_sizes_is_refused_naming_the_keys():
     base = load_params(REPO / "params.yaml").base
     other = dataclasses.replace(base, unet_channels=(16, 32, 32))
     with pytest.raises(ParamsError, match=r"base.unet_channels=\(16, 32, 32\) \(checkpoint: "):
-        diffusion.load_checkpoint("builtin:orchard", REPO / "models/builtin", other)
+        load_checkpoint("builtin:orchard", REPO / "models/builtin", other)

@@ -16,10 +16,15 @@ import yaml
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from synthdet import diffusion
+from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
+from synthdet.diffusion.hashing import derive_seed, files_sha256
+from synthdet.diffusion.loading import load_pipeline
+from synthdet.diffusion.training import read_captions
+from synthdet.diffusion.vocabulary import build_clip_tokenizer
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
+from synthdet.personalization.adapters import LORA_WEIGHT_NAME
 from synthdet.stages import base, class_images, personalize
 from tests.conftest import REPO, write_tiny_yolo_folder
 
@@ -124,7 +129,7 @@ def test_tokenizer_matches_open_clip():
     from open_clip.tokenizer import SimpleTokenizer
 
     reference = SimpleTokenizer()
-    tokenizer = diffusion.build_clip_tokenizer()
+    tokenizer = build_clip_tokenizer()
     assert len(tokenizer) == 49408
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
     assert tokenizer.model_max_length == 77
@@ -161,9 +166,9 @@ def test_lora_loads_into_stock_pipeline_and_changes_images(base_model, adapter):
     assert (info["subject"], info["method"], info["family"]) == ("apple_tree", "lora", "sd")
     assert info["max_train_steps"] == 6
     assert info["lora"]["r"] == 8
-    assert info["weight_files"] == [diffusion.LORA_WEIGHT_NAME]
-    assert info["sha256"] == diffusion.files_sha256(folder, info["weight_files"])
-    assert diffusion.read_adapter_info(folder) == info
+    assert info["weight_files"] == [LORA_WEIGHT_NAME]
+    assert info["sha256"] == files_sha256(folder, info["weight_files"])
+    assert AdapterInfo.read(folder).to_json() == info
 
     pipeline = StableDiffusionPipeline.from_pretrained(base_model)
     pipeline.set_progress_bar_config(disable=True)
@@ -185,7 +190,7 @@ def test_unknown_hub_id_says_how_to_fix(tmp_path):
     # conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported, so this fails at once.
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(ModelNotAvailableError) as error:
-        diffusion.load_pipeline("no-such-org/no-such-model", tmp_path)
+        load_pipeline("no-such-org/no-such-model", tmp_path)
     message = str(error.value)
     assert "no-such-org/no-such-model" in message
     assert "local diffusers folder" in message
@@ -195,9 +200,9 @@ def test_unknown_hub_id_says_how_to_fix(tmp_path):
 
 def test_missing_builtin_base_and_local_folder_are_named(tmp_path):
     with pytest.raises(ModelNotAvailableError, match="run the base stage"):
-        diffusion.load_pipeline("builtin:tiny", tmp_path / "models/base")
+        load_pipeline("builtin:tiny", tmp_path / "models/base")
     with pytest.raises(ModelNotAvailableError, match="not found"):
-        diffusion.load_pipeline("./models/sd15", tmp_path)
+        load_pipeline("./models/sd15", tmp_path)
 
 
 def test_captions_must_cover_exactly_the_images(tmp_path):
@@ -207,20 +212,20 @@ def test_captions_must_cover_exactly_the_images(tmp_path):
         json.dumps({"file": "a.jpg", "caption": "a photo of sks apple tree"}) + "\n"
     )
     with pytest.raises(DataError, match=r"no caption for b\.jpg"):
-        diffusion.read_captions(captions, images)
+        read_captions(captions, images)
     captions.write_text(
         "".join(json.dumps({"file": name, "caption": "x"}) + "\n" for name in "abc")
     )
     with pytest.raises(DataError, match="stale"):
-        diffusion.read_captions(captions, [tmp_path / name for name in "ab"])
+        read_captions(captions, [tmp_path / name for name in "ab"])
     captions.write_text(json.dumps({"file": "a.jpg"}) + "\n")
     with pytest.raises(DataError, match="line 1 needs string fields"):
-        diffusion.read_captions(captions, images[:1])
+        read_captions(captions, images[:1])
 
 
 def test_image_seed_depends_on_seed_and_index_only():
-    assert diffusion.image_seed(42, 3) == diffusion.image_seed(42, 3)
-    assert len({diffusion.image_seed(seed, i) for seed in (1, 2) for i in range(100)}) == 200
+    assert derive_seed(42, 3, bits=32) == derive_seed(42, 3, bits=32)
+    assert len({derive_seed(seed, i, bits=32) for seed in (1, 2) for i in range(100)}) == 200
 
 
 @pytest.mark.slow

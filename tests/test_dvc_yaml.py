@@ -14,27 +14,29 @@ SRC = REPO / "src"
 
 
 def synthdet_imports(module_file: Path) -> set[str]:
-    """synthdet module names imported by a file (including `from synthdet import x`)."""
+    """synthdet module names imported by a file (including `from synthdet import x` and
+    `from synthdet.package import module`)."""
     found = set()
     for node in ast.walk(ast.parse(module_file.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("synthdet.")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("synthdet"):
-            if node.module == "synthdet":
-                found |= {f"synthdet.{a.name}" for a in node.names}
-            else:
-                found.add(node.module)
-    return found
+            found.add(node.module)
+            # a submodule imported from its package (names that are not modules are dropped)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found - {"synthdet"}
 
 
 def module_file(name: str) -> Path:
-    """The file of a module: `synthdet/x.py`, or `synthdet/x/__init__.py` for a package."""
-    package = SRC / name.replace(".", "/") / "__init__.py"
-    return package if package.is_file() else SRC / (name.replace(".", "/") + ".py")
+    """The file of a module: `a/b.py`, or `a/b/__init__.py` for a package."""
+    path = SRC / name.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def code_closure(stage_module: str) -> set[str]:
-    """Source files a stage module runs: itself and every synthdet module it reaches."""
+    """Source files a stage module runs: itself, every synthdet module it reaches and the
+    `__init__.py` of their packages (`synthdet` and `synthdet.stages` aside: every stage runs
+    them)."""
     todo, seen = [stage_module], set()
     while todo:
         name = todo.pop()
@@ -42,6 +44,9 @@ def code_closure(stage_module: str) -> set[str]:
             continue
         seen.add(name)
         todo.extend(synthdet_imports(module_file(name)))
+        parent = name.rpartition(".")[0]
+        if parent not in ("synthdet", "synthdet.stages"):
+            todo.append(parent)
     return {str(module_file(name).relative_to(REPO)) for name in seen}
 
 

@@ -23,10 +23,25 @@ import pytest
 import torch
 import yaml
 
-from synthdet import generation
+from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
+from synthdet.diffusion.hashing import derive_seed, files_sha256
+from synthdet.diffusion.images import fit_square
+from synthdet.diffusion.loading import load_pipeline
+from synthdet.generation.engine import Engine
+from synthdet.generation.filters import largest_cluster, realism_scores
+from synthdet.generation.modes import control_map, engine_record
+from synthdet.generation.plan import SubjectPlan, engine_identity, plan_units, subject_images
+from synthdet.generation.run import generate_dataset
+from synthdet.generation.store import read_provenance
 from synthdet.metrics import FidInceptionFeatures
 from synthdet.params import ParamsError, load_params, parse_params
+from synthdet.personalization.adapters import (
+    LORA_WEIGHT_NAME,
+    load_personalized_pipeline,
+    save_adapter,
+    setup_method,
+)
 from tests.conftest import REPO, accelerate_launch, write_tiny_yolo_folder
 from tests.tiny_models import SAMPLE_SIZE, tiny_controlnet, tiny_sd_pipeline, tiny_sdxl_pipeline
 
@@ -56,7 +71,7 @@ def settings(**changes):
 
 
 def plan(count: int = 4, sources=(), references=(), templates=PROMPTS, **identity):
-    return generation.SubjectPlan(
+    return SubjectPlan(
         name=SUBJECT,
         identifier="sks",
         class_noun="apple tree",
@@ -109,11 +124,11 @@ def run(out, plans, s, pipeline, real, inception, seed=42, engine_wrapper=None, 
     """One generate run with the stage's code path, on an in-memory tiny pipeline."""
 
     def load_engine(subject):
-        engine = generation.Engine(type(pipeline)(**pipeline.components), s)
+        engine = Engine(type(pipeline)(**pipeline.components), s)
         return engine_wrapper(engine) if engine_wrapper else engine
 
-    identity = generation.engine_identity(s, None)
-    return generation.generate_dataset(
+    identity = engine_identity(s, None)
+    return generate_dataset(
         plans,
         s,
         seed,
@@ -131,14 +146,14 @@ def run(out, plans, s, pipeline, real, inception, seed=42, engine_wrapper=None, 
 
 def test_seed_depends_on_seed_subject_index_and_attempt():
     seeds = {
-        generation.derive_seed(seed, subject, index, attempt)
+        derive_seed(seed, subject, index, attempt)
         for seed in (1, 2)
         for subject in ("red", "green")
         for index in range(50)
         for attempt in range(3)
     }
     assert len(seeds) == 2 * 2 * 50 * 3
-    assert generation.derive_seed(1, "red", 7, 1) == generation.derive_seed(1, "red", 7, 1)
+    assert derive_seed(1, "red", 7, 1) == derive_seed(1, "red", 7, 1)
     assert all(0 <= seed < 2**63 for seed in seeds)
 
 
@@ -182,7 +197,7 @@ def test_engine_modes_and_families(family, sd_pipeline, sdxl_pipeline, real):
         pipeline = type(base)(**base.components)
         controlnet = tiny_controlnet(pipeline.unet) if mode == "controlnet" else None
         s = settings(mode=mode, controlnet_model="tiny" if controlnet else None)
-        engine = generation.Engine(pipeline, s, controlnet=controlnet)
+        engine = Engine(pipeline, s, controlnet=controlnet)
         encoded = []
         hook = engine.pipeline.text_encoder.register_forward_hook(
             lambda *_, calls=encoded: calls.append(1)
@@ -205,20 +220,20 @@ def test_engine_modes_and_families(family, sd_pipeline, sdxl_pipeline, real):
 
 
 def test_sources_cycle_through_the_subject_train_images(real):
-    train = generation.subject_images(real, "DSC_0001")
+    train = subject_images(real, "DSC_0001")
     assert len(train) == 3 and all("DSC_0001" in p.stem for p in train)
-    units = generation.plan_units(
+    units = plan_units(
         plan(5, sources=train),
         settings(mode="img2img"),
         42,
-        generation.engine_identity(settings(mode="img2img"), None),
+        engine_identity(settings(mode="img2img"), None),
     )
     specs = [spec for unit in units for spec in unit]
     assert [spec.source for spec in specs] == [train[i % 3] for i in range(6)]
     assert [spec.in_range for spec in specs] == [True] * 5 + [False]  # padded last unit
     assert len({spec.key for spec in specs}) == 6
     with pytest.raises(DataError, match="needs real train images"):
-        generation.plan_units(plan(2), settings(mode="img2img"), 42, {})
+        plan_units(plan(2), settings(mode="img2img"), 42, {})
 
 
 def test_control_maps_are_edges_of_the_real_image():
@@ -226,10 +241,10 @@ def test_control_maps_are_edges_of_the_real_image():
 
     image = Image.new("RGB", (48, 40), (20, 90, 20))
     ImageDraw.Draw(image).ellipse((14, 10, 30, 26), fill=(230, 230, 40))
-    square = generation.fit_square(image, SAMPLE_SIZE)
+    square = fit_square(image, SAMPLE_SIZE)
     assert square.size == (SAMPLE_SIZE, SAMPLE_SIZE)
     for kind in ("canny", "sobel"):
-        edges = np.asarray(generation.control_map(square, kind))
+        edges = np.asarray(control_map(square, kind))
         assert edges.shape == (SAMPLE_SIZE, SAMPLE_SIZE, 3)
         assert edges.max() > 0 and edges.min() == 0  # the apples' outlines, flat elsewhere
 
@@ -249,7 +264,7 @@ def test_growth_reuse_and_invalidation(tmp_path, sd_pipeline, real):
     ]
     for row in rows:
         assert row["subject"] == SUBJECT and row["source"] is None and row["mode"] == "txt2img"
-        assert row["seed"] == generation.derive_seed(42, SUBJECT, row["index"])
+        assert row["seed"] == derive_seed(42, SUBJECT, row["index"], 0)
         assert row["negative_prompt"] == s.negative_prompt
         assert row["adapter_sha256"] == "a" * 64 and row["kept"] and row["drop_reason"] is None
     first = hashes(out)
@@ -315,7 +330,7 @@ def test_resume_after_interrupt_gives_the_same_files(tmp_path, sd_pipeline, real
     (out / "pending" / ".apple_tree_000003.png.x.tmp").write_bytes(b"half")  # a killed write
     pending = sorted((out / "pending").glob("*.png"))
     assert len(pending) == 3  # whole files only
-    assert all(generation.read_provenance(p)["key"] for p in pending)
+    assert all(read_provenance(p)["key"] for p in pending)
     assert not (out / "images").exists() and not (out / "manifest.jsonl").exists()
     # Image 3 shares its batch with image 2, which was written: the batch is recomputed whole
     # and gives the same bytes.
@@ -344,8 +359,8 @@ class Blackout:
 
 def test_blank_images_are_redone_with_a_new_seed(tmp_path, sd_pipeline, real):
     s = settings(filters={"max_attempts": 3})
-    black = {generation.derive_seed(42, SUBJECT, 1, 0)} | {
-        generation.derive_seed(42, SUBJECT, 2, attempt) for attempt in range(3)
+    black = {derive_seed(42, SUBJECT, 1, 0)} | {
+        derive_seed(42, SUBJECT, 2, attempt) for attempt in range(3)
     }
     stats, rows, metrics = run(
         tmp_path / "out",
@@ -358,7 +373,7 @@ def test_blank_images_are_redone_with_a_new_seed(tmp_path, sd_pipeline, real):
     )
     by_index = {row["index"]: row for row in rows}
     assert by_index[1]["attempt"] == 1 and by_index[1]["kept"]
-    assert by_index[1]["seed"] == generation.derive_seed(42, SUBJECT, 1, 1)
+    assert by_index[1]["seed"] == derive_seed(42, SUBJECT, 1, 1)
     assert by_index[2]["kept"] is False and by_index[2]["drop_reason"] == "blank"
     assert by_index[2]["scores"]["blank_std"] == 0.0
     assert by_index[0]["attempt"] == 0 and by_index[3]["attempt"] == 0
@@ -403,7 +418,7 @@ def test_largest_cluster_keeps_the_main_mode():
     )
     features = np.concatenate([features, centres[2] + rng.normal(size=(2, 64))])
     filters = settings().filters
-    keep, labels = generation.largest_cluster(features.astype(np.float32), filters, seed=0)
+    keep, labels = largest_cluster(features.astype(np.float32), filters, seed=0)
     assert keep.tolist() == [True] * 7 + [False] * 5
     assert len(set(labels[:7])) == 1 and len(set(labels)) == 3
 
@@ -412,7 +427,7 @@ def test_realism_score_is_one_on_the_manifold_edge():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(40, 8))
     inside, outside = real[:5] + 0.01, real[:5] + 100
-    scores = generation.realism_scores(real, np.concatenate([inside, outside]), k=3)
+    scores = realism_scores(real, np.concatenate([inside, outside]), k=3)
     assert (scores[:5] > 1).all() and (scores[5:] < 0.2).all()
 
 
@@ -431,28 +446,6 @@ def test_off_distribution_filter_and_fid_before_after(tmp_path, sd_pipeline, rea
     assert len(list((tmp_path / "out/images").iterdir())) == metrics["kept"]
 
 
-def test_fid_matches_torchmetrics():
-    import torch
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from synthdet.metrics import PrecomputedFeatures
-
-    rng = np.random.default_rng(0)
-    real = rng.normal(size=(30, 64)).astype(np.float32)
-    for generated in (rng.normal(0.5, 2.0, size=(12, 64)), rng.normal(size=(80, 64))):
-        generated = generated.astype(np.float32)
-        metric = FrechetInceptionDistance(feature=PrecomputedFeatures(64))
-        metric.update(torch.from_numpy(real), real=True)
-        metric.update(torch.from_numpy(generated), real=False)
-        expected = float(metric.compute())
-        assert generation.frechet_distance(real, generated) == pytest.approx(expected, rel=1e-3)
-    assert generation.frechet_distance(real, real[:1]) is None
-
-
-# ---------------------------------------------------------------- the stage, with real adapters
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory, real):
     """A tiny SD model folder personalised by the personalize stage (LoRA), in stage layout."""
     from tests.test_personalization import make_params, train
@@ -486,14 +479,13 @@ def stage_run(root: Path, params, out: str = "generated"):
 
 @pytest.mark.slow
 def test_stage_manifest_metrics_and_adapter_invalidation(project):
-    from synthdet import diffusion
     from tests.test_personalization import train
 
     root, params = project
     metrics = stage_run(root, params)
     assert metrics["generated"] == 2 and metrics["kept"] + metrics["dropped_memorized"] == 2
     assert json.loads((root / "generated.json").read_text())["images"] == 2
-    info = diffusion.read_adapter_info(root / "adapters" / SUBJECT)
+    info = AdapterInfo.read(root / "adapters" / SUBJECT).to_json()
     rows = [
         json.loads(line) for line in (root / "generated/manifest.jsonl").read_text().splitlines()
     ]
@@ -515,7 +507,7 @@ def test_stage_manifest_metrics_and_adapter_invalidation(project):
     shutil.copytree(adapter, root / "adapters" / SUBJECT)
     metrics = stage_run(root, params)
     assert metrics["generated"] == 2 and metrics["reused"] == 0
-    new_sha = diffusion.read_adapter_info(root / "adapters" / SUBJECT)["sha256"]
+    new_sha = AdapterInfo.read(root / "adapters" / SUBJECT).to_json()["sha256"]
     rows = [
         json.loads(line) for line in (root / "generated/manifest.jsonl").read_text().splitlines()
     ]
@@ -554,7 +546,6 @@ def test_stage_img2img_and_controlnet_use_train_images_only(project):
 
 
 def test_stage_rejects_unknown_subject_and_adapter_of_another_model(tmp_path):
-    from synthdet import diffusion
     from synthdet.params import GenerateSubjectParams
     from synthdet.stages import generate
 
@@ -562,7 +553,7 @@ def test_stage_rejects_unknown_subject_and_adapter_of_another_model(tmp_path):
     adapter.mkdir(parents=True)
     (adapter / "weights.safetensors").write_bytes(b"weights")
     info = {"base_model": "builtin:tiny", "weight_files": ["weights.safetensors"]}
-    info["sha256"] = diffusion.files_sha256(adapter, info["weight_files"])
+    info["sha256"] = files_sha256(adapter, info["weight_files"])
     (adapter / "adapter.json").write_text(json.dumps(info))
     params = load_params(REPO / "params.yaml")
 
@@ -657,7 +648,7 @@ def test_killed_run_resumes_where_it_stopped(project):
     done = sorted(pending.glob("*.png"))
     assert 3 <= len(done) < 8, "the run must be killed mid-way"
     for path in done:  # every visible file is whole: it decodes and carries its provenance
-        assert generation.read_provenance(path)["key"]
+        assert read_provenance(path)["key"]
     resumed = subprocess.run(
         [sys.executable, *stage_command("killed")], cwd=root, capture_output=True, text=True
     )
@@ -736,21 +727,20 @@ def test_long_prompt_is_said_and_the_text_seen_recorded(tmp_path, sd_pipeline, r
 def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path, real):
     s = settings(mode="img2img", strength=0.5, num_inference_steps=2)
     pipeline = tiny_sd_pipeline()
-    engine = generation.Engine(pipeline, s)
+    engine = Engine(pipeline, s)
     sources = sorted((real / "images").iterdir())[:2]
     images, _ = engine(["a photo of sks apple tree"] * 2, [1, 2], sources)
     assert images.shape == (2, SAMPLE_SIZE, SAMPLE_SIZE, 3)
-    assert generation.engine_record(s)["denoising_steps"] == 1
+    assert engine_record(s)["denoising_steps"] == 1
     with pytest.raises(ParamsError, match=r"'generate\.strength' x 'generate\.num_inference_steps"):
         settings(mode="img2img", strength=0.04, num_inference_steps=20)
 
 
 def lora_adapter(folder: Path, model: Path, train_text_encoder: bool) -> Path:
     """An untrained LoRA adapter folder of the tiny SD model, as the personalize stage writes it."""
-    from synthdet import diffusion, personalization
     from synthdet.params import load_params
 
-    pipeline = diffusion.load_pipeline(str(model), folder / "no-builtin")
+    pipeline = load_pipeline(str(model), folder / "no-builtin")
     lora = {"r": 4, "lora_alpha": 4, "init_lora_weights": "gaussian"}
     lora["target_modules"] = ["to_q", "to_k", "to_v", "to_out.0"]
     settings = dataclasses.replace(
@@ -759,20 +749,29 @@ def lora_adapter(folder: Path, model: Path, train_text_encoder: bool) -> Path:
         train_text_encoder=train_text_encoder,
         lora=lora,
     )
-    trainable = personalization.setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
+    trainable = setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
     adapter = folder / ("with-text" if train_text_encoder else "unet-only")
-    files = personalization.save_adapter(pipeline, trainable, "lora", adapter)
-    info = {
-        "subject": SUBJECT,
-        "identifier": "sks",
-        "class_noun": "apple tree",
-        "method": "lora",
-        "family": "sd",
-        "base_model": str(model),
-        "weight_files": files,
-        "sha256": diffusion.files_sha256(adapter, files),
-    }
-    (adapter / diffusion.ADAPTER_INFO_NAME).write_text(json.dumps(info))
+    files = save_adapter(pipeline, trainable, "lora", adapter)
+    AdapterInfo(
+        subject=SUBJECT,
+        identifier="sks",
+        class_noun="apple tree",
+        instance_prompt="a photo of sks apple tree",
+        method="lora",
+        family="sd",
+        pipeline_class=type(pipeline).__name__,
+        base_model=str(model),
+        base_fingerprint=None,
+        vae=None,
+        weight_files=files,
+        sha256=files_sha256(adapter, files),
+        resolution=32,
+        max_train_steps=0,
+        train_text_encoder=train_text_encoder,
+        lora=settings.lora,
+        textual_inversion=None,
+        seed=0,
+    ).write(adapter)
     return adapter
 
 
@@ -784,8 +783,6 @@ def ours(capsys) -> list[str]:
 def test_unet_only_lora_loads_with_one_line_of_our_own(tmp_path, capsys):
     import logging
 
-    from synthdet import diffusion
-
     model = tmp_path / "sd"
     tiny_sd_pipeline().save_pretrained(model)
     records: list[str] = []
@@ -795,20 +792,20 @@ def test_unet_only_lora_loads_with_one_line_of_our_own(tmp_path, capsys):
     try:
         unet_only = lora_adapter(tmp_path, model, train_text_encoder=False)
         # diffusers' own loader says it, and users read it as "my LoRA did not load"
-        diffusion.load_pipeline(str(model), tmp_path).load_lora_weights(
-            str(unet_only), weight_name=diffusion.LORA_WEIGHT_NAME
+        load_pipeline(str(model), tmp_path).load_lora_weights(
+            str(unet_only), weight_name=LORA_WEIGHT_NAME
         )
         assert any("No LoRA keys associated to CLIPTextModel" in text for text in records)
         records.clear()
         capsys.readouterr()
-        diffusion.load_personalized_pipeline(unet_only, tmp_path)
+        load_personalized_pipeline(unet_only, tmp_path)
         assert not any("No LoRA keys" in text for text in records), records
         assert ours(capsys) == [
             f"loaded {unet_only} (lora): UNet LoRA (32 layers); no text-encoder LoRA"
         ]
         with_text = lora_adapter(tmp_path, model, train_text_encoder=True)
         capsys.readouterr()
-        diffusion.load_personalized_pipeline(with_text, tmp_path)
+        load_personalized_pipeline(with_text, tmp_path)
         assert ours(capsys) == [
             f"loaded {with_text} (lora): UNet LoRA (32 layers); text-encoder LoRA (8 layers)"
         ]

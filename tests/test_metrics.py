@@ -311,7 +311,7 @@ def tiny_clip(tmp_path_factory) -> Path:
         CLIPVisionConfig,
     )
 
-    from synthdet.diffusion import build_clip_tokenizer
+    from synthdet.diffusion.vocabulary import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     text = CLIPTextConfig(

@@ -23,9 +23,23 @@ import yaml
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from synthdet import diffusion, personalization
+from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
+from synthdet.diffusion.hashing import files_sha256
+from synthdet.methods import PRIOR_METHODS
 from synthdet.params import ParamsError, SubjectParams, TextualInversionParams, load_params
+from synthdet.personalization.adapters import (
+    EMBEDDINGS_NAMES,
+    LORA_WEIGHT_NAME,
+    load_personalized_pipeline,
+)
+from synthdet.personalization.examples import Examples
+from synthdet.personalization.training import (
+    make_optimizer,
+    resolve_mixed_precision,
+    sample_batch,
+    step_generator,
+)
 from synthdet.stages import caption, class_images, personalize
 from tests.conftest import (
     MICRO_BASE,
@@ -68,7 +82,7 @@ def make_params(model: Path, method: str, **personalize_changes):
     # class images only for the methods with prior preservation (params refuse unused ones)
     images = dataclasses.replace(
         params.class_images,
-        count=2 if method in personalization.DREAMBOOTH_METHODS else 0,
+        count=2 if method in PRIOR_METHODS else 0,
         resolution=SAMPLE_SIZE,
         num_inference_steps=2,
     )
@@ -176,11 +190,11 @@ SLOW_CASES = {
 def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family, method, changes):
     params = make_params(models[family], method, **changes)
     folder, metrics = train(root, params, f"{family}-{method}")
-    info = diffusion.read_adapter_info(folder)
+    info = AdapterInfo.read(folder).to_json()
     assert info["method"] == method and info["subject"] == SUBJECT
     assert info["family"] == ("sdxl" if family == "sdxl" else "sd")
-    assert info["sha256"] == diffusion.files_sha256(folder, info["weight_files"])
-    dreambooth_style = method in personalization.DREAMBOOTH_METHODS
+    assert info["sha256"] == files_sha256(folder, info["weight_files"])
+    dreambooth_style = method in PRIOR_METHODS
     assert info["prior_preservation"] is dreambooth_style
     assert metrics["class_images"] == (2 if dreambooth_style else 0)
 
@@ -207,11 +221,11 @@ def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family,
         personalised.set_progress_bar_config(disable=True)
     else:
         if method == "textual_inversion":
-            stock.load_textual_inversion(folder, weight_name=diffusion.EMBEDDINGS_NAMES[0])
+            stock.load_textual_inversion(folder, weight_name=EMBEDDINGS_NAMES[0])
             if family == "sdxl":
                 stock.load_textual_inversion(
                     folder,
-                    weight_name=diffusion.EMBEDDINGS_NAMES[1],
+                    weight_name=EMBEDDINGS_NAMES[1],
                     text_encoder=stock.text_encoder_2,
                     tokenizer=stock.tokenizer_2,
                 )
@@ -222,7 +236,7 @@ def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family,
     assert np.abs(after - before).max() > 0, "the adapter does not change the image"
 
     # Our loader gives the same pipeline class and the same image.
-    loaded = diffusion.load_personalized_pipeline(folder, root / "no-builtin")
+    loaded = load_personalized_pipeline(folder, root / "no-builtin")
     assert type(loaded) is stock_class
     assert np.abs(sample(loaded, prompt) - after).max() <= 1
 
@@ -232,7 +246,7 @@ def test_textual_inversion_trains_every_vector(root, models):
     if not folder.exists():  # run alone, without the parametrized test that trains it
         params = make_params(models["sd"], "textual_inversion", **THREE_VECTORS)
         train(root, params, "sd-textual_inversion")
-    vectors = load_file(folder / diffusion.EMBEDDINGS_NAMES[0])["<sks>"]
+    vectors = load_file(folder / EMBEDDINGS_NAMES[0])["<sks>"]
     base = StableDiffusionPipeline.from_pretrained(models["sd"])
     (tree,) = base.tokenizer.encode("tree", add_special_tokens=False)
     start = base.text_encoder.get_input_embeddings().weight[tree].detach()
@@ -240,7 +254,7 @@ def test_textual_inversion_trains_every_vector(root, models):
     for i in range(3):
         assert (vectors[i] - start).abs().max() > 1e-4, f"vector {i} did not train"
     # Every other token keeps its embedding; prompts expand to all three vectors.
-    loaded = diffusion.load_personalized_pipeline(folder, root / "no-builtin")
+    loaded = load_personalized_pipeline(folder, root / "no-builtin")
     table = loaded.text_encoder.get_input_embeddings().weight.detach()
     assert torch.equal(
         table[: len(base.tokenizer)], base.text_encoder.get_input_embeddings().weight
@@ -252,18 +266,18 @@ def test_textual_inversion_trains_every_vector(root, models):
 
 
 def test_prior_batches_hold_instance_and_class_examples_in_proportion():
-    def examples(value: float, count: int) -> personalization.Examples:
-        return personalization.Examples(
+    def examples(value: float, count: int) -> Examples:
+        return Examples(
             torch.full((count, 8, 2, 2), value), torch.zeros(count, 6), [torch.zeros(count, 77)]
         )
 
     instance, prior = examples(1.0, 6), examples(-1.0, 10)
     for step in range(5):
-        generator = personalization.step_generator(0, step, 0, 0)
-        batch, instances = personalization.sample_batch(instance, prior, 3, 2, generator)
+        generator = step_generator(0, step, 0, 0)
+        batch, instances = sample_batch(instance, prior, 3, 2, generator)
         values = batch.latent_distributions[:, 0, 0, 0].tolist()
         assert instances == 3 and values == [1.0, 1.0, 1.0, -1.0, -1.0]
-    batch, _ = personalization.sample_batch(instance, None, 3, 2, generator)
+    batch, _ = sample_batch(instance, None, 3, 2, generator)
     assert len(batch) == 3
 
 
@@ -287,8 +301,8 @@ def test_resume_from_checkpoint_ends_at_the_same_weights(root, models, tmp_path)
     resumed, metrics = train(root, params, "resumed", checkpoints=checkpoints)
     assert metrics["resumed_from"] == 4
     assert not checkpoints.exists(), "checkpoints are removed after a complete run"
-    a = load_file(straight / diffusion.LORA_WEIGHT_NAME)
-    b = load_file(resumed / diffusion.LORA_WEIGHT_NAME)
+    a = load_file(straight / LORA_WEIGHT_NAME)
+    b = load_file(resumed / LORA_WEIGHT_NAME)
     assert a.keys() == b.keys()
     for key in a:  # tolerance: 1e-6 absolute (same ops on CPU, in practice bit-identical)
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
@@ -308,29 +322,29 @@ def test_loader_refuses_adapter_of_another_base_model(root, models, tmp_path):
     params = make_params(models["sd"], "lora", max_train_steps=2)
     folder, _ = train(root, params, "refuse")
     with pytest.raises(DataError, match="trained on .* but personalize.base_model is"):
-        diffusion.load_personalized_pipeline(folder, root, base_model="builtin:tiny")
+        load_personalized_pipeline(folder, root, base_model="builtin:tiny")
     changed = tmp_path / "changed"
     shutil.copytree(models["sd"], changed)
     info = json.loads((folder / "adapter.json").read_text())
     info["base_model"] = str(changed)
     (folder / "adapter.json").write_text(json.dumps(info))
-    diffusion.load_personalized_pipeline(folder, root)  # an identical copy is fine
+    load_personalized_pipeline(folder, root)  # an identical copy is fine
     tiny_sd_pipeline(seed=1).save_pretrained(changed)  # the base model changed
     with pytest.raises(DataError, match="the base model changed"):
-        diffusion.load_personalized_pipeline(folder, root)
+        load_personalized_pipeline(folder, root)
     (folder / info["weight_files"][0]).write_bytes(b"tampered")
     with pytest.raises(DataError, match="sha256"):
-        diffusion.read_adapter_info(folder)
+        AdapterInfo.read(folder).to_json()
 
 
 def test_clear_errors_for_8bit_adam_fp16_and_unknown_subject(root, models):
     message = "adamw_8bit needs (bitsandbytes|a CUDA GPU)"
     with pytest.raises(ParamsError, match=message):
-        personalization.make_optimizer("adamw_8bit", [torch.nn.Parameter(torch.zeros(1))], 0.1)
+        make_optimizer("adamw_8bit", [torch.nn.Parameter(torch.zeros(1))], 0.1)
     if not torch.cuda.is_available():
         with pytest.raises(ParamsError, match="'personalize.mixed_precision' fp16 needs a CUDA"):
-            personalization.resolve_mixed_precision("fp16")
-        assert personalization.resolve_mixed_precision("auto") == "no"
+            resolve_mixed_precision("fp16")
+        assert resolve_mixed_precision("auto") == "no"
     params = make_params(models["sd"], "lora")
     with pytest.raises(ParamsError, match="no subject 'shared.subjects.pear'"):
         personalize.run(params, "pear", root, root, root, root, root / "x", root / "y")
@@ -406,8 +420,8 @@ def test_two_processes_train_one_adapter(root, models, tmp_path):
     lines = (tmp_path / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(lines) == 1 + STEPS
     assert not (tmp_path / "checkpoints").exists(), "a complete run keeps no checkpoint"
-    info = diffusion.read_adapter_info(tmp_path / "adapter")
-    assert info["sha256"] == diffusion.files_sha256(tmp_path / "adapter", info["weight_files"])
+    info = AdapterInfo.read(tmp_path / "adapter").to_json()
+    assert info["sha256"] == files_sha256(tmp_path / "adapter", info["weight_files"])
     stock = StableDiffusionPipeline.from_pretrained(models["sd"])
     stock.set_progress_bar_config(disable=True)
     before = sample(stock, info["instance_prompt"])

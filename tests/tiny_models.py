@@ -20,7 +20,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from synthdet.diffusion import build_clip_tokenizer, clip_text_config, sd15_noise_scheduler
+from synthdet.diffusion.builtin import clip_text_config, sd15_noise_scheduler
+from synthdet.diffusion.vocabulary import build_clip_tokenizer
 
 SAMPLE_SIZE = 32  # pixels; the two-level VAE halves them once, so latents are 16 px
 

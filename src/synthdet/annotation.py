@@ -25,7 +25,6 @@ Two further label sources:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import statistics
 from collections import Counter
@@ -51,6 +50,7 @@ from synthdet.data import (
     read_yolo_folder,
     write_json,
 )
+from synthdet.diffusion.hashing import sha256_of
 from synthdet.params import AnnotateParams, Params
 
 
@@ -175,13 +175,9 @@ def read_corrections(corrections: Path | None, num_classes: int) -> dict[str, tu
     if not list_images(Path(corrections) / "images"):
         return {}
     return {
-        _sha256(sample.image): sample.boxes
+        sha256_of(sample.image): sample.boxes
         for sample in read_yolo_folder(Path(corrections), num_classes)
     }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_labelled_folder(
@@ -200,7 +196,7 @@ def write_labelled_folder(
         (staging / "images").mkdir(parents=True)
         (staging / "labels").mkdir()
         for found in detections:
-            digest = _sha256(found.image)
+            digest = sha256_of(found.image)
             if digest in corrected:
                 used_corrections.add(digest)
                 boxes = corrected[digest]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from synthdet import methods
 from synthdet.data import Box, DataError
 from synthdet.errors import ModelNotAvailableError
 
@@ -27,16 +28,8 @@ def template_caption(template: str, identifier: str, class_noun: str, objects: s
     return template.format(identifier=identifier, class_noun=class_noun, objects=objects)
 
 
-def concept_token(identifier: str, method: str) -> str:
-    """What names the subject in prompts: the identifier, or for textual inversion the new
-    placeholder token `<identifier>` (a token the tokenizer does not have yet)."""
-    if method != "textual_inversion" or (identifier.startswith("<") and identifier.endswith(">")):
-        return identifier
-    return f"<{identifier}>"
-
-
 def replace_concept(text: str, class_noun: str, placeholder: str) -> str:
-    """Textual inversion captions: the class noun (or its head word, 'tree' of 'apple tree') is
+    """Captions of a new-token method: the class noun (or its head word, 'tree' of 'apple tree') is
     replaced by the placeholder, which is learned to mean the subject; no duplicate placeholder."""
     for word in (class_noun, class_noun.split()[-1]):
         text = re.sub(rf"\b{re.escape(word)}\b", placeholder, text, flags=re.IGNORECASE)
@@ -55,17 +48,17 @@ def subject_caption(
 ) -> str:
     """The training caption of one image of a subject; `description` is BLIP's text, if any.
 
-    DreamBooth / LoRA: 'a photo of sks apple tree with 12 apples'. Textual inversion: the
-    placeholder stands for the whole concept, so the class noun never appears:
-    'a photo of <sks> with 12 apples'. A textual-inversion caption without the placeholder
-    (it is all the method trains) is an error unless `check` is False.
+    DreamBooth / LoRA: 'a photo of sks apple tree with 12 apples'. A method with a new token
+    (textual inversion): the placeholder stands for the whole concept, so the class noun never
+    appears: 'a photo of <sks> with 12 apples'. Such a caption without the placeholder (it is all
+    the method trains) is an error unless `check` is False.
     """
-    token = concept_token(identifier, method)
-    textual_inversion = method == "textual_inversion"
-    caption = template_caption(template, token, "" if textual_inversion else class_noun, objects)
+    entry = methods.method(method)
+    token = entry.concept_token(identifier)
+    caption = template_caption(template, token, entry.prompt_class_noun(class_noun), objects)
     if description:
         caption = f"{caption}, {description}"
-    if textual_inversion:
+    if entry.new_token:
         caption = replace_concept(caption, class_noun, token)
         if check and token not in caption:
             raise DataError(

@@ -387,14 +387,24 @@ def image_embeddings(paths: Sequence[Path], size: int, features: nn.Module) -> T
     return F.normalize(torch.cat(embeddings), dim=1)
 
 
+def nearest_by_cosine(
+    queries: np.ndarray | Tensor, references: np.ndarray | Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the index of the reference row of highest cosine similarity and that
+    similarity (both L2-normalised first): the leakage guard and the memorisation filter."""
+    query = F.normalize(torch.as_tensor(np.asarray(queries), dtype=torch.float64), dim=1)
+    reference = F.normalize(torch.as_tensor(np.asarray(references), dtype=torch.float64), dim=1)
+    best, index = (query @ reference.T).max(dim=1)
+    return index.numpy(), best.numpy()
+
+
 def nearest_matches(
     queries: Sequence[Path], references: Sequence[Path], size: int, features: nn.Module
 ) -> list[NearestMatch]:
     """For each query image, the most similar reference image."""
-    similarity = (
-        image_embeddings(queries, size, features) @ image_embeddings(references, size, features).T
+    index, best = nearest_by_cosine(
+        image_embeddings(queries, size, features), image_embeddings(references, size, features)
     )
-    best, index = similarity.max(dim=1)
     return [
         NearestMatch(query, references[int(i)], float(s))
         for query, i, s in zip(queries, index, best, strict=True)

@@ -4,7 +4,7 @@ photos, the way Stable Diffusion is pretrained on an image corpus before anyone 
     python -m synthdet.pretrain --pool ../shared/datasets/applebbch81/images \\
         --exclude data/raw/images --out models/builtin/orchard --vae-steps 3000 --unet-steps 20000
 
-Trains `synthdet.diffusion.pretrain` (the `base` stage's own training, params.yaml's `base`
+Trains `synthdet.diffusion.training.pretrain` (the `base` stage's own training, params.yaml's `base`
 section for sizes and learning rates) on every pool image whose photo (`prepare.group_pattern`)
 is not among the photos of `--exclude`, so no tile of an embedded photo (train, val or test of
 the default split) is ever seen. Labels are never read. It saves the pipeline (safetensors), the
@@ -26,8 +26,12 @@ import torch
 from diffusers.training_utils import set_seed
 from tqdm import tqdm
 
-from synthdet import diffusion
 from synthdet.data import atomic_path, group_of, list_images, write_text
+from synthdet.diffusion.builtin import build_tiny_pipeline
+from synthdet.diffusion.images import load_images
+from synthdet.diffusion.loading import configure_torch
+from synthdet.diffusion.loss_curve import LossCurve
+from synthdet.diffusion.training import pretrain
 from synthdet.params import BaseParams, load_params
 
 CARD = """# builtin:orchard: a tiny Stable-Diffusion-shaped base model of apple orchards
@@ -78,7 +82,7 @@ def run(
     base: BaseParams = dataclasses.replace(
         params.base, init=None, vae_steps=vae_steps, unet_steps=unet_steps
     )
-    diffusion.configure_torch()
+    configure_torch()
     started = time.perf_counter()
     set_seed(params.shared.seed)
     generator = torch.Generator().manual_seed(params.shared.seed)
@@ -86,8 +90,8 @@ def run(
     pattern = re.compile(params.prepare.group_pattern)
     photos = sorted({group_of(p.stem, pattern) for p in paths})
     print(f"pool: {len(paths)} tiles of {len(photos)} photos ({len(excluded)} photos excluded)")
-    images = diffusion.load_images(paths, base.resolution)
-    pipeline = diffusion.build_tiny_pipeline(base)
+    images = load_images(paths, base.resolution)
+    pipeline = build_tiny_pipeline(base)
     progress = tqdm(total=vae_steps + unet_steps, desc="pretrain", unit="step")
 
     def save() -> None:
@@ -139,8 +143,8 @@ def run(
         if phase == "unet" and (done % save_every == 0 or done == unet_steps):
             save()
 
-    curve = diffusion.LossCurve(None, on_step=on_step)
-    diffusion.pretrain(pipeline, images, base, generator, curve)
+    curve = LossCurve(None, on_step=on_step)
+    pretrain(pipeline, images, base, generator, curve)
     progress.close()
     print(f"pretrain: saved {out} after {(time.perf_counter() - started) / 60:.1f} min")
 

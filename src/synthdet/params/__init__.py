@@ -90,6 +90,15 @@ class Params:
     def __post_init__(self) -> None:
         check_across_sections(self)
 
+    def subject(self, name: str) -> SubjectParams:
+        """`shared.subjects.<name>`; ParamsError naming the subjects if there is none."""
+        if name not in self.shared.subjects:
+            raise ParamsError(
+                f"params: no subject 'shared.subjects.{name}'; subjects: "
+                f"{', '.join(self.shared.subjects)}"
+            )
+        return self.shared.subjects[name]
+
 
 def parse_params(raw: Any) -> Params:
     return parse_section(Params, raw)

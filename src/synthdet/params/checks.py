@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from synthdet import methods
+from synthdet.captioning import subject_caption
 from synthdet.params.parsing import _fields, _require
 
 if TYPE_CHECKING:
     from synthdet.params import Params
-
-
-PRIOR_METHODS = ("dreambooth", "dreambooth_lora")  # the methods with prior preservation
 
 
 def _names_subject(template: str, token: str) -> bool:
@@ -24,13 +23,11 @@ def _names_subject(template: str, token: str) -> bool:
 
 def _check_settings_take_effect(params: Params) -> None:
     """Settings of different sections that together would produce nothing or have no effect."""
-    from synthdet.captioning import concept_token, subject_caption
-
-    method = params.personalize.method
+    method_name = params.personalize.method
     subjects = params.shared.subjects
     generate = params.generate
     for name, subject in subjects.items():
-        token = concept_token(subject.identifier, method)
+        token = methods.method(method_name).concept_token(subject.identifier)
         own = generate.subjects.get(name)
         key = (
             f"generate.subjects.{name}.prompts"
@@ -51,15 +48,15 @@ def _check_settings_take_effect(params: Params) -> None:
         "is 0 for every subject, so generate would make no image and the synthetic and mixed "
         "detectors would have nothing to train on; set generate.num_images >= 1",
     )
-    if method == "textual_inversion" and params.caption.captioner == "template":
+    if methods.method(method_name).new_token and params.caption.captioner == "template":
         for name, subject in subjects.items():
-            token = concept_token(subject.identifier, method)
+            token = methods.method(method_name).concept_token(subject.identifier)
             caption = subject_caption(
                 params.caption.template,
                 subject.identifier,
                 subject.class_noun,
                 "",
-                method,
+                method_name,
                 check=False,
             )
             _require(
@@ -81,9 +78,9 @@ def _check_settings_take_effect(params: Params) -> None:
     if count > 0:
         personalize = params.personalize
         _require(
-            method in PRIOR_METHODS,
+            method_name in methods.PRIOR_METHODS,
             "class_images.count",
-            f"is {count}, but personalize.method {method!r} uses no class images (prior "
+            f"is {count}, but personalize.method {method_name!r} uses no class images (prior "
             "preservation belongs to dreambooth and dreambooth_lora), so they would be drawn "
             "for nothing; set class_images.count=0",
         )

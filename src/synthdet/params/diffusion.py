@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from synthdet import methods
 from synthdet.params.parsing import ParamsError, _check_prompt_templates, _fields, _require
 
 # Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
@@ -178,12 +179,12 @@ class TextualInversionParams:
         _require(self.num_vectors >= 1, "personalize.textual_inversion.num_vectors", "must be >= 1")
 
 
-PERSONALIZE_METHODS = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion")
+PERSONALIZE_METHODS = methods.METHOD_NAMES
 
 
 @dataclass(frozen=True)
 class PersonalizeParams:
-    method: Literal["lora", "dreambooth", "dreambooth_lora", "textual_inversion"]
+    method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.methods.METHODS
     base_model: str  # 'builtin:tiny', a hub id or a local diffusers folder
     vae: str | None  # replacement VAE (hub id or folder), e.g. an SDXL fp16-fix VAE
     resolution: int
@@ -193,8 +194,8 @@ class PersonalizeParams:
     learning_rate: float
     lr_scheduler: str
     lr_warmup_steps: int
-    train_text_encoder: bool  # lora / dreambooth / dreambooth_lora: train the text encoder(s) too
-    prior_loss_weight: float  # dreambooth / dreambooth_lora with class images
+    train_text_encoder: bool  # methods without a new token: train the text encoder(s) too
+    prior_loss_weight: float  # methods with prior preservation, with class images
     class_batch_size: int  # class (prior) images per step next to batch_size instance images
     snr_gamma: float | None  # Min-SNR loss weighting (5.0 in the paper); None = plain MSE
     mixed_precision: Literal["auto", "no", "fp16", "bf16"]  # auto: bf16/fp16 on GPU, fp32 on CPU
@@ -245,7 +246,7 @@ class PersonalizeParams:
             "personalize.validation_seeds",
             "must hold at least one seed (the validation grid draws one image per prompt and seed)",
         )
-        if self.method == "textual_inversion":
+        if methods.method(self.method).new_token:
             _require(
                 not self.train_text_encoder,
                 "personalize.train_text_encoder",

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from synthdet import annotation, detection
+from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import DataError, write_json
 from synthdet.errors import warn
@@ -67,7 +68,7 @@ def run(
         if config.source_boxes:
             detections, source_counts = annotation.source_proposals(
                 detections,
-                Path(generated_dir) / "manifest.jsonl",
+                Path(generated_dir) / MANIFEST,
                 Path(source_labels),
                 config,
                 len(class_names),

@@ -15,9 +15,14 @@ from pathlib import Path
 import torch
 from diffusers.training_utils import set_seed
 
-from synthdet import diffusion, tracking
+from synthdet import tracking
 from synthdet.cli import run_stage
 from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_text
+from synthdet.diffusion.builtin import build_tiny_pipeline, load_checkpoint
+from synthdet.diffusion.images import load_images
+from synthdet.diffusion.loading import configure_torch
+from synthdet.diffusion.loss_curve import LossCurve
+from synthdet.diffusion.training import pretrain
 from synthdet.params import Params
 
 
@@ -27,10 +32,11 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
 
     Writes the diffusers pipeline folder `out` (safetensors) and the loss curve `loss_file`
     (TSV: step, phase, loss). Raises ModelNotAvailableError if the checkpoint is missing and
-    ParamsError if its architecture differs from `base`'s sizes. Labels are never read.
+    ParamsError if its architecture differs from `base`'s sizes, DataError if `base.pool_dir` is
+    missing. Labels are never read.
     """
     base = params.base
-    device = diffusion.configure_torch()
+    device = configure_torch()
     started = time.perf_counter()
     set_seed(params.shared.seed)
     generator = torch.Generator().manual_seed(params.shared.seed)
@@ -40,11 +46,11 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
             f"base.pool_dir: folder {base.pool_dir} not found; create it or fix the path"
         )
     pool = list_images(Path(base.pool_dir))
-    images = diffusion.load_images(paths + pool, base.resolution)
+    images = load_images(paths + pool, base.resolution)
     if base.init:
-        pipeline = diffusion.load_checkpoint(base.init, checkpoints, base)
+        pipeline = load_checkpoint(base.init, checkpoints, base)
     else:
-        pipeline = diffusion.build_tiny_pipeline(base)
+        pipeline = build_tiny_pipeline(base)
     pipeline.to(device)
     stage_params = {
         "base": dataclasses.asdict(base),
@@ -52,9 +58,9 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
         "train_images": len(paths),
         "pool_images": len(pool),
     }
-    with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as run_log:
-        curve = diffusion.LossCurve(run_log)
-        scaling_factor = diffusion.pretrain(pipeline, images, base, generator, curve)
+    with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as mlflow_run:
+        curve = LossCurve(mlflow_run)
+        scaling_factor = pretrain(pipeline, images, base, generator, curve)
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())
@@ -66,8 +72,8 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
             "latent_scaling_factor": scaling_factor,
             "seconds": time.perf_counter() - started,
         }
-        run_log.log_metrics(metrics)
-        run_log.log_artifact(loss_file)
+        mlflow_run.log_metrics(metrics)
+        mlflow_run.log_artifact(loss_file)
     print(
         f"base: {base.init or 'from scratch'}, {len(paths)} train + {len(pool)} pool images, "
         f"{base.vae_steps} VAE + {base.unet_steps} UNet steps, {metrics['seconds']:.0f} s"

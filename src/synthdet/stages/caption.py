@@ -1,7 +1,8 @@
 """caption: one caption per personalisation image of every subject (template, optionally + BLIP).
 
-Writes `<out>/<subject>.jsonl` with `{"file": ..., "caption": ...}` lines. For textual inversion
-the captions name the subject by its placeholder token only (no class noun).
+Writes `<out>/<subject>.jsonl` with `{"file": ..., "caption": ...}` lines. For a method with a
+new token (textual inversion) the captions name the subject by its placeholder only (no class
+noun): synthdet.methods.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from synthdet.params import Params
 
 
 def run(params: Params, images_dir: Path, out_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Caption `images_dir/<subject>/` (YOLO) for every subject into `out_dir/<subject>.jsonl`."""
+    """Caption `images_dir/<subject>/` (YOLO) for every subject into `out_dir/<subject>.jsonl`.
+
+    Inputs: the personalisation images (one YOLO folder per subject; the labels give the
+    `{objects}` phrase). Outputs: `out_dir/<subject>.jsonl` with `{"file", "caption"}` lines;
+    returns the rows per subject. Errors: DataError for a textual-inversion caption without its
+    placeholder, ModelNotAvailableError for a BLIP model that cannot be loaded.
+    """
     p, shared = params.caption, params.shared
     method = params.personalize.method
     stage_params = {"caption": vars(p), "method": method, "subjects": list(shared.subjects)}
-    with tracking.stage_run("caption", shared.mlflow_experiment, stage_params) as t:
+    with tracking.stage_run("caption", shared.mlflow_experiment, stage_params) as mlflow_run:
         blip = (
             captioning.BlipCaptioner(p.blip_model, p.max_new_tokens)
             if p.captioner == "blip"
@@ -49,8 +56,8 @@ def run(params: Params, images_dir: Path, out_dir: Path) -> dict[str, list[dict[
                 ]
                 data.write_jsonl(tmp / f"{name}.jsonl", rows)
                 result[name] = rows
-        t.log_metrics({"captions": sum(len(rows) for rows in result.values())})
-        t.log_artifact(out_dir)
+        mlflow_run.log_metrics({"captions": sum(len(rows) for rows in result.values())})
+        mlflow_run.log_artifact(out_dir)
     return result
 
 

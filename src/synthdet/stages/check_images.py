@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from synthdet import classifiers, metrics
+from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import DataError, list_images, read_jsonl, read_yolo_folder, write_json
 from synthdet.params import Params
@@ -110,7 +111,7 @@ def run(
             "fid_real_images": len(real),
             "fid_generated_images": len(generated),
         }
-        manifest = generated_dir / "manifest.jsonl"
+        manifest = generated_dir / MANIFEST
         summary |= clip_metrics(manifest, generated, config.clip_model)
         summary |= classifier_metrics(params, real, generated, train_dir, val_dir)
         write_json(metrics_path, summary)

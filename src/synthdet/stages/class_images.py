@@ -3,7 +3,7 @@
 The base model draws `class_images.count` images of `class_images.prompt` ("a photo of apple
 tree") for DreamBooth's prior-preservation loss. They are an output of their own, so changing a
 LoRA or training setting does not draw them again. Writes `images/<index:05d>.png` and
-`class_images.json` (prompt, class noun, base model); `count: 0` writes no image (no prior).
+`class_images.json` (synthdet.artifacts.class_images); `count: 0` writes no image (no prior).
 """
 
 from __future__ import annotations
@@ -15,27 +15,25 @@ from pathlib import Path
 
 import torch
 
-from synthdet import diffusion, tracking
+from synthdet import tracking
+from synthdet.artifacts.class_images import IMAGES, ClassImagesInfo
 from synthdet.cli import run_stage
-from synthdet.data import atomic_path, write_json
-from synthdet.params import Params, ParamsError
-
-INFO_NAME = "class_images.json"
-
-
-def subject_of(params: Params, subject: str):
-    if subject not in params.shared.subjects:
-        raise ParamsError(
-            f"params: no subject 'shared.subjects.{subject}'; subjects: "
-            f"{', '.join(params.shared.subjects)}"
-        )
-    return params.shared.subjects[subject]
+from synthdet.data import atomic_path
+from synthdet.diffusion.hashing import derive_seed
+from synthdet.diffusion.loading import configure_torch, load_pipeline
+from synthdet.params import Params
 
 
 def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
+    """Draw `class_images.count` images of the subject's class with the base model.
+
+    Inputs: the base model (`personalize.base_model`; `builtin:tiny` from `builtin_base`).
+    Outputs: `out/images/<index:05d>.png` and `out/class_images.json`; returns the metrics.
+    Errors: ParamsError for an unknown subject, ModelNotAvailableError for a missing model.
+    """
     settings, personalize = params.class_images, params.personalize
-    class_noun = subject_of(params, subject).class_noun
-    device = diffusion.configure_torch()
+    class_noun = params.subject(subject).class_noun
+    device = configure_torch()
     started = time.perf_counter()
     prompt = settings.prompt.format(class_noun=class_noun)
     stage_params = {
@@ -47,14 +45,14 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
     }
     with tracking.stage_run(
         f"class-images@{subject}", params.shared.mlflow_experiment, stage_params
-    ) as run_log:
+    ) as mlflow_run:
         pipeline = None
         if settings.count:
-            pipeline = diffusion.load_pipeline(
-                personalize.base_model, builtin_base, vae=personalize.vae
-            ).to(device)
+            pipeline = load_pipeline(personalize.base_model, builtin_base, vae=personalize.vae).to(
+                device
+            )
         with atomic_path(out) as folder:
-            (folder / "images").mkdir(parents=True)
+            (folder / IMAGES).mkdir(parents=True)
             for first in range(0, settings.count, settings.batch_size):
                 indices = range(first, min(first + settings.batch_size, settings.count))
                 with torch.inference_mode():
@@ -67,25 +65,22 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
                         guidance_scale=settings.guidance_scale,
                         generator=[
                             torch.Generator().manual_seed(
-                                diffusion.image_seed(params.shared.seed, i)
+                                derive_seed(params.shared.seed, i, bits=32)
                             )
                             for i in indices
                         ],
                     ).images
                 for index, image in zip(indices, images, strict=True):
-                    image.save(folder / "images" / f"{index:05d}.png")
-            write_json(
-                folder / INFO_NAME,
-                {
-                    "class_noun": class_noun,
-                    "prompt": prompt,
-                    "count": settings.count,
-                    "base_model": personalize.base_model,
-                    "vae": personalize.vae,
-                },
-            )
+                    image.save(folder / IMAGES / f"{index:05d}.png")
+            ClassImagesInfo(
+                class_noun=class_noun,
+                prompt=prompt,
+                count=settings.count,
+                base_model=personalize.base_model,
+                vae=personalize.vae,
+            ).write(folder)
         metrics = {"images": settings.count, "seconds": time.perf_counter() - started}
-        run_log.log_metrics(metrics)
+        mlflow_run.log_metrics(metrics)
     return metrics
 
 

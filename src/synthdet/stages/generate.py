@@ -17,12 +17,21 @@ import dataclasses
 import time
 from pathlib import Path
 
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from synthdet import diffusion, generation, tracking
+from synthdet import tracking
+from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import DataError, write_json
+from synthdet.diffusion.loading import configure_torch, model_revision
+from synthdet.generation.engine import Engine, load_controlnet
+from synthdet.generation.modes import MODES
+from synthdet.generation.plan import SubjectPlan, engine_identity, subject_images, subject_plans
+from synthdet.generation.run import Distribution, generate_dataset
 from synthdet.params import Params
+from synthdet.personalization.adapters import load_personalized_pipeline
 
 
 def run(
@@ -34,31 +43,37 @@ def run(
     out: Path,
     metrics_file: Path,
 ) -> dict | None:
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
+    """Generate (or reuse) every subject's images with its personalised model, then filter them.
 
+    Inputs: the adapters (`adapters/<subject>/`, personalize's outputs) on the base model
+    (`builtin:tiny` from `builtin_base`), the real train split `train` (img2img / ControlNet
+    sources, FID reference) and the personalisation images `personalize` (memorisation filter).
+    Outputs: `out/` (images/, dropped/, manifest.jsonl, cache/) and `metrics_file`; returns the
+    metrics, None in the processes other than the main one. Errors: DataError for an adapter
+    trained on another base model, missing source images, or every image dropped by the filters;
+    ModelNotAvailableError for a model that cannot be loaded.
+    """
     settings, seed = params.generate, params.shared.seed
-    device = diffusion.configure_torch()
+    device = configure_torch()
     # configure_torch gives every process all cores, also under `accelerate launch` (which asks
     # for 1 thread per CPU process): on CPU the float summation order, hence the last bit of a
     # pixel, depends on the thread count, and images must not depend on the process count.
     state = PartialState(cpu=device.type == "cpu")
     device = state.device if device.type == "cuda" else device
     started = time.perf_counter()
-    plans = generation.subject_plans(params, adapters, builtin_base, train, personalize)
+    plans = subject_plans(params, adapters, builtin_base, train, personalize)
     controlnet = None
-    if settings.mode == "controlnet":
-        controlnet = generation.load_controlnet(settings.controlnet_model, device)
-    identity = generation.engine_identity(
-        settings,
-        generation.model_revision(settings.controlnet_model) if controlnet is not None else None,
+    if MODES[settings.mode].uses_controlnet:
+        controlnet = load_controlnet(settings.controlnet_model, device)
+    identity = engine_identity(
+        settings, model_revision(settings.controlnet_model) if controlnet is not None else None
     )
 
-    def load_engine(subject: generation.SubjectPlan) -> generation.Engine:
-        pipeline = diffusion.load_personalized_pipeline(
+    def load_engine(subject: SubjectPlan) -> Engine:
+        pipeline = load_personalized_pipeline(
             adapters / subject.name, builtin_base, params.personalize.base_model
         )
-        return generation.Engine(pipeline, settings, device, controlnet)
+        return Engine(pipeline, settings, device, controlnet)
 
     stage_params = {
         "generate": dataclasses.asdict(settings),
@@ -71,22 +86,22 @@ def run(
         if state.is_main_process
         else contextlib.nullcontext()
     )
-    with tracked as log:
+    with tracked as mlflow_run:
         progress = tqdm(
             total=sum(p.count for p in plans),
             desc="generate",
             unit="image",
             disable=not state.is_main_process,
         )
-        stats, _, metrics = generation.generate_dataset(
+        stats, _, metrics = generate_dataset(
             plans,
             settings,
             seed,
             out,
             load_engine,
-            real_images=generation.subject_images(train, ".*"),
+            real_images=subject_images(train, ".*"),
             identity=identity,
-            distribution=generation.Distribution(
+            distribution=Distribution(
                 state.process_index, state.num_processes, state.wait_for_everyone, gather_object
             ),
             on_image=progress.update,
@@ -101,8 +116,8 @@ def run(
             processes=state.num_processes,
         )
         write_json(metrics_file, metrics)
-        log.log_metrics(metrics)
-        log.log_artifact(out / "manifest.jsonl")
+        mlflow_run.log_metrics(metrics)
+        mlflow_run.log_artifact(out / MANIFEST)
     if metrics["kept"] == 0:
         raise DataError(
             f"all {metrics['images']} generated images were dropped by the filters "

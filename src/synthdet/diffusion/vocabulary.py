@@ -1,0 +1,64 @@
+"""The CLIP BPE tokenizer, built offline from the vocabulary open-clip-torch ships."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from synthdet.errors import ModelNotAvailableError
+
+CLIP_CONTEXT_LENGTH = 77  # every CLIP text encoder, SD 1.5's included
+
+
+def _open_clip_vocabulary() -> Path:
+    # find_spec locates the package without importing it (importing open_clip takes seconds).
+    spec = importlib.util.find_spec("open_clip")
+    path = (
+        Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if path is None or not path.is_file():
+        raise ModelNotAvailableError(
+            "the CLIP BPE vocabulary (open_clip/bpe_simple_vocab_16e6.txt.gz) was not found; "
+            "install open-clip-torch, which ships it"
+        )
+    return path
+
+
+def write_clip_vocabulary(folder: Path) -> tuple[Path, Path]:
+    """Write CLIP's `vocab.json` and `merges.txt` from open-clip's BPE file into `folder`.
+
+    Same construction as OpenAI's CLIP tokenizer: 256 byte symbols, the same with the end-of-word
+    marker `</w>`, one token per merge, then the two special tokens (49408 in all).
+    """
+    with gzip.open(_open_clip_vocabulary(), "rt", encoding="utf-8") as bpe_file:
+        lines = bpe_file.read().split("\n")
+    # Line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges.
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_symbols = list(bytes_to_unicode().values())
+    tokens = [
+        *byte_symbols,
+        *(symbol + "</w>" for symbol in byte_symbols),
+        *("".join(merge.split()) for merge in merges),
+        "<|startoftext|>",
+        "<|endoftext|>",
+    ]
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = write_clip_vocabulary(Path(folder))
+        return CLIPTokenizer(
+            str(vocab_file), str(merges_file), model_max_length=CLIP_CONTEXT_LENGTH
+        )
