@@ -13,7 +13,7 @@ from synthdet.artifacts.class_images import CLASS_IMAGES_INFO, ClassImagesInfo
 from synthdet.artifacts.manifest import MANIFEST, ManifestRow, read_manifest, write_manifest
 from synthdet.data import DataError
 from synthdet.diffusion.hashing import derive_seed, files_sha256
-from synthdet.params import PERSONALIZE_METHODS
+from synthdet.params.diffusion import PERSONALIZE_METHODS
 
 
 def adapter_info(folder, **changes) -> AdapterInfo:

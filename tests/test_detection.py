@@ -117,7 +117,7 @@ def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> 
         "yolov8n.yaml",
     ]
     assert trained["metrics"]["train_images"] == 8
-    assert (trained["metrics"]["real_images"], trained["metrics"]["synthetic_images"]) == (8, 0)
+    assert (trained["metrics"]["real_images"], trained["metrics"]["extra_images"]) == (8, 0)
     with (root / "metrics" / "train" / "real.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [row["epoch"] for row in rows] == ["1"]

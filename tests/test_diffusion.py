@@ -61,6 +61,7 @@ TINY_OVERRIDES = {
     },
     "class_images": {"count": 0},
     "generate": {"num_images": 4, "num_inference_steps": 3, "resolution": 32, "batch_size": 4},
+    "few_shot": {"extra_images": 4},
 }
 
 

@@ -82,12 +82,13 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         label.write_text("")  # the annotator found nothing
 
     def run(variant: str) -> dict:
+        folders = {"real": real, "extra": synthetic}
         return train_detector.run(
-            params, variant, 42, real, synthetic, real, tmp_path / variant, tmp_path / "r.csv"
+            params, "train", variant, 42, folders, real, tmp_path / variant, tmp_path / "r.csv"
         )
 
     metrics = run("synthetic")
-    assert (metrics["synthetic_boxes"], metrics["real_boxes"]) == (0, 0)
+    assert (metrics["extra_boxes"], metrics["real_boxes"]) == (0, 0)
     assert metrics["empty_label_set"] == 1
     assert warnings(capsys) == [
         "warning: detector variant synthetic (seed 42) trains on 3 images whose labels hold no "
@@ -99,7 +100,7 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
     # The real images' boxes are enough: nothing to say.
     metrics = run("mixed")
     real_boxes = sum(len(p.read_text().splitlines()) for p in (real / "labels").iterdir())
-    assert (metrics["real_boxes"], metrics["synthetic_boxes"]) == (real_boxes, 0)
+    assert (metrics["real_boxes"], metrics["extra_boxes"]) == (real_boxes, 0)
     assert metrics["empty_label_set"] == 0 and warnings(capsys) == []
     assert len(no_training) == 2
 
