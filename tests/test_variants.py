@@ -107,7 +107,8 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         label = real / "labels" / f"{image.stem}.txt"
         shutil.copy(label, personalize / "labels" / label.name)
     few_shot = dataclasses.replace(params.few_shot, extra_images=4)
-    params = dataclasses.replace(params, few_shot=few_shot)
+    plain = dataclasses.replace(params.train_detector, min_images_per_epoch=0)
+    params = dataclasses.replace(params, few_shot=few_shot, train_detector=plain)
     folders, composition = variants.training_folders(
         params,
         variants.parse("handful-synthetic", params),
@@ -122,6 +123,18 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     for samples, source in zip(linked, (personalize, generated), strict=True):  # labels along
         labels = {s.image.name: s.boxes for s in read_yolo_folder(source, 1)}
         assert all(sample.boxes == labels[sample.image.name] for sample in samples)
+    # below train_detector.min_images_per_epoch the whole set repeats: 12 images -> 2 copies
+    detector = dataclasses.replace(params.train_detector, min_images_per_epoch=20)
+    repeated, _ = variants.training_folders(
+        dataclasses.replace(params, train_detector=detector),
+        variants.parse("handful-synthetic", params),
+        None,
+        tmp_path / "personalize",
+        generated,
+        tmp_path / "scratch-repeat",
+    )
+    assert [len(read_yolo_folder(folder, 1)) for folder in repeated] == [8, 4, 8, 4]
+    assert variants.repeats(12, params) == 1 and variants.repeats(8, params) == 1
     with pytest.raises(DataError, match="--extra"):
         variants.training_folders(
             params, variants.parse("mixed"), real, None, None, tmp_path / "s3"

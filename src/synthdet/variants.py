@@ -24,6 +24,7 @@ Names come from dvc.yaml's matrices; `parse` reads them back (`mix-r1-f0.1` = `m
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -266,7 +267,8 @@ def training_folders(
     extra_dir: Path | None,
     scratch: Path,
 ) -> tuple[list[Path], Composition]:
-    """YOLO folders holding exactly the variant's images (linked subsets in `scratch`)."""
+    """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
+    `repeats(...)` times when the set is smaller than train_detector.min_images_per_epoch."""
     needs = {
         "--real": real_dir is None and variant.real != "handful" and variant.real != "none",
         "--handful": handful_dir is None and variant.real not in ("all", "none"),
@@ -279,12 +281,23 @@ def training_folders(
     handful = handful_images(handful_dir) if handful_dir is not None else []
     extra = list_images(Path(extra_dir) / "images") if variant.extra else []
     composition = compose(variant, real, handful, extra, params.shared.seed)
+    copies = repeats(len(composition.real) + len(composition.extra), params)
     folders = [
         folder
+        for copy in range(copies)
         for name, chosen in (("real", composition.real), ("extra", composition.extra))
-        for folder in subset_views(chosen, scratch, name)
+        for folder in subset_views(chosen, scratch, f"{name}-copy{copy}-")
     ]
     return folders, composition
+
+
+def repeats(images: int, params: Params) -> int:
+    """How often a training set of `images` images is repeated per epoch: enough to reach
+    train_detector.min_images_per_epoch, so every variant gets about as many optimizer steps
+    (an equal training budget; with equal epochs alone the 8-image handful would get a tenth of
+    the steps of the 116-image `real` and lose for being undertrained, not for its data)."""
+    wanted = params.train_detector.min_images_per_epoch
+    return max(1, math.ceil(wanted / images)) if images else 1
 
 
 def label_boxes(images: Sequence[Path]) -> int:

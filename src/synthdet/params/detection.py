@@ -96,6 +96,9 @@ class TrainDetectorParams:
     # variants on the generated images besides the few-shot ones: synthetic (generated images
     # only) and mixed (every real train image plus every generated one); see synthdet.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
+    # small training sets are repeated up to this many images per epoch (synthdet.variants
+    # .repeats): an equal training budget in optimizer steps; 0 = plain epochs
+    min_images_per_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.model is not None and self.model.endswith((".yaml", ".pt")):
@@ -108,6 +111,9 @@ class TrainDetectorParams:
             )
         _require(len(self.seeds) >= 1, "train_detector.seeds", "must hold at least one seed")
         _require(len(set(self.seeds)) == len(self.seeds), "train_detector.seeds", "has a duplicate")
+        _require(
+            self.min_images_per_epoch >= 0, "train_detector.min_images_per_epoch", "must be >= 0"
+        )
         _require(
             len(set(self.variants)) == len(self.variants),
             "train_detector.variants",

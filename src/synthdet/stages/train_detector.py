@@ -99,6 +99,7 @@ def run(
             "real_images": len(composition.real),
             "extra_images": len(composition.extra),
             "extra_share": round(composition.extra_share, 6),
+            "repeats": variants.repeats(len(composition.real) + len(composition.extra), params),
             **boxes,
             "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
             "epochs": len(result.epochs),
