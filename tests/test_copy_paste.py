@@ -60,3 +60,26 @@ def test_composites_are_seeded_per_image_and_need_a_box(tmp_path: Path) -> None:
     assert all((a.pixels == b.pixels).all() for (_, a), (_, b) in zip(few, more, strict=False))
     with pytest.raises(DataError, match="no box"):
         copy_paste.composites([Sample(image, ())], 1, 7, 2, (1.0, 1.0), 0.7)
+
+
+def test_the_stage_writes_a_yolo_folder_of_composites(params, tmp_path: Path) -> None:
+    import dataclasses
+
+    from synthdet.data import read_yolo_folder
+    from synthdet.stages import copy_paste as stage
+    from tests.conftest import write_tiny_yolo_folder
+
+    handful = tmp_path / "personalize"
+    write_tiny_yolo_folder(handful / "apple_tree", photos=2, tiles=2)
+    few_shot = dataclasses.replace(params.few_shot, extra_images=5)
+    metrics = stage.run(
+        dataclasses.replace(params, few_shot=few_shot),
+        handful,
+        tmp_path / "copy-paste",
+        tmp_path / "copy_paste.json",
+    )
+    written = read_yolo_folder(tmp_path / "copy-paste", 1)
+    assert len(written) == metrics["images"] == 5
+    assert sum(len(s.boxes) for s in written) == metrics["boxes"] > 0
+    # the handful's own boxes stay (4 images, backgrounds round-robin) next to the pasted ones
+    assert metrics["pasted"] == 5 * params.few_shot.copy_paste.objects_per_image

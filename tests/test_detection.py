@@ -67,7 +67,9 @@ def tiny_params() -> Params:
     }
     return dataclasses.replace(
         params,
-        train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
+        train_detector=dataclasses.replace(
+            params.train_detector, model="yolov8n.yaml", yolo=yolo, min_images_per_epoch=0
+        ),
         annotate_with_baseline=dataclasses.replace(
             params.annotate_with_baseline, confidence=0.0, source_boxes=False
         ),

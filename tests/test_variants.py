@@ -48,8 +48,6 @@ def test_configured_variants_cover_the_few_shot_question_and_the_mixes(params) -
     assert [variant.name for variant in configured] == [
         "real",
         "handful",
-        "real-n16",
-        "real-n32",
         "real-n64",
         "handful-synthetic",
         "handful-copy-paste",
