@@ -40,11 +40,14 @@ def _rgb(sample: Sample) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def object_crops(samples: Sequence[Sample]) -> list[Crop]:
-    """Every box of `samples` cut out of its image (boxes under 2 px a side are skipped)."""
+def object_crops(
+    samples: Sequence[Sample], images: Sequence[np.ndarray] | None = None
+) -> list[Crop]:
+    """Every box of `samples` cut out of its image (boxes under 2 px a side are skipped);
+    `images`: the samples' decoded RGB pixels, if already read."""
     crops = []
-    for sample in samples:
-        pixels = _rgb(sample)
+    for index, sample in enumerate(samples):
+        pixels = images[index] if images is not None else _rgb(sample)
         height, width = pixels.shape[:2]
         for box in sample.boxes:
             x1, y1, x2, y2 = (round(v) for v in box.xyxy(width, height))

@@ -99,23 +99,24 @@ class ExtraImagesMetrics:
         return cls(raw.get("images"), raw.get("boxes"))
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_metrics_json(path: Path) -> dict[str, Any]:
+    """A flat metrics JSON of an earlier stage; DataError naming the file if unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the metrics JSON ({exc})") from exc
+        raise DataError(f"{path}: cannot read the metrics JSON ({exc}); run dvc repro") from exc
 
 
 def read_prepare_metrics(path: Path) -> PrepareMetrics:
     """prepare's metrics file (`metrics/prepare.json`)."""
-    return PrepareMetrics.from_dict(_read(path))
+    return PrepareMetrics.from_dict(read_metrics_json(path))
 
 
 def read_annotate_metrics(path: Path) -> AnnotateMetrics:
     """annotate-with-baseline's metrics file (`metrics/annotate.json`)."""
-    return AnnotateMetrics.from_dict(_read(path))
+    return AnnotateMetrics.from_dict(read_metrics_json(path))
 
 
 def read_extra_images_metrics(path: Path) -> ExtraImagesMetrics:
     """copy-paste's or pseudo-label's metrics file (`metrics/copy_paste.json`, `pseudo.json`)."""
-    return ExtraImagesMetrics.from_dict(_read(path))
+    return ExtraImagesMetrics.from_dict(read_metrics_json(path))

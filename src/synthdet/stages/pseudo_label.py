@@ -60,19 +60,19 @@ def run(
             confidence=config.confidence,
             iou=config.iou,
         )
+        labels = [[box for box, _ in detections.yolo_boxes()] for detections in found]
         with data.atomic_path(out_dir) as tmp:
             (tmp / "images").mkdir(parents=True)
             (tmp / "labels").mkdir()
-            for image, detections in zip(pool, found, strict=True):
+            for image, boxes in zip(pool, labels, strict=True):
                 shutil.copy2(image, tmp / "images" / image.name)
-                boxes = [box for box, _ in detections.yolo_boxes()]
                 (tmp / "labels" / f"{image.stem}.txt").write_text(data.format_label(boxes))
-        boxes = sum(len(d.yolo_boxes()) for d in found)
+        boxes = sum(len(image_boxes) for image_boxes in labels)
         metrics = {
             "images": len(pool),
             "boxes": boxes,
             "boxes_per_image": round(boxes / len(pool), 6),
-            "images_without_box": sum(1 for d in found if not d.yolo_boxes()),
+            "images_without_box": sum(1 for image_boxes in labels if not image_boxes),
         }
         data.write_json(metrics_path, metrics)
         mlflow_run.log_metrics(metrics)

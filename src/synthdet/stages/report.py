@@ -9,7 +9,6 @@ device of the run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from synthdet import evaluation, report, tracking, variants
@@ -20,19 +19,12 @@ from synthdet.artifacts.metrics import (
     PSEUDO_METRICS,
     read_annotate_metrics,
     read_extra_images_metrics,
+    read_metrics_json,
     read_prepare_metrics,
 )
 from synthdet.cli import run_stage
-from synthdet.data import DataError, write_json, write_text
+from synthdet.data import write_json, write_text
 from synthdet.params import Params
-
-
-def read_metrics(path: Path) -> dict:
-    """A flat metrics JSON; raises DataError naming the file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the metrics JSON ({exc}); run dvc repro") from exc
 
 
 def run(params: Params, metrics_dir: Path) -> str:
@@ -45,8 +37,8 @@ def run(params: Params, metrics_dir: Path) -> str:
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
-            read_metrics(metrics_dir / "evaluation.json"),
-            read_metrics(metrics_dir / "images.json"),
+            read_metrics_json(metrics_dir / "evaluation.json"),
+            read_metrics_json(metrics_dir / "images.json"),
             read_prepare_metrics(metrics_dir / PREPARE_METRICS),
             read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
             extras,
