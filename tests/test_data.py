@@ -2,6 +2,7 @@ import re
 import shutil
 
 import pytest
+from PIL import Image
 
 from synthdet import data
 from synthdet.data import DataError
@@ -151,3 +152,19 @@ def test_linked_yolo_folder_reads_like_its_source_and_writes_nothing_there(tiny_
     assert [s.image.name for s in samples_of(subset)] == [p.name for p in chosen]
     assert all(p.is_symlink() for p in subset.rglob("*.*"))
     assert sorted(p.name for p in tiny_yolo_folder.rglob("*")) == before
+
+
+def test_new_yolo_folder_replaces_the_old_one_only_when_complete(tmp_path):
+    out, source = tmp_path / "extra", tmp_path / "a.png"
+    Image.new("RGB", (8, 8), "red").save(source)
+    box = data.Box(0, 0.5, 0.5, 0.25, 0.25)
+    with data.new_yolo_folder(out) as folder:
+        folder.add("copied.png", source, [box])
+        folder.add("drawn.png", Image.new("RGB", (8, 8), "blue"), [])
+    samples = {s.image.name: s.boxes for s in data.read_yolo_folder(out, 1)}
+    assert samples == {"copied.png": (box,), "drawn.png": ()}
+    assert (out / "images" / "copied.png").read_bytes() == source.read_bytes()
+    with pytest.raises(RuntimeError), data.new_yolo_folder(out) as folder:
+        folder.add("half.png", source, [])
+        raise RuntimeError("killed half-way")
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["copied.png", "drawn.png"]

@@ -107,7 +107,7 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     few_shot = dataclasses.replace(params.few_shot, extra_images=4)
     plain = dataclasses.replace(params.train_detector, min_images_per_epoch=0)
     params = dataclasses.replace(params, few_shot=few_shot, train_detector=plain)
-    folders, composition = variants.training_folders(
+    training = variants.training_folders(
         params,
         variants.parse("handful-synthetic", params),
         None,
@@ -115,15 +115,16 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         generated,
         tmp_path / "scratch",
     )
-    assert (len(composition.real), len(composition.extra)) == (8, 4)
-    linked = [read_yolo_folder(folder, 1) for folder in folders]
+    composition = training.composition
+    assert (len(composition.real), len(composition.extra), training.repeats) == (8, 4, 1)
+    linked = [read_yolo_folder(folder, 1) for folder in training.folders]
     assert [len(samples) for samples in linked] == [8, 4]
     for samples, source in zip(linked, (personalize, generated), strict=True):  # labels along
         labels = {s.image.name: s.boxes for s in read_yolo_folder(source, 1)}
         assert all(sample.boxes == labels[sample.image.name] for sample in samples)
     # below train_detector.min_images_per_epoch the whole set repeats: 12 images -> 2 copies
     detector = dataclasses.replace(params.train_detector, min_images_per_epoch=20)
-    repeated, _ = variants.training_folders(
+    repeated = variants.training_folders(
         dataclasses.replace(params, train_detector=detector),
         variants.parse("handful-synthetic", params),
         None,
@@ -131,7 +132,8 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         generated,
         tmp_path / "scratch-repeat",
     )
-    assert [len(read_yolo_folder(folder, 1)) for folder in repeated] == [8, 4, 8, 4]
+    assert repeated.repeats == 2
+    assert [len(read_yolo_folder(folder, 1)) for folder in repeated.folders] == [8, 4, 8, 4]
     assert variants.repeats(12, params) == 1 and variants.repeats(8, params) == 1
     with pytest.raises(DataError, match="--extra"):
         variants.training_folders(

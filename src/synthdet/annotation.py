@@ -25,7 +25,6 @@ Two further label sources:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -40,11 +39,9 @@ from synthdet.data import (
     Box,
     DataError,
     Sample,
-    atomic_path,
     drop_duplicate_boxes,
-    format_label,
-    label_file,
     list_images,
+    new_yolo_folder,
     parse_label_file,
     read_jsonl,
     read_yolo_folder,
@@ -192,9 +189,7 @@ def write_labelled_folder(
     boxes_per_image, confidences = [], []
     duplicates: Counter = Counter()
     labelled, used_corrections = [], set()
-    with atomic_path(Path(out_dir)) as staging:
-        (staging / "images").mkdir(parents=True)
-        (staging / "labels").mkdir()
+    with new_yolo_folder(Path(out_dir)) as folder:
         for found in detections:
             digest = sha256_of(found.image)
             if digest in corrected:
@@ -204,13 +199,10 @@ def write_labelled_folder(
                 scored = found.yolo_boxes()
                 boxes = drop_duplicate_boxes((box for box, _ in scored), duplicates)
                 confidences.extend(score for _, score in scored)
-            image = staging / "images" / found.image.name
-            shutil.copy2(found.image, image)
-            labelled.append(Sample(image, boxes))
-            label_file(staging, found.image).write_text(format_label(boxes))
+            labelled.append(Sample(folder.add(found.image.name, found.image, boxes), boxes))
             boxes_per_image.append(len(boxes))
-        coco = formats.coco_dict(labelled, class_names, staging / "images")
-        write_json(staging / "annotations.json", coco)
+        coco = formats.coco_dict(labelled, class_names, folder.root / "images")
+        write_json(folder.root / "annotations.json", coco)
     return {
         "images": len(boxes_per_image),
         "boxes": sum(boxes_per_image),

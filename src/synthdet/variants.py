@@ -50,10 +50,6 @@ class Variant:
     # of the training set they make up (mix-*)
     extra_amount: int | float | None = None
 
-    @property
-    def uses_handful_only(self) -> bool:
-        return self.real == "handful"
-
 
 def few_shot_name(source: str) -> str:
     """The variant of the handful plus the images of `source`: `handful-<source>`."""
@@ -259,6 +255,15 @@ def subset_views(images: Sequence[Path], scratch: Path, name: str) -> list[Path]
     ]
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """What a detector variant trains on: YOLO folders (the composition, `repeats` times)."""
+
+    folders: list[Path]
+    composition: Composition
+    repeats: int
+
+
 def training_folders(
     params: Params,
     variant: Variant,
@@ -266,7 +271,7 @@ def training_folders(
     handful_dir: Path | None,
     extra_dir: Path | None,
     scratch: Path,
-) -> tuple[list[Path], Composition]:
+) -> TrainingSet:
     """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
     `repeats(...)` times when the set is smaller than train_detector.min_images_per_epoch."""
     needs = {
@@ -288,7 +293,7 @@ def training_folders(
         for name, chosen in (("real", composition.real), ("extra", composition.extra))
         for folder in subset_views(chosen, scratch, f"{name}-copy{copy}-")
     ]
-    return folders, composition
+    return TrainingSet(folders, composition, copies)
 
 
 def repeats(images: int, params: Params) -> int:

@@ -39,13 +39,11 @@ def run(params: Params, handful_dir: Path, out_dir: Path, metrics_path: Path) ->
             config.scale,
             config.max_occlusion,
         )
-        with data.atomic_path(out_dir) as tmp:
-            (tmp / "images").mkdir(parents=True)
-            (tmp / "labels").mkdir()
+        with data.new_yolo_folder(out_dir) as folder:
             for index, (stem, result) in enumerate(tqdm(made, desc="copy-paste", unit="image")):
-                name = f"cp{index:04d}_{stem}"
-                Image.fromarray(result.pixels).save(tmp / "images" / f"{name}.png")
-                (tmp / "labels" / f"{name}.txt").write_text(data.format_label(result.boxes))
+                folder.add(
+                    f"cp{index:04d}_{stem}.png", Image.fromarray(result.pixels), result.boxes
+                )
         metrics = {
             "images": len(made),
             "handful_images": len(samples),

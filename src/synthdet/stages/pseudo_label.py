@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 from pathlib import Path
 
 from tqdm import tqdm
@@ -61,12 +60,9 @@ def run(
             iou=config.iou,
         )
         labels = [[box for box, _ in detections.yolo_boxes()] for detections in found]
-        with data.atomic_path(out_dir) as tmp:
-            (tmp / "images").mkdir(parents=True)
-            (tmp / "labels").mkdir()
+        with data.new_yolo_folder(out_dir) as folder:
             for image, boxes in zip(pool, labels, strict=True):
-                shutil.copy2(image, tmp / "images" / image.name)
-                (tmp / "labels" / f"{image.stem}.txt").write_text(data.format_label(boxes))
+                folder.add(image.name, image, boxes)
         boxes = sum(len(image_boxes) for image_boxes in labels)
         metrics = {
             "images": len(pool),

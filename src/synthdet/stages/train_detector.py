@@ -67,7 +67,7 @@ def run(
         stage_run(stage, params.shared.mlflow_experiment, logged_params) as mlflow_run,
         tempfile.TemporaryDirectory(prefix="synthdet-variant-") as scratch,
     ):
-        train_folders, composition = variants.training_folders(
+        training = variants.training_folders(
             params,
             variant,
             folders.get("real"),
@@ -75,6 +75,7 @@ def run(
             folders.get("extra"),
             Path(scratch),
         )
+        composition = training.composition
         boxes = {
             "real_boxes": variants.label_boxes(composition.real),
             "extra_boxes": variants.label_boxes(composition.extra),
@@ -85,7 +86,7 @@ def run(
             warn(empty_labels_warning(variant.name, seed, images))
         result = detection.train_detector(
             model=config.model_source,
-            train_folders=train_folders,
+            train_folders=training.folders,
             val_folder=val_folder,
             class_names=params.shared.class_names,
             seed=seed,
@@ -99,7 +100,7 @@ def run(
             "real_images": len(composition.real),
             "extra_images": len(composition.extra),
             "extra_share": round(composition.extra_share, 6),
-            "repeats": variants.repeats(len(composition.real) + len(composition.extra), params),
+            "repeats": training.repeats,
             **boxes,
             "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
             "epochs": len(result.epochs),
