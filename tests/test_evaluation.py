@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import evaluation
+from synthdet import evaluation, variants
 from synthdet.data import Box, Sample
 
 
 def test_comparisons_ask_the_few_shot_question_then_genfusions() -> None:
     names = ["real", "handful", "real-n16", "handful-synthetic", "handful-copy-paste"]
     names += ["handful-pseudo", "synthetic", "mixed"]
-    assert evaluation.comparisons(names) == [
+    assert variants.comparisons(names) == [
         ("handful-synthetic", "handful"),
         ("handful-copy-paste", "handful"),
         ("handful-pseudo", "handful"),
@@ -24,7 +24,7 @@ def test_comparisons_ask_the_few_shot_question_then_genfusions() -> None:
         ("synthetic", "real"),
         ("mixed", "real"),
     ]
-    assert evaluation.comparisons(["real", "handful", "handful-pseudo"]) == [
+    assert variants.comparisons(["real", "handful", "handful-pseudo"]) == [
         ("handful-pseudo", "handful")
     ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from synthdet import evaluation, report
+from synthdet import report, variants
 from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import load_params
 from tests.conftest import REPO
@@ -87,7 +87,7 @@ def render(seeds: tuple[int, ...], annotated: AnnotateMetrics = ANNOTATED) -> st
         annotated,
         EXTRAS,
         VARIANTS,
-        evaluation.comparisons(VARIANTS),
+        variants.comparisons(VARIANTS),
     )
 
 

@@ -42,27 +42,6 @@ def chance_baseline(samples: Sequence[Sample]) -> metrics.DetectionMetrics:
     return metrics.detection_metrics(predictions, [metrics.target_boxes(s) for s in samples])
 
 
-def comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
-    """(variant, reference) pairs: each `handful-<source>` against `handful`, then
-    `handful-synthetic` against each cheap alternative, then the generated-data variants
-    (synthetic, mixed, mix-*) against `real`; only pairs of variants in `names`."""
-    pairs = []
-    few_shot = [n for n in names if variants.is_few_shot(n)]
-    pairs += [(name, variants.HANDFUL) for name in few_shot]
-    generated = variants.few_shot_name(variants.SYNTHETIC)
-    if generated in names:
-        pairs += [(generated, name) for name in few_shot if name != generated]
-    others = [
-        n
-        for n in names
-        if n not in few_shot
-        and n not in (variants.BASELINE, variants.HANDFUL)
-        and not n.startswith("real-n")
-    ]
-    pairs += [(name, variants.BASELINE) for name in others]
-    return [(a, b) for a, b in pairs if a in names and b in names]
-
-
 @dataclass(frozen=True)
 class Run:
     """One trained detector scored on the test split."""
@@ -103,7 +82,7 @@ def summarise(
         best = max(r.max_confidence for r in seeds.values())
         summary[f"{name}.below_annotation_confidence"] = int(best < annotate_confidence)
     p_values = {}
-    for name, reference in comparisons(list(runs)):
+    for name, reference in variants.comparisons(list(runs)):
         key = f"{name}-vs-{reference}"
         diff = stats.paired_difference(by_seed[name], by_seed[reference])
         summary[f"{key}.diff_map50_95"] = _round(diff.mean)

@@ -313,3 +313,22 @@ def label_boxes(images: Sequence[Path]) -> int:
         if label.is_file():
             total += sum(1 for line in label.read_text().splitlines() if line.strip())
     return total
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(variant, reference) pairs: each `handful-<source>` against `handful`, then
+    `handful-synthetic` against each cheap alternative, then the generated-data variants
+    (synthetic, mixed, mix-*) against `real`; only pairs of variants in `names`."""
+    pairs = []
+    few_shot = [n for n in names if is_few_shot(n)]
+    pairs += [(name, HANDFUL) for name in few_shot]
+    generated = few_shot_name(SYNTHETIC)
+    if generated in names:
+        pairs += [(generated, name) for name in few_shot if name != generated]
+    others = [
+        n
+        for n in names
+        if n not in few_shot and n not in (BASELINE, HANDFUL) and not n.startswith("real-n")
+    ]
+    pairs += [(name, BASELINE) for name in others]
+    return [(a, b) for a, b in pairs if a in names and b in names]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from synthdet import evaluation, report, tracking, variants
+from synthdet import report, tracking, variants
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
     COPY_PASTE_METRICS,
@@ -43,7 +43,7 @@ def run(params: Params, metrics_dir: Path) -> str:
             read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
             extras,
             names,
-            evaluation.comparisons(names),
+            variants.comparisons(names),
         )
         write_text(metrics_dir / "report.md", page)
         write_json(metrics_dir / "environment.json", tracking.environment())
