@@ -246,7 +246,8 @@ def test_prepare_new_users_voc_with_each_image_its_own_group(small_params, tmp_p
     printed = capsys.readouterr().out
     assert printed.startswith(
         "prepare: 12 images read as images + Annotations/<stem>.xml (Pascal VOC)\n"
-        "  train 7 images, 7 boxes | val 2 images, 2 boxes | test 3 images, 3 boxes\n"
+        "  train 7 images (7 groups), 7 boxes | val 2 images (2 groups), 2 boxes | test 3 images "
+        "(3 groups), 3 boxes\n"
         "  personalize: apple_tree 3\n"
         "  repaired: nothing\n"
         "  dropped: nothing\n"
@@ -313,6 +314,7 @@ def test_prepare_counts_policies_in_metrics(small_params, tiny_yolo_folder, tmp_
     assert {key for key in stats if key.startswith(("repairs.", "dropped."))} == {
         "repairs.background_images",
         "repairs.clipped_boxes",
+        "repairs.polygon_boxes",
         "repairs.reencoded_images",
         "repairs.voc_size_from_image",
         "repairs.coco_size_from_image",
