@@ -346,7 +346,7 @@ def group_of(stem: str, pattern: re.Pattern[str] | None) -> str:
     match = pattern.fullmatch(stem)
     if match is None:
         raise DataError(
-            f"file stem {stem!r} does not match prepare.group_pattern {pattern.pattern!r}; "
+            f"file stem {stem!r} does not match prepare.group_pattern '{pattern.pattern}'; "
             "set prepare.group_pattern to a regex whose first group names the photo of a file "
             "stem, or to null if every image is its own photo (not a tile): "
             "-S prepare.group_pattern=null, or a regex in quotes inside the shell's quotes, "

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote
 
 from synthdet.data import DataError, read_text
 from synthdet.formats.records import Record
@@ -72,7 +73,14 @@ class _ImageIndex:
         self.paths = {p.relative_to(folder).as_posix(): p for p in images}
 
     def find(self, file_name: str, annotation: Path) -> tuple[Path | None, bool]:
-        """(image, whether it took more than joining `file_name` to a usual root)."""
+        """(image, whether it took more than joining `file_name` to a usual root); a name
+        taken from a URL (`my%20photo.jpg`, Label Studio) is also tried decoded."""
+        image, repaired = self._find(file_name, annotation)
+        if image is None and unquote(file_name) != file_name:
+            return self._find(unquote(file_name), annotation)[0], True
+        return image, repaired
+
+    def _find(self, file_name: str, annotation: Path) -> tuple[Path | None, bool]:
         parts = [p for p in re.split(r"[\\/]+", file_name) if p not in ("", ".")]
         if parts and re.fullmatch(r"[A-Za-z]:", parts[0]):  # a Windows drive
             parts = parts[1:]

@@ -201,5 +201,10 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
         samples.append(sample)
         sizes[sample.image] = size
     if not samples:
-        raise DataError(f"{folder}: no usable image left (every image was dropped, see above)")
+        dropped = [note for note in notes if note.startswith("dropped")]
+        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        raise DataError(
+            f"{folder}: no usable image left, every image was dropped: "
+            f"{'; '.join(dropped[:5])}{more}"
+        )
     return Imported(fmt, samples, repairs, notes, sizes)
