@@ -261,6 +261,25 @@ def test_yolo_polygon_rows_become_the_enclosing_box(tmp_path):
     assert sample.boxes[1].class_id == 1
 
 
+def test_symlinked_image_folder_is_read_and_a_broken_link_named(tmp_path):
+    """pathlib's rglob does not enter a linked folder: its images would vanish."""
+    image_file(tmp_path / "elsewhere" / "a.jpg")
+    text_file(tmp_path / "raw" / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "raw" / "images").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "raw")  # followed once
+    samples, _ = read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert [(s.image.relative_to(tmp_path).as_posix(), len(s.boxes)) for s in samples] == [
+        ("raw/images/a.jpg", 1)
+    ]
+    (tmp_path / "raw" / "labels" / "b.txt").symlink_to(tmp_path / "missing.txt")
+    message = (
+        f"{tmp_path / 'raw'}: 1 symbolic link(s) point to nothing: labels/b.txt; restore their "
+        "targets (with DVC: dvc checkout or dvc pull) or remove the links"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path / "raw", "auto", NAMES)
+
+
 # ---------------------------------------------------------------- 2. declared sizes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +55,29 @@ def skip_reason(path: Path, folder: Path) -> str | None:
     return None
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file under `folder`, following symlinked folders (pathlib's rglob skips them,
+    which would drop a linked images/ without a word); a link loop is followed once."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        files += [Path(root, name) for name in names]
+    broken = sorted(p for p in files if not p.exists() and skip_reason(p, folder) is None)
+    if broken:
+        raise DataError(
+            f"{folder}: {len(broken)} symbolic link(s) point to nothing: "
+            f"{_names(broken, folder)}; restore their targets (with DVC: dvc checkout or dvc "
+            "pull) or remove the links"
+        )
+    return sorted(p for p in files if p.is_file())
+
+
 def survey(folder: Path) -> Survey:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = _files(folder)
     skipped = {p: reason for p in files if (reason := skip_reason(p, folder)) is not None}
     images = [p for p in files if p not in skipped and p.suffix.lower() in IMAGE_SUFFIXES]
     stems = {p.stem.lower() for p in images}
