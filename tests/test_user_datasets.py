@@ -769,10 +769,15 @@ def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
         "(photos), not images, and the dataset has 200 groups; for about 15 % set "
         "-S prepare.test_groups=30",
         "warning: the images are 640 px on their longer side (median) but "
-        "train_detector.yolo.imgsz is 192: the detector sees every object 3.3x its size; if "
-        "that is not intended, set -S train_detector.yolo.imgsz=640",
+        "train_detector.yolo.imgsz is 192: the detector shrinks every image, and object, to "
+        "0.3x its size; if that is not intended, set -S train_detector.yolo.imgsz=640",
     ]
     assert held_out_warnings(200, 30, 30, 320, 192) == []  # the default data's proportions
+    assert held_out_warnings(200, 30, 30, 64, 192) == [
+        "warning: the images are 64 px on their longer side (median) but "
+        "train_detector.yolo.imgsz is 192: the detector enlarges every image, and object, to "
+        "3x its size; if that is not intended, set -S train_detector.yolo.imgsz=64"
+    ]
 
 
 def test_default_group_pattern_on_web_photos_says_how_to_set_it():

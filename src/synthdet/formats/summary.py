@@ -70,8 +70,9 @@ def warnings(
         size = round(side / 32) * 32 or 32
         lines.append(
             f"warning: the images are {side:g} px on their longer side (median) but "
-            f"train_detector.yolo.imgsz is {imgsz}: the detector sees every object "
-            f"{side / imgsz:.2g}x its size; if that is not intended, set -S "
+            f"train_detector.yolo.imgsz is {imgsz}: the detector "
+            f"{'shrinks' if imgsz < side else 'enlarges'} every image, and object, to "
+            f"{imgsz / side:.2g}x its size; if that is not intended, set -S "
             f"train_detector.yolo.imgsz={size}"
         )
     return lines
