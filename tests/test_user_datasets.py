@@ -570,10 +570,11 @@ def valid_dataset(root: Path, fmt: str) -> list[Path]:
 
 @pytest.mark.parametrize("fmt", ["yolo", "coco", "voc"])
 def test_random_bytes_and_truncated_files_give_data_errors_only(tmp_path, fmt):
-    """Every file a reader parses, replaced by random bytes or cut short: a DataError (or a
-    successful read), never another exception."""
+    """Every file a reader parses, replaced by random bytes, cut short or with bytes flipped: a
+    DataError, or a successful read that prepare can then write; never another exception."""
     rng = random.Random(fmt)
-    originals = {p: p.read_bytes() for p in valid_dataset(tmp_path, fmt)}
+    raw = tmp_path / "raw"
+    originals = {p: p.read_bytes() for p in valid_dataset(raw, fmt)}
     cases = 0
     for path, content in originals.items():
         variants = [
@@ -581,13 +582,22 @@ def test_random_bytes_and_truncated_files_give_data_errors_only(tmp_path, fmt):
         ]
         variants += [content[:cut] for cut in sorted({0, 1, len(content) // 3, len(content) - 1})]
         variants += [b"\xff\xfe" + content, b"\xef\xbb\xbf" + content, content.replace(b"1", b"x")]
+        for _ in range(4):  # a few bytes flipped, past the signature of an image format
+            flipped = bytearray(content)
+            for _ in range(4):
+                flipped[rng.randrange(min(16, len(content) // 2), len(content))] = rng.randrange(
+                    256
+                )
+            variants.append(bytes(flipped))
         for variant in variants:
             path.write_bytes(variant)
             with contextlib.suppress(DataError):  # any other exception fails the test
-                formats.import_dataset(tmp_path, fmt, NAMES)
+                imported = formats.import_dataset(raw, fmt, NAMES)
+                shutil.rmtree(tmp_path / "out", ignore_errors=True)
+                formats.write_yolo_folder(imported.samples, tmp_path / "out", Counter())
             cases += 1
         path.write_bytes(content)
-    assert cases >= 13 * len(originals)
+    assert cases == 17 * len(originals)
 
 
 WRONG_JSON_VALUES = (None, True, -1, 1.5, "x", "1", [], {}, float("nan"), 10**30)
