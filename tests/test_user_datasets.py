@@ -280,6 +280,22 @@ def test_symlinked_image_folder_is_read_and_a_broken_link_named(tmp_path):
         read_dataset(tmp_path / "raw", "auto", NAMES)
 
 
+def test_images_and_labels_named_like_documentation_are_data(tmp_path):
+    """A licence-plate dataset: license_plate_1.jpg / .txt are no LICENSE file; classes.txt
+    beside classes.jpg is its label, not a class list."""
+    for stem in ("license_plate_1", "notice-2", "classes"):
+        image_file(tmp_path / "images" / f"{stem}.jpg")
+        text_file(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "LICENSE", "CC BY 4.0\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert sorted((s.image.name, len(s.boxes)) for s in imported.samples) == [
+        ("classes.jpg", 1),
+        ("license_plate_1.jpg", 1),
+        ("notice-2.jpg", 1),
+    ]
+    assert imported.notes == ["skipped, not data: LICENSE (documentation)"]
+
+
 # ---------------------------------------------------------------- 2. declared sizes
 
 
