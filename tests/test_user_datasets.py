@@ -296,6 +296,18 @@ def test_images_and_labels_named_like_documentation_are_data(tmp_path):
     assert imported.notes == ["skipped, not data: LICENSE (documentation)"]
 
 
+def test_labels_in_a_format_not_read_are_named(tmp_path):
+    """Images + a CSV export (TensorFlow / Roboflow CSV): the message names what was found."""
+    image_file(tmp_path / "train" / "a.jpg")
+    text_file(tmp_path / "train" / "_annotations.csv", "filename,xmin\na.jpg,1\n")
+    message = (
+        f"{tmp_path}: cannot tell the dataset format; found 1 images and "
+        "train/_annotations.csv but no label files prepare reads"
+    )
+    with pytest.raises(DataError, match=re.escape(message) + ".*CSV and other layouts are not"):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
 # ---------------------------------------------------------------- 2. declared sizes
 
 

@@ -120,10 +120,13 @@ def detect_format(folder: Path, found: Survey | None = None) -> str:
             f"{folder}: cannot tell the dataset format, it holds label files of several "
             f"formats: {listing}; set prepare.format (yolo | coco | voc) and move the others out"
         )
+    unread = f" and {_names(found.others, folder, 3)}" if found.others else ""
     raise DataError(
-        f"{folder}: cannot tell the dataset format; found {len(found.images)} images but no "
-        "label files: expected images + labels/*.txt (YOLO), a COCO *.json (beside images/ or "
-        "in annotations/), or Annotations/*.xml (Pascal VOC); or set prepare.format"
+        f"{folder}: cannot tell the dataset format; found {len(found.images)} images{unread} "
+        "but no label files prepare reads: expected images + labels/*.txt (YOLO), a COCO *.json "
+        "(beside images/ or in annotations/), or Annotations/*.xml (Pascal VOC), in any folder; "
+        "export the labels in one of these formats (CSV and other layouts are not read), or set "
+        "prepare.format"
     )
 
 
