@@ -800,19 +800,19 @@ def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
     """200 web photos of 640 px, each its own group, val_groups 2 / test_groups 3 (the defaults
     for 14 photos): val and test get 1 % of the images, the detector sees them at 192 px."""
     assert held_out_warnings(200, 2, 3, 640, 192) == [
-        "warning: the val split holds 2 of 200 images (1%): prepare.val_groups=2 counts groups "
+        "the val split holds 2 of 200 images (1%): prepare.val_groups=2 counts groups "
         "(photos), not images, and the dataset has 200 groups; for about 15 % set "
         "-S prepare.val_groups=30",
-        "warning: the test split holds 3 of 200 images (2%): prepare.test_groups=3 counts groups "
+        "the test split holds 3 of 200 images (2%): prepare.test_groups=3 counts groups "
         "(photos), not images, and the dataset has 200 groups; for about 15 % set "
         "-S prepare.test_groups=30",
-        "warning: the images are 640 px on their longer side (median) but "
+        "the images are 640 px on their longer side (median) but "
         "train_detector.yolo.imgsz is 192: the detector shrinks every image, and object, to "
         "0.3x its size; if that is not intended, set -S train_detector.yolo.imgsz=640",
     ]
     assert held_out_warnings(200, 30, 30, 320, 192) == []  # the default data's proportions
     assert held_out_warnings(200, 30, 30, 64, 192) == [
-        "warning: the images are 64 px on their longer side (median) but "
+        "the images are 64 px on their longer side (median) but "
         "train_detector.yolo.imgsz is 192: the detector enlarges every image, and object, to "
         "3x its size; if that is not intended, set -S train_detector.yolo.imgsz=64"
     ]

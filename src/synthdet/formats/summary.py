@@ -51,8 +51,8 @@ def group_counts(split: dict[str, list[Sample]], pattern: str | None) -> dict[st
 def warnings(
     imported: Imported, split: dict[str, list[Sample]], groups: dict[str, int], imgsz: int
 ) -> list[str]:
-    """What the user most likely did not intend: a held-out split of a few images (val_groups
-    and test_groups count groups), images far from `train_detector.yolo.imgsz`."""
+    """What the user most likely did not intend, for `errors.warn`: a held-out split of a few
+    images (val_groups and test_groups count groups), images far from the detector's imgsz."""
     lines = []
     total_images, total_groups = len(imported.samples), sum(groups.values())
     for name in ("val", "test"):
@@ -60,7 +60,7 @@ def warnings(
         if share < MIN_HELD_OUT_SHARE:
             wanted = max(round(0.15 * total_groups), groups[name] + 1)
             lines.append(
-                f"warning: the {name} split holds {len(split[name])} of {total_images} images "
+                f"the {name} split holds {len(split[name])} of {total_images} images "
                 f"({share:.0%}): prepare.{name}_groups={groups[name]} counts groups (photos), "
                 f"not images, and the dataset has {total_groups} groups; for about 15 % set "
                 f"-S prepare.{name}_groups={wanted}"
@@ -69,7 +69,7 @@ def warnings(
     if max(side / imgsz, imgsz / side) >= IMGSZ_FACTOR:
         size = round(side / 32) * 32 or 32
         lines.append(
-            f"warning: the images are {side:g} px on their longer side (median) but "
+            f"the images are {side:g} px on their longer side (median) but "
             f"train_detector.yolo.imgsz is {imgsz}: the detector "
             f"{'shrinks' if imgsz < side else 'enlarges'} every image, and object, to "
             f"{imgsz / side:.2g}x its size; if that is not intended, set -S "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from synthdet import data, formats, tracking
 from synthdet.cli import run_stage
+from synthdet.errors import warn
 from synthdet.formats import summary
 from synthdet.params import Params
 
@@ -86,9 +87,9 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         data.write_json(metrics_path, stats)
         mlflow_run.log_metrics(stats)
     groups = summary.group_counts(split, p.group_pattern)
-    lines = summary.summary(stats, imported, groups, list(subjects))
-    lines += summary.warnings(imported, split, groups, params.train_detector.imgsz)
-    print("\n".join(lines))
+    print("\n".join(summary.summary(stats, imported, groups, list(subjects))), flush=True)
+    for message in summary.warnings(imported, split, groups, params.train_detector.imgsz):
+        warn(message)
     return stats
 
 
