@@ -801,10 +801,10 @@ def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
     for 14 photos): val and test get 1 % of the images, the detector sees them at 192 px."""
     assert held_out_warnings(200, 2, 3, 640, 192) == [
         "the val split holds 2 of 200 images (1%): prepare.val_groups=2 counts groups "
-        "(photos), not images, and the dataset has 200 groups; for about 15 % set "
+        "(photos), not images, and the dataset has 200 groups; for about 15% set "
         "-S prepare.val_groups=30",
         "the test split holds 3 of 200 images (2%): prepare.test_groups=3 counts groups "
-        "(photos), not images, and the dataset has 200 groups; for about 15 % set "
+        "(photos), not images, and the dataset has 200 groups; for about 15% set "
         "-S prepare.test_groups=30",
         "the images are 640 px on their longer side (median) but "
         "train_detector.yolo.imgsz is 192: the detector shrinks every image, and object, to "

@@ -142,7 +142,6 @@ def read_coco(
                     f"{where}: category id {category_id} is {category['name']!r} here but "
                     f"{categories[category_id]!r} before; give each category its own id"
                 )
-            categories[category_id] = category["name"]
         images: dict[Any, Record] = {}
         for number, image in enumerate(coco["images"]):
             where = _coco_where(path, "image", number, image)

@@ -15,6 +15,7 @@ from synthdet.formats.importer import DROP_KEYS, LAYOUT, REPAIR_KEYS, Imported
 
 IMGSZ_FACTOR = 2  # images this many times larger or smaller than the detector's imgsz: warn
 MIN_HELD_OUT_SHARE = 0.05  # a val / test split under this share of the images: warn
+SUGGESTED_HELD_OUT_SHARE = 0.15  # ... and suggest this many groups instead
 SPLITS = ("train", "val", "test")
 
 
@@ -58,11 +59,12 @@ def warnings(
     for name in ("val", "test"):
         share = len(split[name]) / total_images
         if share < MIN_HELD_OUT_SHARE:
-            wanted = max(round(0.15 * total_groups), groups[name] + 1)
+            wanted = max(round(SUGGESTED_HELD_OUT_SHARE * total_groups), groups[name] + 1)
             lines.append(
                 f"the {name} split holds {len(split[name])} of {total_images} images "
                 f"({share:.0%}): prepare.{name}_groups={groups[name]} counts groups (photos), "
-                f"not images, and the dataset has {total_groups} groups; for about 15 % set "
+                f"not images, and the dataset has {total_groups} groups; for about "
+                f"{SUGGESTED_HELD_OUT_SHARE:.0%} set "
                 f"-S prepare.{name}_groups={wanted}"
             )
     side = imported.median_long_side
