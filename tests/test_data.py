@@ -21,7 +21,11 @@ def test_reads_valid_folder(tiny_yolo_folder):
 @pytest.mark.parametrize(
     ("label", "message"),
     [
-        ("0 0.5 0.5 0.1\n", "expected 'class cx cy w h' \\(5 fields\\), got 4"),
+        (
+            "0 0.5 0.5 0.1\n",
+            "expected 'class cx cy w h' \\(5 numbers separated by spaces\\) or a polygon "
+            "'class x1 y1 x2 y2 x3 y3 \\.\\.\\.', got 4 field\\(s\\) in '0 0.5 0.5 0.1'",
+        ),
         ("0 0.5 0.5 0.1 x\n", "not a number"),
         ("1 0.5 0.5 0.1 0.1\n", "class id 1 is not in the 1 class names"),
         ("0 0.5 0.5 0.0 0.1\n", "box has zero or negative size"),

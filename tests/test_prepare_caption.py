@@ -243,17 +243,21 @@ def test_prepare_new_users_voc_with_each_image_its_own_group(small_params, tmp_p
     stats = prepare.run(params, raw, tmp_path / "out", tmp_path / "prepare.json")
     assert (stats["train.images"], stats["val.images"], stats["test.images"]) == (7, 2, 3)
     assert stats["train.boxes"] == 7 and stats["repairs.background_images"] == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith(
+    printed = capsys.readouterr()
+    assert printed.out.startswith(
         "prepare: 12 images read as images + Annotations/<stem>.xml (Pascal VOC)\n"
-        "  train 7 images, 7 boxes | val 2 images, 2 boxes | test 3 images, 3 boxes\n"
+        "  train 7 images (7 groups), 7 boxes | val 2 images (2 groups), 2 boxes | test 3 images "
+        "(3 groups), 3 boxes\n"
         "  personalize: apple_tree 3\n"
         "  repaired: nothing\n"
         "  dropped: nothing\n"
     )
-    # 64 px images, train_detector.yolo.imgsz 192: 3x apart
-    assert "warning: the images are 64 px on their longer side (median) but " in printed
-    assert printed.rstrip().endswith("if that is not intended, set -S train_detector.yolo.imgsz=64")
+    # 64 px images, train_detector.yolo.imgsz 192: 3x apart (on stderr, as every warning)
+    assert printed.err.splitlines()[-1] == (
+        "warning: the images are 64 px on their longer side (median) but "
+        "train_detector.yolo.imgsz is 192: the detector enlarges every image, and object, to "
+        "3x its size; if that is not intended, set -S train_detector.yolo.imgsz=64"
+    )
 
 
 def test_prepare_default_sized_images_print_no_imgsz_warning(
@@ -265,7 +269,7 @@ def test_prepare_default_sized_images_print_no_imgsz_warning(
     )
     out = tiny_yolo_folder.parent / "out"
     prepare.run(params, tiny_yolo_folder, out, out.parent / "prepare.json")
-    assert "warning" not in capsys.readouterr().out
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_prepare_stops_without_any_box(small_params, tmp_path):
@@ -313,6 +317,7 @@ def test_prepare_counts_policies_in_metrics(small_params, tiny_yolo_folder, tmp_
     assert {key for key in stats if key.startswith(("repairs.", "dropped."))} == {
         "repairs.background_images",
         "repairs.clipped_boxes",
+        "repairs.polygon_boxes",
         "repairs.reencoded_images",
         "repairs.voc_size_from_image",
         "repairs.coco_size_from_image",

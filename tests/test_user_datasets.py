@@ -2,9 +2,13 @@
 bad files, data that would distort the evaluation, and a new user's first run."""
 
 import contextlib
+import functools
 import json
 import random
 import re
+import shlex
+import shutil
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +16,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from synthdet import formats
-from synthdet.data import DataError, read_yolo_folder
+from synthdet.data import DataError, Sample, read_yolo_folder, split_by_group
+from synthdet.formats import summary
+from synthdet.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
 
 NAMES = ("apple", "pear")
 
@@ -200,6 +208,106 @@ def test_yolo_class_list_must_be_shared_class_names(tmp_path):
         read_dataset(tmp_path, "auto", NAMES)
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("a.jfif", "JPEG"), ("a.jpe", "JPEG"), ("a.mpo", "JPEG")]
+)
+def test_jpeg_under_other_suffixes_is_read_and_written_as_png(tmp_path, name, fmt):
+    image_file(tmp_path / "raw" / "images" / name, fmt=fmt)
+    text_file(tmp_path / "raw" / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    samples, _ = read_dataset(tmp_path / "raw", "auto", NAMES)
+    repairs = Counter()
+    formats.write_yolo_folder(samples, tmp_path / "out", repairs)
+    assert [p.name for p in (tmp_path / "out" / "images").iterdir()] == ["a.png"]
+    assert repairs == Counter(reencoded_images=1)
+
+
+def test_photo_in_an_unread_format_is_named_not_its_label(tmp_path):
+    """A HEIC photo with its label: the photo is the problem, not an 'orphan' label."""
+    text_file(tmp_path / "images" / "b.heic", b"\x00\x00\x00\x18ftypheic")
+    text_file(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
+    message = f"{tmp_path}: 1 image(s) in a format prepare does not read: images/b.heic"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_coco_file_name_from_a_url_is_decoded(tmp_path):
+    image_file(tmp_path / "images" / "my photo.jpg")
+    image = {"id": 0, "file_name": "/data/upload/1/my%20photo.jpg", "width": 40, "height": 20}
+    annotation = {"id": 1, "image_id": 0, "category_id": 1, "bbox": [10, 5, 20, 10]}
+    coco_file(tmp_path / "result.json", [image], [annotation])
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"my photo.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs["coco_file_name_resolved"] == 1
+
+
+def test_yolo_polygon_rows_become_the_enclosing_box(tmp_path):
+    """Segmentation labels (ultralytics, Roboflow): the box is the polygon's extent, counted;
+    checked on the pixels: the written box is the red triangle's bounding box."""
+    image = Image.new("RGB", (40, 20), (30, 120, 30))
+    triangle = [(8, 4), (28, 6), (14, 16)]
+    ImageDraw.Draw(image).polygon(triangle, fill=RED)
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    image.save(tmp_path / "raw" / "images" / "t.png")
+    row = " ".join(f"{x / 40:.6f} {y / 20:.6f}" for x, y in triangle)
+    text_file(tmp_path / "raw" / "labels" / "t.txt", f"0 {row}\n1 0.5 0.5 0.2 0.2\n")
+    samples, repairs = read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert repairs["polygon_boxes"] == 1
+    formats.write_yolo_folder(samples, tmp_path / "out", Counter())
+    (sample,) = read_yolo_folder(tmp_path / "out", len(NAMES))
+    red = [(i % 40, i // 40) for i, pixel in enumerate(image.getdata()) if pixel == RED]
+    xs, ys = zip(*red, strict=True)
+    assert (min(xs), min(ys), max(xs), max(ys)) == (8, 4, 28, 16)  # the triangle's pixels
+    assert sample.boxes[0].xyxy(40, 20) == pytest.approx((8, 4, 28, 16), abs=1e-3)
+    assert sample.boxes[1].class_id == 1
+
+
+def test_symlinked_image_folder_is_read_and_a_broken_link_named(tmp_path):
+    """pathlib's rglob does not enter a linked folder: its images would vanish."""
+    image_file(tmp_path / "elsewhere" / "a.jpg")
+    text_file(tmp_path / "raw" / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "raw" / "images").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "raw")  # followed once
+    samples, _ = read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert [(s.image.relative_to(tmp_path).as_posix(), len(s.boxes)) for s in samples] == [
+        ("raw/images/a.jpg", 1)
+    ]
+    (tmp_path / "raw" / "labels" / "b.txt").symlink_to(tmp_path / "missing.txt")
+    message = (
+        f"{tmp_path / 'raw'}: 1 symbolic link(s) point to nothing: labels/b.txt; restore their "
+        "targets (with DVC: dvc checkout or dvc pull) or remove the links"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path / "raw", "auto", NAMES)
+
+
+def test_images_and_labels_named_like_documentation_are_data(tmp_path):
+    """A licence-plate dataset: license_plate_1.jpg / .txt are no LICENSE file; classes.txt
+    beside classes.jpg is its label, not a class list."""
+    for stem in ("license_plate_1", "notice-2", "classes"):
+        image_file(tmp_path / "images" / f"{stem}.jpg")
+        text_file(tmp_path / "labels" / f"{stem}.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "LICENSE", "CC BY 4.0\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert sorted((s.image.name, len(s.boxes)) for s in imported.samples) == [
+        ("classes.jpg", 1),
+        ("license_plate_1.jpg", 1),
+        ("notice-2.jpg", 1),
+    ]
+    assert imported.notes == ["skipped, not data: LICENSE (documentation)"]
+
+
+def test_labels_in_a_format_not_read_are_named(tmp_path):
+    """Images + a CSV export (TensorFlow / Roboflow CSV): the message names what was found."""
+    image_file(tmp_path / "train" / "a.jpg")
+    text_file(tmp_path / "train" / "_annotations.csv", "filename,xmin\na.jpg,1\n")
+    message = (
+        f"{tmp_path}: cannot tell the dataset format; found 1 images and "
+        "train/_annotations.csv but no label files prepare reads"
+    )
+    with pytest.raises(DataError, match=re.escape(message) + ".*CSV and other layouts are not"):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
 # ---------------------------------------------------------------- 2. declared sizes
 
 
@@ -269,6 +377,29 @@ def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(
         read_dataset(raw, "auto", NAMES)
 
 
+def test_voc_negative_size_is_an_error(tmp_path):
+    image_file(tmp_path / "JPEGImages" / "a.jpg")
+    xml = text_file(
+        tmp_path / "Annotations" / "a.xml", voc_xml([("apple", 0, (10, 5, 30, 15))], (-40, 20))
+    )
+    message = f"{xml}: size -40x20 is not a whole number of pixels; correct it or remove <size>"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_coco_category_ids_that_clash_are_an_error(tmp_path):
+    """Two names under one id would give half the boxes the wrong class."""
+    image_file(tmp_path / "images" / "a.jpg")
+    categories = ({"id": 1, "name": "apple"}, {"id": 1, "name": "pear"})
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], [], categories)
+    message = (
+        f"{tmp_path / 'a.json'} category #1 (id 1): category id 1 is 'pear' here but 'apple' "
+        "before; give each category its own id"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
 # ---------------------------------------------------------------- 3. annotation policies
 
 
@@ -300,6 +431,31 @@ def test_duplicate_label_rows_are_one_object(tmp_path):
     samples, repairs = read_dataset(tmp_path, "auto", NAMES)
     assert [b.class_id for b in samples[0].boxes] == [0, 1]
     assert repairs == Counter(duplicate_boxes=2)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc"])
+def test_a_box_repeated_in_coco_or_voc_is_one_object(tmp_path, fmt):
+    image_file(tmp_path / "images" / "a.jpg")
+    if fmt == "coco":
+        annotations = [
+            {"id": i, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10]} for i in (1, 2)
+        ]
+        coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
+    else:
+        objects = [("apple", 0, (10, 5, 30, 15))] * 2
+        text_file(tmp_path / "Annotations" / "a.xml", voc_xml(objects))
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs["duplicate_boxes"] == 1
+
+
+def test_voc_difficult_written_as_a_boolean(tmp_path):
+    image_file(tmp_path / "JPEGImages" / "a.jpg")
+    objects = [("apple", "false", (10, 5, 30, 15)), ("pear", "True", (0, 0, 8, 8))]
+    text_file(tmp_path / "Annotations" / "a.xml", voc_xml(objects))
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs == Counter(voc_difficult_objects=1)
 
 
 # ---------------------------------------------------------------- 4. no traceback
@@ -360,6 +516,68 @@ def test_string_category_id_says_so(tmp_path):
         read_dataset(tmp_path, "auto", NAMES)
 
 
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        ("0 0.5 0.5 0.2 0.2\n".encode("utf-16-le"), "a NUL byte at offset 1: UTF-16 without a"),
+        (b"0 0.5 0.5 0.2 0.2\x00\n", "a NUL byte at offset 17: UTF-16 without a"),
+        ("0 0.5 0.5 0.2 0.2 \xe9\n".encode("latin-1"), "byte 0xe9 at offset 18 is not UTF-8"),
+    ],
+)
+def test_label_file_in_another_encoding_is_named(tmp_path, content, found):
+    label = yolo_one(tmp_path, content)
+    with pytest.raises(DataError, match=re.escape(f"{label}: not UTF-8 text ({found}")):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            "0 20 10 8 4",
+            "coordinates '0 20 10 8 4' look like pixels; YOLO labels hold fractions of the "
+            "image width and height (0-1): divide them by the image size",
+        ),
+        (
+            "0 0.5 0.5 0.2 0.2 0.9",
+            "got 6 field(s) in '0 0.5 0.5 0.2 0.2 0.9'; a 6th column (a score?) does not "
+            "belong in a label",
+        ),
+        ("0,0.5,0.5,0.2,0.2", "(5 numbers separated by spaces)"),
+    ],
+)
+def test_malformed_label_rows_say_what_to_do(tmp_path, row, message):
+    label = yolo_one(tmp_path, row + "\n")
+    with pytest.raises(DataError, match=re.escape(f"{label}:1: ") + ".*" + re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ((1.0, 1.0, 1.0), None),  # a whole JSON number is the same id, as in pycocotools
+        ((True, 1, 1), "image #0 (id True): needs an integer 'id', got True"),
+        ((1, 1, "x"), "annotation #0 (id 1): category_id 'x' is not in 'categories' (ids [1])"),
+    ],
+)
+def test_coco_ids_are_read_as_pycocotools_reads_them(tmp_path, ids, message):
+    image_id, annotation_image_id, category_id = ids
+    image_file(tmp_path / "images" / "a.jpg")
+    annotation = {
+        "id": 1,
+        "image_id": annotation_image_id,
+        "category_id": category_id,
+        "bbox": [10, 5, 20, 10],
+    }
+    coco_file(tmp_path / "a.json", [{"id": image_id, "file_name": "a.jpg"}], [annotation])
+    if message is None:
+        samples, _ = read_dataset(tmp_path, "auto", NAMES)
+        assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    else:
+        with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'a.json'} {message}")):
+            read_dataset(tmp_path, "auto", NAMES)
+
+
 def valid_dataset(root: Path, fmt: str) -> list[Path]:
     """A small valid dataset of `fmt`; returns the files a reader parses (to break them)."""
     image = image_file(root / "images" / "a.png", size=(32, 32))
@@ -380,10 +598,11 @@ def valid_dataset(root: Path, fmt: str) -> list[Path]:
 
 @pytest.mark.parametrize("fmt", ["yolo", "coco", "voc"])
 def test_random_bytes_and_truncated_files_give_data_errors_only(tmp_path, fmt):
-    """Every file a reader parses, replaced by random bytes or cut short: a DataError (or a
-    successful read), never another exception."""
+    """Every file a reader parses, replaced by random bytes, cut short or with bytes flipped: a
+    DataError, or a successful read that prepare can then write; never another exception."""
     rng = random.Random(fmt)
-    originals = {p: p.read_bytes() for p in valid_dataset(tmp_path, fmt)}
+    raw = tmp_path / "raw"
+    originals = {p: p.read_bytes() for p in valid_dataset(raw, fmt)}
     cases = 0
     for path, content in originals.items():
         variants = [
@@ -391,13 +610,82 @@ def test_random_bytes_and_truncated_files_give_data_errors_only(tmp_path, fmt):
         ]
         variants += [content[:cut] for cut in sorted({0, 1, len(content) // 3, len(content) - 1})]
         variants += [b"\xff\xfe" + content, b"\xef\xbb\xbf" + content, content.replace(b"1", b"x")]
+        for _ in range(4):  # a few bytes flipped, past the signature of an image format
+            flipped = bytearray(content)
+            for _ in range(4):
+                flipped[rng.randrange(min(16, len(content) // 2), len(content))] = rng.randrange(
+                    256
+                )
+            variants.append(bytes(flipped))
         for variant in variants:
             path.write_bytes(variant)
             with contextlib.suppress(DataError):  # any other exception fails the test
-                formats.import_dataset(tmp_path, fmt, NAMES)
+                imported = formats.import_dataset(raw, fmt, NAMES)
+                shutil.rmtree(tmp_path / "out", ignore_errors=True)
+                formats.write_yolo_folder(imported.samples, tmp_path / "out", Counter())
             cases += 1
         path.write_bytes(content)
-    assert cases >= 13 * len(originals)
+    assert cases == 17 * len(originals)
+
+
+WRONG_JSON_VALUES = (None, True, -1, 1.5, "x", "1", [], {}, float("nan"), 10**30)
+WRONG_XML_TEXTS = ("", "x", "-1", "1.5", "1e309", "nan", "true")
+
+
+def json_paths(value, path=()):
+    """Every path into a JSON document (keys and list indices), the root first."""
+    yield path
+    if isinstance(value, dict | list):
+        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from json_paths(child, (*path, key))
+
+
+def test_every_coco_field_wrong_or_missing_gives_a_data_error_only(tmp_path):
+    """Each value of a valid COCO file replaced by a wrong type or removed: a DataError or a
+    successful read, never another exception."""
+    image_file(tmp_path / "images" / "a.png", size=(32, 32))
+    valid = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 0}
+        ],
+        "categories": [{"id": 1, "name": "apple"}],
+    }
+    cases = 0
+    for path in list(json_paths(valid))[1:]:
+        for value in (*WRONG_JSON_VALUES, "missing"):
+            document = json.loads(json.dumps(valid))
+            parent = functools.reduce(lambda node, key: node[key], path[:-1], document)
+            if value == "missing":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            text_file(tmp_path / "a.json", json.dumps(document))
+            with contextlib.suppress(DataError):  # any other exception fails the test
+                formats.import_dataset(tmp_path, "coco", NAMES)
+            cases += 1
+    assert cases == 21 * 11  # 21 values and lists, nested ones included
+
+
+def test_every_voc_element_wrong_or_missing_gives_a_data_error_only(tmp_path):
+    image_file(tmp_path / "JPEGImages" / "a.png", size=(32, 32))
+    valid = voc_xml([("apple", 0, (1, 1, 9, 9))], size=(32, 32), filename="a.png")
+    count = len(list(ET.fromstring(valid).iter()))
+    cases = 0
+    for index in range(1, count):
+        for text in (*WRONG_XML_TEXTS, None):
+            root = ET.fromstring(valid)
+            element = list(root.iter())[index]
+            if text is None:
+                parent = next(p for p in root.iter() if element in list(p))
+                parent.remove(element)
+            else:
+                element.text = text
+            text_file(tmp_path / "Annotations" / "a.xml", ET.tostring(root))
+            with contextlib.suppress(DataError):  # any other exception fails the test
+                formats.import_dataset(tmp_path, "voc", NAMES)
+            cases += 1
+    assert cases == (count - 1) * 8
 
 
 # ---------------------------------------------------------------- 5. distorting data
@@ -428,6 +716,28 @@ def test_same_picture_under_two_names(tmp_path):
     ]
     text_file(tmp_path / "labels" / "b.txt", "1 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match="the same picture as .* but with other labels"):
+        formats.import_dataset(tmp_path, "auto", NAMES)
+
+
+def test_same_picture_with_an_alpha_channel_is_a_duplicate(tmp_path):
+    """Hashed as prepare writes it (upright RGB): an opaque RGBA copy is the same picture."""
+    image_file(tmp_path / "images" / "a.jpg", colour=(1, 2, 3), fmt="PNG")
+    Image.new("RGBA", (40, 20), (1, 2, 3, 255)).save(tmp_path / "images" / "b.png")
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert [s.image.name for s in imported.samples] == ["a.jpg"]
+    assert imported.repairs["duplicate_images"] == 1
+
+
+def test_a_dataset_of_tiny_images_names_them(tmp_path):
+    image_file(tmp_path / "images" / "a.jpg", size=(1, 1))
+    text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
+    message = (
+        f"{tmp_path}: no usable image left, every image was dropped: dropped images/a.jpg: "
+        "1x1 px, under 10 px (ultralytics' minimum)"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
         formats.import_dataset(tmp_path, "auto", NAMES)
 
 
@@ -472,6 +782,105 @@ def test_several_label_formats_need_prepare_format(tmp_path):
         read_dataset(tmp_path, "auto", NAMES)
 
 
+def held_out_warnings(images: int, val: int, test: int, side: int, imgsz: int) -> list[str]:
+    """`formats.summary.warnings` for `images` images of `side` px, each its own group."""
+    samples = [Sample(Path(f"p-{i}.jpg"), ()) for i in range(images)]
+    imported = formats.Imported(
+        "voc", samples, Counter(), [], {s.image: (side, side) for s in samples}
+    )
+    split = {
+        "test": samples[:test],
+        "val": samples[test : test + val],
+        "train": samples[val + test :],
+    }
+    return summary.warnings(imported, split, summary.group_counts(split, None), imgsz)
+
+
+def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
+    """200 web photos of 640 px, each its own group, val_groups 2 / test_groups 3 (the defaults
+    for 14 photos): val and test get 1 % of the images, the detector sees them at 192 px."""
+    assert held_out_warnings(200, 2, 3, 640, 192) == [
+        "the val split holds 2 of 200 images (1%): prepare.val_groups=2 counts groups "
+        "(photos), not images, and the dataset has 200 groups; for about 15% set "
+        "-S prepare.val_groups=30",
+        "the test split holds 3 of 200 images (2%): prepare.test_groups=3 counts groups "
+        "(photos), not images, and the dataset has 200 groups; for about 15% set "
+        "-S prepare.test_groups=30",
+        "the images are 640 px on their longer side (median) but "
+        "train_detector.yolo.imgsz is 192: the detector shrinks every image, and object, to "
+        "0.3x its size; if that is not intended, set -S train_detector.yolo.imgsz=640",
+    ]
+    assert held_out_warnings(200, 30, 30, 320, 192) == []  # the default data's proportions
+    assert held_out_warnings(200, 30, 30, 64, 192) == [
+        "the images are 64 px on their longer side (median) but "
+        "train_detector.yolo.imgsz is 192: the detector enlarges every image, and object, to "
+        "3x its size; if that is not intended, set -S train_detector.yolo.imgsz=64"
+    ]
+
+
+def test_default_group_pattern_on_web_photos_says_how_to_set_it():
+    samples = [Sample(Path(f"name-{i}.jpg"), ()) for i in range(6)]
+    message = (
+        "file stem 'name-0' does not match prepare.group_pattern '(.+)_\\d+'; set "
+        "prepare.group_pattern to a regex whose first group names the photo of a file stem, or "
+        "to null if every image is its own photo (not a tile): -S prepare.group_pattern=null, "
+        "or a regex in quotes inside the shell's quotes, "
+        """-S "prepare.group_pattern='(.+)-\\d+'" (see README 'Your own data')"""
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        split_by_group(samples, r"(.+)_\d+", 2, 3, seed=0)
+
+
+def readme_overrides() -> list[list[str]]:
+    """The `-S` values of each `dvc exp run` of the README's worked example."""
+    readme = (REPO / "README.md").read_text()
+    example = readme[readme.index("**Worked example: a dataset of another class.**") :]
+    example = example[: example.index("\n## ")].replace("\\\n", " ")
+    runs = []
+    for line in example.splitlines():
+        if line.startswith("dvc exp run "):
+            words = shlex.split(line, comments=True)
+            runs.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
+    return runs
+
+
+def test_readme_set_param_spellings_pass_dvcs_override_parser(tmp_path):
+    """Each `dvc exp run -S ...` of the README's worked example, applied to params.yaml by
+    DVC's own override code (Hydra's grammar), gives params that load and say what the README
+    means; the unquoted regex is refused by the parser, as the README says."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides
+
+    loaded = []
+    for overrides in readme_overrides():
+        shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+        apply_overrides(tmp_path / "params.yaml", overrides)
+        loaded.append(load_params(tmp_path / "params.yaml"))
+    new_class, *regexes, noun = loaded
+    assert list(new_class.shared.subjects) == ["pear"]
+    assert new_class.shared.subjects["pear"].stem_pattern == ".*"
+    assert new_class.shared.class_names == ("pear",)
+    assert new_class.base.class_prompt == "a photo of pear"
+    assert (new_class.prepare.group_pattern, new_class.train_detector.imgsz) == (None, 640)
+    assert [params.prepare.group_pattern for params in regexes] == [r"(.+)-\d+"] * 2
+    assert noun.shared.subjects["apple_tree"].class_noun == "pear tree"
+    with pytest.raises(InvalidArgumentError, match="Invalid `--set-param` value"):
+        apply_overrides(tmp_path / "params.yaml", ["prepare.group_pattern=(.+)"])
+
+
+def test_default_dataset_splits_as_committed():
+    """The embedded 14 photos still give the committed split (metrics/prepare.json)."""
+    params = load_params(REPO / "params.yaml")
+    imported = formats.import_dataset(REPO / "data/raw", "auto", params.shared.class_names)
+    p = params.prepare
+    split = split_by_group(
+        imported.samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
+    )
+    committed = json.loads((REPO / "metrics/prepare.json").read_text())
+    for name, samples in split.items():
+        assert len(samples) == committed[f"{name}.images"]
+        assert sum(len(s.boxes) for s in samples) == committed[f"{name}.boxes"]
+
+
 def test_gitignore_ignores_dvc_plots():
-    root = Path(__file__).resolve().parents[1]
-    assert "dvc_plots/" in (root / ".gitignore").read_text().splitlines()
+    assert "dvc_plots/" in (REPO / ".gitignore").read_text().splitlines()

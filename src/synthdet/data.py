@@ -22,7 +22,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthdet.errors import SynthdetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What Pillow decodes and prepare reads; .jfif / .jpe / .mpo are JPEGs under other names.
+IMAGE_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".jfif",
+    ".jpe",
+    ".mpo",
+)
 MIN_IMAGE_SIDE = 10  # ultralytics' minimum: smaller images cannot hold an object
 DATASET_YAML = "dataset.yaml"  # the ultralytics dataset description next to YOLO folders
 
@@ -133,6 +145,12 @@ def read_text(path: Path) -> str:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if b"\x00" in raw and raw[:2] not in (b"\xff\xfe", b"\xfe\xff"):
+        # Text never holds NUL bytes; UTF-16 without a byte-order mark is the usual cause.
+        raise DataError(
+            f"{path}: not UTF-8 text (a NUL byte at offset {raw.index(0)}: UTF-16 without a "
+            "byte-order mark, or not a text file); save it as UTF-8"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -169,7 +187,11 @@ def drop_duplicate_boxes(boxes: Iterable[Box], repairs: Counter) -> tuple[Box, .
 def parse_label_file(
     path: Path, num_classes: int, repairs: Counter | None = None
 ) -> tuple[Box, ...]:
-    """Read a YOLO label file, rejecting malformed rows with file:line and the problem."""
+    """Read a YOLO label file, rejecting malformed rows with file:line and the problem.
+
+    A row is `class cx cy w h` (normalised), or a segmentation polygon `class x1 y1 x2 y2 x3 y3
+    ...` whose enclosing box is taken and counted (`polygon_boxes`), as ultralytics does.
+    """
     repairs = Counter() if repairs is None else repairs
     boxes = []
     for number, line in enumerate(read_text(path).splitlines(), 1):
@@ -177,23 +199,44 @@ def parse_label_file(
         if not fields:
             continue
         where = f"{path}:{number}"
-        if len(fields) != 5:
-            raise DataError(f"{where}: expected 'class cx cy w h' (5 fields), got {len(fields)}")
+        polygon = len(fields) >= 7 and len(fields) % 2 == 1
+        if len(fields) != 5 and not polygon:
+            raise DataError(
+                f"{where}: expected 'class cx cy w h' (5 numbers separated by spaces) or a "
+                f"polygon 'class x1 y1 x2 y2 x3 y3 ...', got {len(fields)} field(s) in "
+                f"{line.strip()!r}"
+                + (
+                    "; a 6th column (a score?) does not belong in a label"
+                    if len(fields) == 6
+                    else ""
+                )
+            )
         try:
             class_id = _class_id(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
+            values = [float(v) for v in fields[1:]]
         except ValueError as exc:
             raise DataError(f"{where}: not a number in {line.strip()!r}") from exc
         if class_id is None:
             raise DataError(f"{where}: class id {fields[0]!r} is not a whole number")
-        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+        if not all(math.isfinite(v) for v in values):
             raise DataError(f"{where}: not a finite number in {line.strip()!r}")
         if not 0 <= class_id < num_classes:
             raise DataError(
                 f"{where}: class id {class_id} is not in the {num_classes} class names "
                 "(shared.class_names)"
             )
-        corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        if max(values) > 2:  # normalised: a centre in [0, 1], a size clipped to it
+            raise DataError(
+                f"{where}: coordinates {line.strip()!r} look like pixels; YOLO labels hold "
+                "fractions of the image width and height (0-1): divide them by the image size"
+            )
+        if polygon:
+            xs, ys = values[0::2], values[1::2]
+            corners = (min(xs), min(ys), max(xs), max(ys))
+            repairs["polygon_boxes"] += 1
+        else:
+            cx, cy, w, h = values
+            corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         boxes.append(clip_box(class_id, *corners, where=where, repairs=repairs))
     return drop_duplicate_boxes(boxes, repairs)
 
@@ -209,7 +252,16 @@ class ImageInfo:
     size: tuple[int, int]  # (width, height) of the upright image, as `prepare` writes it
     stored_size: tuple[int, int]  # (width, height) as stored, before the EXIF orientation
     orientation: int  # EXIF orientation tag (1 = upright as stored)
-    digest: str  # sha256 of the upright pixels: equal for the same picture under two names
+    digest: str  # sha256 of the upright RGB pixels: equal for the same picture under two names
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The picture as prepare writes it: EXIF orientation applied, 8-bit RGB (16-bit greyscale
+    keeps its top 8 bits, alpha is dropped)."""
+    upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+        upright = upright.point(lambda v: v / 256).convert("L")
+    return upright.convert("RGB")
 
 
 def _decode(path: Path, inspect: bool) -> ImageInfo | tuple[int, int]:
@@ -224,8 +276,8 @@ def _decode(path: Path, inspect: bool) -> ImageInfo | tuple[int, int]:
             if not inspect:
                 return image.size
             orientation = image.getexif().get(0x0112, 1)
-            upright = ImageOps.exif_transpose(image)
-            digest = hashlib.sha256(f"{upright.mode} {upright.size}".encode())
+            upright = upright_rgb(image)
+            digest = hashlib.sha256(f"{upright.size}".encode())
             digest.update(upright.tobytes())
             return ImageInfo(upright.size, image.size, orientation, digest.hexdigest())
     except UnidentifiedImageError as exc:
@@ -322,9 +374,11 @@ def group_of(stem: str, pattern: re.Pattern[str] | None) -> str:
     match = pattern.fullmatch(stem)
     if match is None:
         raise DataError(
-            f"file stem {stem!r} does not match prepare.group_pattern {pattern.pattern!r}; "
+            f"file stem {stem!r} does not match prepare.group_pattern '{pattern.pattern}'; "
             "set prepare.group_pattern to a regex whose first group names the photo of a file "
-            "stem, or to null if every image is its own photo (not a tile)"
+            "stem, or to null if every image is its own photo (not a tile): "
+            "-S prepare.group_pattern=null, or a regex in quotes inside the shell's quotes, "
+            """-S "prepare.group_pattern='(.+)-\\d+'" (see README 'Your own data')"""
         )
     return match.group("group") if "group" in pattern.groupindex else match.group(1)
 

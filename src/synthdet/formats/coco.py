@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote
 
 from synthdet.data import DataError, read_text
 from synthdet.formats.records import Record
@@ -41,9 +42,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _coco_id(value: Any) -> int | str | None:
+    """An id as pycocotools looks it up: an integer (a whole JSON number such as 1.0 is the
+    same key) or, for images, a string; None for anything else (bool, fraction, list...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return value if isinstance(value, int | str) else None
+
+
 def _coco_size(image: dict, where: str) -> tuple[int, int] | None:
     width, height = image.get("width"), image.get("height")
-    if width in (None, 0) or height in (None, 0):
+    if any(v is None or (_is_number(v) and v == 0) for v in (width, height)):
         return None
     if not all(_is_number(v) and v > 0 and v == int(v) for v in (width, height)):
         raise DataError(
@@ -62,7 +73,14 @@ class _ImageIndex:
         self.paths = {p.relative_to(folder).as_posix(): p for p in images}
 
     def find(self, file_name: str, annotation: Path) -> tuple[Path | None, bool]:
-        """(image, whether it took more than joining `file_name` to a usual root)."""
+        """(image, whether it took more than joining `file_name` to a usual root); a name
+        taken from a URL (`my%20photo.jpg`, Label Studio) is also tried decoded."""
+        image, repaired = self._find(file_name, annotation)
+        if image is None and unquote(file_name) != file_name:
+            return self._find(unquote(file_name), annotation)[0], True
+        return image, repaired
+
+    def _find(self, file_name: str, annotation: Path) -> tuple[Path | None, bool]:
         parts = [p for p in re.split(r"[\\/]+", file_name) if p not in ("", ".")]
         if parts and re.fullmatch(r"[A-Za-z]:", parts[0]):  # a Windows drive
             parts = parts[1:]
@@ -113,17 +131,25 @@ def read_coco(
         for number, category in enumerate(coco["categories"]):
             where = _coco_where(path, "category", number, category)
             ok = isinstance(category, dict) and isinstance(category.get("name"), str)
-            if not ok or not isinstance(category.get("id"), int):
-                raise DataError(f"{where}: needs an integer 'id' and a string 'name'")
-            categories[category["id"]] = category["name"]
+            category_id = _coco_id(category.get("id")) if ok else None
+            if not isinstance(category_id, int):
+                raise DataError(
+                    f"{where}: needs an integer 'id' and a string 'name'"
+                    f"{_string_hint(category.get('id') if ok else None)}"
+                )
+            if categories.setdefault(category_id, category["name"]) != category["name"]:
+                raise DataError(
+                    f"{where}: category id {category_id} is {category['name']!r} here but "
+                    f"{categories[category_id]!r} before; give each category its own id"
+                )
         images: dict[Any, Record] = {}
         for number, image in enumerate(coco["images"]):
             where = _coco_where(path, "image", number, image)
             if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
                 raise DataError(f"{where}: needs a string 'file_name'")
-            image_id = image.get("id")
-            if not isinstance(image_id, int | str) or isinstance(image_id, bool):
-                raise DataError(f"{where}: needs an integer 'id'")
+            image_id = _coco_id(image.get("id"))
+            if image_id is None:
+                raise DataError(f"{where}: needs an integer 'id', got {image.get('id')!r}")
             if image_id in images:
                 raise DataError(f"{where}: image id {image_id!r} is listed twice")
             file_name = image["file_name"]
@@ -149,23 +175,19 @@ def read_coco(
             where = _coco_where(path, "annotation", number, ann)
             if not isinstance(ann, dict):
                 raise DataError(f"{where}: an annotation must be an object, got {ann!r}")
-            image_id = ann.get("image_id")
-            record = images.get(image_id) if isinstance(image_id, int | str) else None
+            image_id = _coco_id(ann.get("image_id"))
+            record = images.get(image_id) if image_id is not None else None
             if record is None:
                 raise DataError(
-                    f"{where}: image_id {image_id!r} is not in 'images'"
+                    f"{where}: image_id {ann.get('image_id')!r} is not in 'images'"
                     f"{_string_hint(ann.get('image_id'))}"
                 )
             record.labelled = True
-            category = ann.get("category_id")
-            if (
-                not isinstance(category, int)
-                or isinstance(category, bool)
-                or (category not in categories)
-            ):
+            category = _coco_id(ann.get("category_id"))
+            if not isinstance(category, int) or category not in categories:
                 raise DataError(
-                    f"{where}: category_id {category!r} is not in 'categories' "
-                    f"(ids {sorted(categories)}){_string_hint(category)}"
+                    f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' "
+                    f"(ids {sorted(categories)}){_string_hint(ann.get('category_id'))}"
                 )
             crowd = ann.get("iscrowd", 0)
             if crowd not in (0, 1):

@@ -37,6 +37,7 @@ LAYOUT = {
 REPAIR_KEYS = (
     "background_images",
     "clipped_boxes",
+    "polygon_boxes",
     "reencoded_images",
     "voc_size_from_image",
     "coco_size_from_image",
@@ -52,7 +53,10 @@ DROP_KEYS = (
     "tiny_images",
     "duplicate_images",
 )
-OTHER_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".jp2", ".dng", ".cr2", ".nef", ".arw")
+OTHER_IMAGE_SUFFIXES = (
+    *(".heic", ".heif", ".avif", ".gif", ".jp2", ".j2k", ".jxl", ".svg", ".pfm", ".ico"),
+    *(".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".psd", ".pgm", ".ppm"),
+)
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 READERS = {"yolo": read_yolo, "coco": read_coco, "voc": read_voc}
@@ -73,15 +77,19 @@ class Imported:
         return statistics.median(max(size) for size in self.sizes.values())
 
 
-def _check_unused(found: Survey, used: set[Path], fmt: str) -> None:
-    unused = [p for p in found.others if p not in used]
-    other_images = [p for p in unused if p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+def _check_image_formats(found: Survey) -> None:
+    """Before any label is paired: a photo in another format would make its label an orphan."""
+    other_images = [p for p in found.others if p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
     if other_images:
         raise DataError(
             f"{found.folder}: {len(other_images)} image(s) in a format prepare does not read: "
             f"{_names(other_images, found.folder)}; convert them to JPEG or PNG "
             f"(read: {', '.join(IMAGE_SUFFIXES)})"
         )
+
+
+def _check_unused(found: Survey, used: set[Path], fmt: str) -> None:
+    unused = [p for p in found.others if p not in used]
     if unused:
         raise DataError(
             f"{found.folder}: {len(unused)} file(s) are not part of the {LAYOUT[fmt]} dataset "
@@ -150,6 +158,7 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
     if fmt == "yolo":
         check_class_lists(found, class_names)
     repairs: Counter = Counter()
+    _check_image_formats(found)
     _check_stems(found.images)
     records, used = READERS[fmt](found, class_names, repairs)
     _check_unused(found, used, fmt)
@@ -192,5 +201,10 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
         samples.append(sample)
         sizes[sample.image] = size
     if not samples:
-        raise DataError(f"{folder}: no usable image left (every image was dropped, see above)")
+        dropped = [note for note in notes if note.startswith("dropped")]
+        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        raise DataError(
+            f"{folder}: no usable image left, every image was dropped: "
+            f"{'; '.join(dropped[:5])}{more}"
+        )
     return Imported(fmt, samples, repairs, notes, sizes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,14 +31,28 @@ class Survey:
         return [p for p in self.others if p.suffix.lower() == suffix]
 
 
-def skip_reason(path: Path, folder: Path) -> str | None:
-    """Why a file under the dataset folder is not data (None: it is data)."""
+def skip_reason(path: Path, folder: Path, image_stems: frozenset[str] = frozenset()) -> str | None:
+    """Why a file under the dataset folder is not data (None: it is data).
+
+    Images, and label files named after an image (`license_plate_1.txt`, `classes.txt` beside
+    `classes.jpg`), are data whatever their name says; `image_stems` holds the images' lower-case
+    stems and file names.
+    """
     relative = path.relative_to(folder)
     name, suffix = path.name.lower(), path.suffix.lower()
     if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
         return "hidden or system file"
     if name in ("thumbs.db", "desktop.ini"):
         return "system file"
+    lowered = [part.lower() for part in relative.parts[:-1]]
+    if "imagesets" in lowered:
+        return "VOC split list (prepare makes its own split)"
+    if "segmentationclass" in lowered or "segmentationobject" in lowered:
+        return "VOC segmentation mask"
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    if suffix in ANNOTATION_SUFFIX.values() and path.stem.lower() in image_stems:
+        return None  # an image's label, whatever its name says
     if DOCUMENTATION.fullmatch(path.name) or suffix in (".md", ".rst", ".pdf", ".html", ".htm"):
         return "documentation"
     if suffix in (".yaml", ".yml", ".data"):
@@ -46,27 +61,42 @@ def skip_reason(path: Path, folder: Path) -> str | None:
         return "class list"
     if suffix == ".cache":
         return "ultralytics label cache"
-    lowered = [part.lower() for part in relative.parts[:-1]]
-    if "imagesets" in lowered:
-        return "VOC split list (prepare makes its own split)"
-    if "segmentationclass" in lowered or "segmentationobject" in lowered:
-        return "VOC segmentation mask"
+    if path.parent == folder and name in SPLIT_LISTS:
+        return "split list (prepare makes its own split)"
     return None
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file under `folder`, following symlinked folders (pathlib's rglob skips them,
+    which would drop a linked images/ without a word); a link loop is followed once."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        files += [Path(root, name) for name in names]
+    broken = sorted(p for p in files if not p.exists() and skip_reason(p, folder) is None)
+    if broken:
+        raise DataError(
+            f"{folder}: {len(broken)} symbolic link(s) point to nothing: "
+            f"{_names(broken, folder)}; restore their targets (with DVC: dvc checkout or dvc "
+            "pull) or remove the links"
+        )
+    return sorted(p for p in files if p.is_file())
+
+
 def survey(folder: Path) -> Survey:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    skipped = {p: reason for p in files if (reason := skip_reason(p, folder)) is not None}
-    images = [p for p in files if p not in skipped and p.suffix.lower() in IMAGE_SUFFIXES]
-    stems = {p.stem.lower() for p in images}
-    others = []
-    for p in files:
-        if p in skipped or p.suffix.lower() in IMAGE_SUFFIXES:
-            continue
-        if p.parent == folder and p.name.lower() in SPLIT_LISTS and p.stem.lower() not in stems:
-            skipped[p] = "split list (prepare makes its own split)"
-            continue
-        others.append(p)
+    files = _files(folder)
+    candidates = [
+        p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and skip_reason(p, folder) is None
+    ]
+    # Stems, and whole names for labels named `x.jpg.txt`.
+    stems = frozenset(key for p in candidates for key in (p.stem.lower(), p.name.lower()))
+    skipped = {p: reason for p in files if (reason := skip_reason(p, folder, stems)) is not None}
+    images = [p for p in candidates if p not in skipped]
+    others = [p for p in files if p not in skipped and p.suffix.lower() not in IMAGE_SUFFIXES]
     return Survey(folder, images, others, skipped)
 
 
@@ -90,10 +120,13 @@ def detect_format(folder: Path, found: Survey | None = None) -> str:
             f"{folder}: cannot tell the dataset format, it holds label files of several "
             f"formats: {listing}; set prepare.format (yolo | coco | voc) and move the others out"
         )
+    unread = f" and {_names(found.others, folder, 3)}" if found.others else ""
     raise DataError(
-        f"{folder}: cannot tell the dataset format; found {len(found.images)} images but no "
-        "label files: expected images + labels/*.txt (YOLO), a COCO *.json (beside images/ or "
-        "in annotations/), or Annotations/*.xml (Pascal VOC); or set prepare.format"
+        f"{folder}: cannot tell the dataset format; found {len(found.images)} images{unread} "
+        "but no label files prepare reads: expected images + labels/*.txt (YOLO), a COCO *.json "
+        "(beside images/ or in annotations/), or Annotations/*.xml (Pascal VOC), in any folder; "
+        "export the labels in one of these formats (CSV and other layouts are not read), or set "
+        "prepare.format"
     )
 
 

@@ -58,11 +58,18 @@ def read_voc(
         root = parsed[xml_file]
         width = _voc_number(root.findtext("size/width"), str(xml_file), "size/width", 0)
         height = _voc_number(root.findtext("size/height"), str(xml_file), "size/height", 0)
+        if width < 0 or height < 0 or width != int(width) or height != int(height):
+            raise DataError(
+                f"{xml_file}: size {width:g}x{height:g} is not a whole number of pixels; "
+                "correct it or remove <size> (it is then read from the image)"
+            )
         size = (int(width), int(height)) if width > 0 and height > 0 else None
         record = Record(image, str(xml_file), size, "voc_size_from_image")
         for number, obj in enumerate(root.iter("object")):
             where = f"{xml_file} object #{number}"
-            difficult = _voc_number(obj.findtext("difficult"), where, "difficult", 0)
+            flag = (obj.findtext("difficult") or "").strip().lower()
+            flag = {"true": "1", "false": "0"}.get(flag, flag)  # some tools write booleans
+            difficult = _voc_number(flag, where, "difficult", 0)
             if difficult not in (0, 1):
                 raise DataError(f"{where}: difficult must be 0 or 1, got {difficult:g}")
             corners = [

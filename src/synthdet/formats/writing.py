@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from synthdet.data import Sample, format_label, label_file
+from synthdet.data import Sample, format_label, label_file, upright_rgb
 
 SUFFIX_OF_FORMAT = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
 
@@ -31,12 +31,8 @@ def write_normalised_image(source: Path, folder: Path, repairs: Counter) -> Path
             target = folder / source.name
             target.write_bytes(source.read_bytes())
             return target
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: keep the top 8 bits.
-            upright = upright.point(lambda v: v / 256).convert("L")
         target = folder / f"{source.stem}.png"
-        upright.convert("RGB").save(target)
+        upright_rgb(image).save(target)
         repairs["reencoded_images"] += 1
         return target
 

@@ -2,8 +2,9 @@
 
 Each subject of `shared.subjects` gets `personalize/<subject>/` (YOLO): its handful of images,
 drawn from the train split only. A dataset, or a train / val / test split, without a single box
-stops the stage; the end prints a summary (images and boxes per split, repairs, what was dropped
-or skipped) and warns when the images' size and `train_detector.yolo.imgsz` disagree.
+stops the stage; the end prints a summary (images, groups and boxes per split, repairs, what
+was dropped or skipped: `formats.summary`) and warns when a val / test split holds under 5 % of
+the images or the images' size and `train_detector.yolo.imgsz` are 2x or more apart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from synthdet import data, formats, tracking
 from synthdet.cli import run_stage
+from synthdet.errors import warn
+from synthdet.formats import summary
 from synthdet.params import Params
 
 STAGE = "prepare"  # the DVC stage, and its MLflow run's name
@@ -27,73 +30,6 @@ def split_statistics(split: dict[str, list[data.Sample]]) -> dict[str, float]:
         stats[f"{name}.boxes"] = boxes
         stats[f"{name}.boxes_per_image"] = round(boxes / len(samples), 3) if samples else 0.0
     return stats
-
-
-IMGSZ_FACTOR = 2  # images this many times larger or smaller than the detector's imgsz: warn
-
-
-def check_boxes(imported: formats.Imported, split: dict[str, list[data.Sample]], raw: Path) -> None:
-    """A detector cannot learn from, nor be measured on, a set without a single box."""
-    if not any(s.boxes for s in imported.samples):
-        raise data.DataError(
-            f"{raw}: no box in the whole dataset ({len(imported.samples)} images read as "
-            f"{formats.LAYOUT[imported.format]}, all background); check that the labels sit "
-            "where that layout expects them (see README 'Your own data') or set prepare.format"
-        )
-    fixes = {
-        "train": "lower prepare.val_groups / test_groups",
-        "val": "raise prepare.val_groups",
-        "test": "raise prepare.test_groups",
-    }
-    for name, fix in fixes.items():
-        if not any(s.boxes for s in split[name]):
-            raise data.DataError(
-                f"{raw}: the {name} split ({len(split[name])} images) has no box, so the "
-                f"detector cannot be {'trained' if name == 'train' else 'measured'} on it; "
-                f"prepare.val_groups and test_groups count groups (photos), not images: {fix}, "
-                "or set prepare.group_pattern so that the boxed images form more groups (null: "
-                "each image is its own group)"
-            )
-
-
-def imgsz_warning(params: Params, imported: formats.Imported) -> str | None:
-    """The detector sees images at `train_detector.yolo.imgsz`: tuned for 320 px tiles."""
-    imgsz = params.train_detector.imgsz
-    side = imported.median_long_side
-    if max(side / imgsz, imgsz / side) < IMGSZ_FACTOR:
-        return None
-    size = round(side / 32) * 32 or 32
-    return (
-        f"warning: the images are {side:g} px on their longer side (median) but "
-        f"train_detector.yolo.imgsz is {imgsz}: the detector sees every object "
-        f"{side / imgsz:.2g}x its size; if that is not intended, set -S "
-        f"train_detector.yolo.imgsz={size}"
-    )
-
-
-def summary(
-    stats: dict[str, float], imported: formats.Imported, subjects: list[str], warning: str | None
-) -> str:
-    """What a successful prepare did, in a few lines."""
-
-    def counted(keys: tuple[str, ...], prefix: str) -> str:
-        values = {key.replace("_", " "): stats[f"{prefix}.{key}"] for key in keys}
-        return ", ".join(f"{key} {value}" for key, value in values.items() if value)
-
-    splits = " | ".join(
-        f"{name} {stats[f'{name}.images']} images, {stats[f'{name}.boxes']} boxes"
-        for name in ("train", "val", "test")
-    )
-    lines = [
-        f"prepare: {len(imported.samples)} images read as {formats.LAYOUT[imported.format]}",
-        f"  {splits}",
-        "  personalize: "
-        + ", ".join(f"{name} {stats[f'personalize.{name}.images']}" for name in subjects),
-        f"  repaired: {counted(formats.REPAIR_KEYS, 'repairs') or 'nothing'}",
-        f"  dropped: {counted(formats.DROP_KEYS, 'dropped') or 'nothing'}",
-        *(f"  {note}" for note in imported.notes),
-    ]
-    return "\n".join(lines + ([warning] if warning else []))
 
 
 def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, float]:
@@ -114,7 +50,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         split = data.split_by_group(
             samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
         )
-        check_boxes(imported, split, Path(raw_dir))
+        summary.check_boxes(imported, split, Path(raw_dir))
         subjects = {
             name: data.subject_images(
                 split["train"], name, subject.stem_pattern, subject.images, params.shared.seed
@@ -150,7 +86,10 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         )
         data.write_json(metrics_path, stats)
         mlflow_run.log_metrics(stats)
-    print(summary(stats, imported, list(subjects), imgsz_warning(params, imported)))
+    groups = summary.group_counts(split, p.group_pattern)
+    print("\n".join(summary.summary(stats, imported, groups, list(subjects))), flush=True)
+    for message in summary.warnings(imported, split, groups, params.train_detector.imgsz):
+        warn(message)
     return stats
 
 
