@@ -1,5 +1,6 @@
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -104,6 +105,18 @@ def test_split_errors(tiny_yolo_folder):
         data.split_by_group(samples, r"IMG_(\d+)", 1, 1, seed=0)
     with pytest.raises(DataError, match="only 6 groups"):
         data.split_by_group(samples, r"(.+)_\d+", 3, 3, seed=0)
+
+
+def test_too_few_subject_images_says_what_to_change():
+    """A new user's dataset of 4 photos with the default `images: 8`."""
+    train = [data.Sample(Path(f"pear-{i}.jpg"), ()) for i in range(4)]
+    message = (
+        "shared.subjects.apple_tree: images=8 but only 4 train images match stem_pattern '.*'; "
+        "lower shared.subjects.apple_tree.images, widen its stem_pattern, or give the train "
+        "split more groups (lower prepare.val_groups / test_groups)"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        data.subject_images(train, "apple_tree", ".*", 8, seed=0)
 
 
 def test_atomic_path_keeps_old_output_on_failure(tmp_path):

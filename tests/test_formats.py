@@ -62,7 +62,11 @@ def test_coco_unknown_class_names_the_annotation(tmp_path):
         [{"id": 5, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]}],
         categories=({"id": 3, "name": "plum"},),
     )
-    with pytest.raises(DataError, match=r"annotations.json annotation #0 \(id 5\): class 'plum'"):
+    message = (
+        r"classes not in shared.class_names \['apple', 'pear'\]: 'plum' "
+        r"\(1, first .*annotations.json annotation #0 \(id 5\)\)"
+    )
+    with pytest.raises(DataError, match=message):
         read_dataset(tmp_path, "coco", NAMES)
 
 

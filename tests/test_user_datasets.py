@@ -109,6 +109,37 @@ def test_label_files_named_after_the_image_or_in_another_case_are_paired(tmp_pat
     assert repairs == Counter(label_stem_case=1, label_named_after_image=1)
 
 
+def test_image_lists_are_split_lists_whatever_their_name(tmp_path):
+    """CVAT YOLO 1.1 with subsets (`Validation.txt`) and ultralytics' `autosplit_val.txt` list
+    image paths: split lists, not label files matching no image."""
+    for subset in ("Train", "Validation"):
+        image_file(tmp_path / f"obj_{subset}_data" / f"{subset}_frame.jpg")
+        text_file(tmp_path / f"obj_{subset}_data" / f"{subset}_frame.txt", "0 0.5 0.5 0.2 0.2\n")
+        text_file(tmp_path / f"{subset}.txt", f"data/obj_{subset}_data/{subset}_frame.jpg\r\n\n")
+    text_file(tmp_path / "autosplit_val.txt", "./obj_Train_data/Train_frame.JPG\n")
+    text_file(tmp_path / "obj.names", "apple\npear\n")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert sorted((s.image.name, len(s.boxes)) for s in imported.samples) == [
+        ("Train_frame.jpg", 1),
+        ("Validation_frame.jpg", 1),
+    ]
+    lists = "split list (prepare makes its own split)"
+    assert imported.notes == [
+        f"skipped, not data: Train.txt ({lists}), Validation.txt ({lists}), autosplit_val.txt "
+        f"({lists}), obj.names (class list)"
+    ]
+
+
+def test_nas_and_drive_system_folders_are_skipped(tmp_path):
+    """A Synology NAS puts thumbnails in @eaDir/<image name>/: not images of the dataset."""
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    image_file(tmp_path / "images" / "@eaDir" / "a.jpg" / "SYNOFILE_THUMB_M.jpg")
+    image_file(tmp_path / "$RECYCLE.BIN" / "S-1-5" / "old.jpg")
+    imported = formats.import_dataset(tmp_path, "auto", NAMES)
+    assert [s.image.name for s in imported.samples] == ["a.jpg"]
+    assert imported.repairs["skipped_files"] == 2
+
+
 def test_label_file_matching_no_image_is_an_error(tmp_path):
     image_file(tmp_path / "images" / "a.jpg")
     text_file(tmp_path / "labels" / "a.txt", "0 0.5 0.5 0.2 0.2\n")
@@ -377,6 +408,58 @@ def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(
         read_dataset(raw, "auto", NAMES)
 
 
+def test_coco_polygon_without_bbox_gives_its_enclosing_box(tmp_path):
+    """A COCO annotation with a polygon `segmentation` and no `bbox`: the box is the polygon's
+    extent (the COCO bbox by definition), counted as a YOLO polygon row is; checked on the
+    pixels. A run-length mask without a bbox is named."""
+    image = Image.new("RGB", (40, 20), (30, 120, 30))
+    triangle = [(8, 4), (28, 6), (14, 16)]
+    ImageDraw.Draw(image).polygon(triangle, fill=RED)
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    image.save(tmp_path / "raw" / "images" / "t.png")
+    polygon = [float(v) for point in triangle for v in point]
+    annotation = {"id": 7, "image_id": 1, "category_id": 1, "segmentation": [polygon]}
+    coco_file(tmp_path / "raw" / "coco.json", [{"id": 1, "file_name": "t.png"}], [annotation])
+    samples, repairs = read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert repairs == Counter(polygon_boxes=1, coco_size_from_image=1)
+    formats.write_yolo_folder(samples, tmp_path / "out", Counter())
+    (sample,) = read_yolo_folder(tmp_path / "out", len(NAMES))
+    red = [(i % 40, i // 40) for i, pixel in enumerate(image.getdata()) if pixel == RED]
+    xs, ys = zip(*red, strict=True)
+    assert sample.boxes[0].xyxy(40, 20) == pytest.approx((min(xs), min(ys), 28, 16), abs=1e-3)
+    annotation["segmentation"] = {"size": [20, 40], "counts": "abc"}
+    coco_file(tmp_path / "raw" / "coco.json", [{"id": 1, "file_name": "t.png"}], [annotation])
+    message = (
+        f"{tmp_path / 'raw' / 'coco.json'} annotation #0 (id 7): 'bbox' must be [x, y, width, "
+        "height], got a run-length mask; add it (pycocotools' mask.toBbox gives it for a mask) "
+        "or remove the annotation"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path / "raw", "auto", NAMES)
+
+
+def test_objects_of_classes_not_in_class_names_are_listed_at_once(tmp_path):
+    """A VOC set labelled with apple and leaf, class_names [apple]: every unknown class with its
+    count and first object, not one file per run."""
+    for stem in ("a", "b"):
+        image_file(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        objects = [
+            ("apple", 0, (10, 5, 30, 15)),
+            ("leaf", 0, (1, 1, 5, 5)),
+            ("stem", 1, (2, 2, 4, 4)),
+        ]
+        text_file(tmp_path / "Annotations" / f"{stem}.xml", voc_xml(objects))
+    message = (
+        f"{tmp_path}: 4 object(s) of classes not in shared.class_names ['apple']: 'leaf' (2, "
+        f"first {tmp_path / 'Annotations' / 'a.xml'} object #1), 'stem' (2, first "
+        f"{tmp_path / 'Annotations' / 'a.xml'} object #2); add the classes to "
+        "shared.class_names in params.yaml (-S 'shared.class_names=[...]'), or remove those "
+        "objects"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", ["apple"])
+
+
 def test_voc_negative_size_is_an_error(tmp_path):
     image_file(tmp_path / "JPEGImages" / "a.jpg")
     xml = text_file(
@@ -494,6 +577,49 @@ def test_decompression_bomb_is_named(tmp_path, monkeypatch):
         read_dataset(tmp_path, "auto", NAMES)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n",
+            "a Git LFS pointer, not the image itself; fetch the images (git lfs pull) before "
+            "running prepare",
+        ),
+        (
+            b"\x00\x00\x00\x18ftypheic\x00\x00",
+            "not an image file Pillow can read (it starts with b'\\x00\\x00\\x00\\x18ftypheic'); "
+            "re-export it as JPEG or PNG, or remove it",
+        ),
+    ],
+)
+def test_a_file_that_is_not_an_image_says_what_to_do(tmp_path, content, message):
+    """A repository cloned without `git lfs pull`; an iPhone HEIC photo renamed .jpg."""
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "images" / "a.jpg", content)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'images' / 'a.jpg'}: {message}")):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_data_yaml_names_keyed_by_strings_follow_the_ids(tmp_path):
+    """`names: {'0': c0, ..., '11': c11}` (quoted keys): id 10 is c10, not the third name, as
+    ultralytics reads it; ids with a gap would shift every later class."""
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    twelve = [f"c{i}" for i in range(12)]
+    text_file(tmp_path / "data.yaml", "names:\n" + "".join(f"  '{i}': c{i}\n" for i in range(12)))
+    assert len(read_dataset(tmp_path, "auto", twelve)[0]) == 1
+    with pytest.raises(
+        DataError, match=re.escape("the dataset names its classes ['c0', 'c1', 'c2'")
+    ):
+        read_dataset(tmp_path, "auto", sorted(twelve))  # c0, c1, c10, c11, c2, ...
+    text_file(tmp_path / "data.yaml", "names: {0: apple, 2: pear}\n")
+    message = (
+        f"{tmp_path / 'data.yaml'}: 'names' must number the classes 0-1 without a gap, got ids "
+        "[0, 2]; YOLO class ids index this list, so renumber the labels and names"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
 def test_coco_json_in_annotations_folder_with_explicit_format(tmp_path):
     image_file(tmp_path / "images" / "a.jpg")
     annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10]}
@@ -544,6 +670,26 @@ def test_label_file_in_another_encoding_is_named(tmp_path, content, found):
             "belong in a label",
         ),
         ("0,0.5,0.5,0.2,0.2", "(5 numbers separated by spaces)"),
+        (
+            "apple 0.5 0.5 0.2 0.2",
+            "the class 'apple' is written as a name: a YOLO row starts with the class id, its "
+            "index in shared.class_names (0 for the first)",
+        ),
+        (
+            "2 0.5 0.5 0.2 0.2",
+            "class id 2 is not in the 2 class names (shared.class_names); list every class of "
+            "the dataset there, in the order of its ids",
+        ),
+        (
+            "0 0.5 0.5 0 0.2",
+            "box has zero or negative size (0.5000,0.4000)-(0.5000,0.6000); correct its corners "
+            "or remove it",
+        ),
+        (
+            "0 1.0000001 0.5 0.2 0.2",
+            "box centre (1.0000, 0.5000) lies outside the image (0-1 of its width and height); "
+            "correct the box or remove it",
+        ),
     ],
 )
 def test_malformed_label_rows_say_what_to_do(tmp_path, row, message):

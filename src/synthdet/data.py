@@ -127,11 +127,15 @@ def clip_box(
     """Normalised corners -> YOLO box; a box partly outside the image is clipped and counted."""
     if x1 <= x0 or y1 <= y0:
         raise DataError(
-            f"{where}: box has zero or negative size ({x0:.4f},{y0:.4f})-({x1:.4f},{y1:.4f})"
+            f"{where}: box has zero or negative size ({x0:.4f},{y0:.4f})-({x1:.4f},{y1:.4f}); "
+            "correct its corners or remove it"
         )
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     if not (0 <= cx <= 1 and 0 <= cy <= 1):
-        raise DataError(f"{where}: box centre ({cx:.4f}, {cy:.4f}) lies outside the image")
+        raise DataError(
+            f"{where}: box centre ({cx:.4f}, {cy:.4f}) lies outside the image (0-1 of its width "
+            "and height); correct the box or remove it"
+        )
     clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0))
     if clipped != (x0, y0, x1, y1):
         repairs["clipped_boxes"] += 1
@@ -169,6 +173,14 @@ def _class_id(field: str) -> int | None:
     except ValueError:
         value = float(field)  # ValueError for non-numbers is the caller's
         return int(value) if math.isfinite(value) and value == int(value) else None
+
+
+def _is_float(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def drop_duplicate_boxes(boxes: Iterable[Box], repairs: Counter) -> tuple[Box, ...]:
@@ -215,7 +227,13 @@ def parse_label_file(
             class_id = _class_id(fields[0])
             values = [float(v) for v in fields[1:]]
         except ValueError as exc:
-            raise DataError(f"{where}: not a number in {line.strip()!r}") from exc
+            hint = ""
+            if all(_is_float(v) for v in fields[1:]):
+                hint = (
+                    f"; the class {fields[0]!r} is written as a name: a YOLO row starts with the "
+                    "class id, its index in shared.class_names (0 for the first)"
+                )
+            raise DataError(f"{where}: not a number in {line.strip()!r}{hint}") from exc
         if class_id is None:
             raise DataError(f"{where}: class id {fields[0]!r} is not a whole number")
         if not all(math.isfinite(v) for v in values):
@@ -223,7 +241,8 @@ def parse_label_file(
         if not 0 <= class_id < num_classes:
             raise DataError(
                 f"{where}: class id {class_id} is not in the {num_classes} class names "
-                "(shared.class_names)"
+                "(shared.class_names); list every class of the dataset there, in the order of "
+                "its ids"
             )
         if max(values) > 2:  # normalised: a centre in [0, 1], a size clipped to it
             raise DataError(
@@ -281,7 +300,17 @@ def _decode(path: Path, inspect: bool) -> ImageInfo | tuple[int, int]:
             digest.update(upright.tobytes())
             return ImageInfo(upright.size, image.size, orientation, digest.hexdigest())
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: not an image file") from exc
+        with open(path, "rb") as file:
+            start = file.read(64)
+        if start.startswith(b"version https://git-lfs"):
+            raise DataError(
+                f"{path}: a Git LFS pointer, not the image itself; fetch the images "
+                "(git lfs pull) before running prepare"
+            ) from exc
+        raise DataError(
+            f"{path}: not an image file Pillow can read (it starts with {start[:12]!r}); "
+            "re-export it as JPEG or PNG, or remove it"
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise DataError(
             f"{path}: image too large to open safely ({exc}); downscale it (an object detector "
@@ -425,7 +454,9 @@ def subject_images(
     if len(candidates) < count:
         raise DataError(
             f"shared.subjects.{subject}: images={count} but only {len(candidates)} train images "
-            f"match stem_pattern {stem_pattern!r}"
+            f"match stem_pattern {stem_pattern!r}; lower shared.subjects.{subject}.images, "
+            "widen its stem_pattern, or give the train split more groups (lower "
+            "prepare.val_groups / test_groups)"
         )
     chosen = random.Random(f"{seed}:{subject}").sample(candidates, count)
     return sorted(chosen, key=lambda s: s.image.name)

@@ -12,16 +12,18 @@ repaired and counted, skipped by name with a printed note, or named in an error:
   its longest unique path suffix. The format is told by the label files' suffix.
 - **Skipped, named in the summary** (`skipped_files`): documentation (README, LICENSE, *.md),
   dataset descriptions and class lists (data.yaml, classes.txt, *.names, notes.json: the class
-  names are checked against shared.class_names for YOLO), VOC `ImageSets/` and segmentation
-  masks, ultralytics *.cache, hidden and system files; never an image or a label file named
-  after one (`license_plate_1.txt`).
+  names are checked against shared.class_names for YOLO), split lists (any *.txt listing image
+  paths), VOC `ImageSets/` and segmentation masks, ultralytics *.cache, hidden and system files
+  and folders (`__MACOSX/`, a NAS's `@eaDir/`); never an image or a label file named after one
+  (`license_plate_1.txt`).
 - **Repairs** (`repairs.*`): images with no label are background; boxes partly outside the
-  image are clipped; YOLO segmentation polygons become their enclosing box; RGBA, palette,
-  greyscale, 16-bit, TIFF and .jfif / .mpo images, files whose content is not what their suffix
-  says and EXIF-rotated photos are re-encoded upright as RGB. Labels refer to the upright image,
-  as annotation tools display it; a missing or 0x0 declared size (VOC, COCO) is read from the
-  upright image; a label file whose stem differs from its image's only in letter case, or that is
-  named after the whole image file (`x.jpg.txt`), is paired and counted.
+  image are clipped; YOLO segmentation polygons, and COCO polygons without a bbox, become their
+  enclosing box; RGBA, palette, greyscale, 16-bit, TIFF and .jfif / .mpo images, files whose
+  content is not what their suffix says and EXIF-rotated photos are re-encoded upright as RGB.
+  Labels refer to the upright image, as annotation tools display it; a missing or 0x0 declared
+  size (VOC, COCO) is read from the upright image; a label file whose stem differs from its
+  image's only in letter case, or that is named after the whole image file (`x.jpg.txt`), is
+  paired and counted.
 - **Policies** (`dropped.*`): COCO `iscrowd` regions are ignored, as COCO evaluation and
   ultralytics' converter do; VOC `difficult` objects are dropped, as ultralytics' VOC converter
   does; a box repeated in one image is kept once, as ultralytics does; images under 10 px are

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 from synthdet.data import DataError, read_text
 from synthdet.formats.records import Record
-from synthdet.formats.survey import Survey, _names, class_index
+from synthdet.formats.survey import ClassLookup, Survey, _names
 
 
 def _coco_where(path: Path, section: str, number: int, item: Any) -> str:
@@ -125,6 +125,7 @@ def read_coco(
     index = _ImageIndex(found.folder, found.images)
     records: dict[Path, Record] = {}
     listed_in: dict[Path, str] = {}
+    lookup = ClassLookup(class_names)
     for path in files:
         coco = _load_coco(path)
         categories: dict[int, str] = {}
@@ -195,12 +196,11 @@ def read_coco(
             if crowd:  # a region over many objects: ignored, as COCO evaluation does
                 repairs["coco_crowd_regions"] += 1
                 continue
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
-                raise DataError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
-            class_id = class_index(categories[category], class_names, where)
-            x, y, w, h = (float(v) for v in bbox)
-            record.pixel_boxes.append((class_id, x, y, x + w, y + h, where))
+            corners = _corners(ann, where, repairs)
+            class_id = lookup.index(categories[category], where)
+            if class_id is not None:
+                record.pixel_boxes.append((class_id, *corners, where))
+    lookup.check(found.folder)
     unlisted = [p for p in found.images if p not in records]
     if unlisted:
         raise DataError(
@@ -210,6 +210,34 @@ def read_coco(
             "prepare.raw_dir"
         )
     return sorted(records.values(), key=lambda r: r.image.name), set(files)
+
+
+def _corners(ann: dict, where: str, repairs: Counter) -> tuple[float, float, float, float]:
+    """Pixel corners (x0, y0, x1, y1) of an annotation's `bbox`; without one, of its polygon
+    `segmentation`, whose enclosing box is the COCO bbox by definition (counted as
+    `polygon_boxes`, as YOLO polygon rows are)."""
+    bbox, polygons = ann.get("bbox"), ann.get("segmentation")
+    if bbox is None and isinstance(polygons, list) and polygons:
+        if not all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p))
+            for p in polygons
+        ):
+            raise DataError(
+                f"{where}: no 'bbox', and 'segmentation' is not a list of polygons [x1, y1, x2, "
+                "y2, x3, y3, ...]; add the 'bbox' [x, y, width, height]"
+            )
+        xs = [float(v) for p in polygons for v in p[0::2]]
+        ys = [float(v) for p in polygons for v in p[1::2]]
+        repairs["polygon_boxes"] += 1
+        return min(xs), min(ys), max(xs), max(ys)
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        found = "a run-length mask" if isinstance(polygons, dict) and bbox is None else repr(bbox)
+        raise DataError(
+            f"{where}: 'bbox' must be [x, y, width, height], got {found}; add it (pycocotools' "
+            "mask.toBbox gives it for a mask) or remove the annotation"
+        )
+    x, y, w, h = (float(v) for v in bbox)
+    return x, y, x + w, y + h
 
 
 def _string_hint(value: Any) -> str:

@@ -16,6 +16,8 @@ DOCUMENTATION = re.compile(
     r"(readme|licen[cs]e|notice|citation|changelog|copying|authors)([ ._-].*)?", re.IGNORECASE
 )
 SPLIT_LISTS = ("train.txt", "val.txt", "valid.txt", "test.txt", "trainval.txt")
+# Folders a file system or NAS adds: macOS zips, Synology thumbnails, Windows drive roots.
+SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
 
 
 @dataclass
@@ -40,7 +42,7 @@ def skip_reason(path: Path, folder: Path, image_stems: frozenset[str] = frozense
     """
     relative = path.relative_to(folder)
     name, suffix = path.name.lower(), path.suffix.lower()
-    if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+    if any(part.startswith(".") or part in SYSTEM_FOLDERS for part in relative.parts):
         return "hidden or system file"
     if name in ("thumbs.db", "desktop.ini"):
         return "system file"
@@ -61,9 +63,22 @@ def skip_reason(path: Path, folder: Path, image_stems: frozenset[str] = frozense
         return "class list"
     if suffix == ".cache":
         return "ultralytics label cache"
-    if path.parent == folder and name in SPLIT_LISTS:
+    if (path.parent == folder and name in SPLIT_LISTS) or (
+        suffix == ".txt" and _lists_images(path)
+    ):
         return "split list (prepare makes its own split)"
     return None
+
+
+def _lists_images(path: Path) -> bool:
+    """Whether a text file is a list of image paths (CVAT's `Validation.txt`, ultralytics'
+    `autosplit_train.txt`), not a label file: every line ends in an image suffix."""
+    try:
+        lines = [line.strip() for line in path.read_bytes().decode("utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return False  # not readable as a list: the label reader names the file
+    lines = [line for line in lines if line]
+    return bool(lines) and all(Path(line).suffix.lower() in IMAGE_SUFFIXES for line in lines)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -135,7 +150,29 @@ def _names(paths: Sequence[Path], folder: Path, limit: int = 5) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def class_index(name: str, class_names: Sequence[str], where: str) -> int:
-    if name not in class_names:
-        raise DataError(f"{where}: class {name!r} is not in shared.class_names {list(class_names)}")
-    return class_names.index(name)
+class ClassLookup:
+    """Class names -> ids (their index in shared.class_names); names not there are gathered so
+    that one error lists every one of them, with counts, rather than the first object only."""
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = list(class_names)
+        self.unknown: dict[str, list[str]] = {}  # name -> where each object is
+
+    def index(self, name: str, where: str) -> int | None:
+        if name in self.class_names:
+            return self.class_names.index(name)
+        self.unknown.setdefault(name, []).append(where)
+        return None
+
+    def check(self, folder: Path) -> None:
+        if not self.unknown:
+            return
+        found = ", ".join(
+            f"{name!r} ({len(wheres)}, first {wheres[0]})" for name, wheres in self.unknown.items()
+        )
+        count = sum(map(len, self.unknown.values()))
+        raise DataError(
+            f"{folder}: {count} object(s) of classes not in shared.class_names "
+            f"{self.class_names}: {found}; add the classes to shared.class_names in params.yaml "
+            "(-S 'shared.class_names=[...]'), or remove those objects"
+        )

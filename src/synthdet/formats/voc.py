@@ -10,7 +10,7 @@ from pathlib import Path
 
 from synthdet.data import DataError
 from synthdet.formats.records import Record, _pair_by_stem
-from synthdet.formats.survey import Survey, class_index
+from synthdet.formats.survey import ClassLookup, Survey
 
 
 def _voc_number(text: str | None, where: str, what: str, default: float = math.nan) -> float:
@@ -49,7 +49,7 @@ def read_voc(
         for path, root in parsed.items()
     )
     pairs = _pair_by_stem(found.images, stems, "annotation", found.folder, repairs)
-    records = []
+    records, lookup = [], ClassLookup(class_names)
     for image in found.images:
         xml_file = pairs.get(image)
         if xml_file is None:
@@ -76,10 +76,12 @@ def read_voc(
                 _voc_number(obj.findtext(f"bndbox/{k}"), where, f"bndbox/{k}")
                 for k in ("xmin", "ymin", "xmax", "ymax")
             ]
-            class_id = class_index((obj.findtext("name") or "").strip(), class_names, where)
+            class_id = lookup.index((obj.findtext("name") or "").strip(), where)
             if difficult:
                 repairs["voc_difficult_objects"] += 1
                 continue
-            record.pixel_boxes.append((class_id, *corners, where))
+            if class_id is not None:
+                record.pixel_boxes.append((class_id, *corners, where))
         records.append(record)
+    lookup.check(found.folder)
     return records, set(files)

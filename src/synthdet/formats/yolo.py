@@ -24,11 +24,7 @@ def declared_class_names(path: Path) -> list[str] | None:
             content = yaml.safe_load(text)
             names = content.get("names") if isinstance(content, dict) else None
             if isinstance(names, dict):  # {0: apple, 1: pear}
-                order = sorted(
-                    names,
-                    key=lambda k: (not isinstance(k, int), k if isinstance(k, int) else str(k)),
-                )
-                return [str(names[key]) for key in order]
+                return _names_by_id(names, path)
             return [str(name) for name in names] if isinstance(names, list) else None
         if suffix == ".json":
             content = json.loads(text)
@@ -49,6 +45,24 @@ def declared_class_names(path: Path) -> list[str] | None:
     if suffix in (".txt", ".names"):
         return [line.strip() for line in text.splitlines() if line.strip()]
     return None
+
+
+def _names_by_id(names: dict, path: Path) -> list[str]:
+    """A `names` mapping as a list indexed by class id; keys may be strings ('10': pear), as
+    ultralytics reads them (`int(key)`), so id 10 never sorts before id 2."""
+    try:
+        by_id = {int(key): str(name) for key, name in names.items()}
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: 'names' keys must be class ids (0, 1, ...), got {list(names)}; fix it or "
+            "move it out of prepare.raw_dir"
+        ) from exc
+    if sorted(by_id) != list(range(len(by_id))):
+        raise DataError(
+            f"{path}: 'names' must number the classes 0-{len(by_id) - 1} without a gap, got ids "
+            f"{sorted(by_id)}; YOLO class ids index this list, so renumber the labels and names"
+        )
+    return [by_id[i] for i in range(len(by_id))]
 
 
 def check_class_lists(found: Survey, class_names: Sequence[str]) -> None:
