@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from synthdet import formats
-from synthdet.data import DataError, Sample, read_yolo_folder, split_by_group
+from synthdet.data import Box, DataError, Sample, read_yolo_folder, split_by_group
 from synthdet.formats import summary
 from synthdet.params import load_params
 
@@ -138,6 +138,20 @@ def test_nas_and_drive_system_folders_are_skipped(tmp_path):
     imported = formats.import_dataset(tmp_path, "auto", NAMES)
     assert [s.image.name for s in imported.samples] == ["a.jpg"]
     assert imported.repairs["skipped_files"] == 2
+
+
+def test_a_folder_of_masks_beside_the_images_says_to_move_it(tmp_path):
+    """Kaggle-style images/ + masks/ with the same stems."""
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    image_file(tmp_path / "masks" / "a.png")
+    message = (
+        f"{tmp_path / 'masks' / 'a.png'}: duplicate file stem, also "
+        f"{tmp_path / 'images' / 'a.jpg'}; the prepared splits are flat folders keyed by stem, "
+        "so rename one; or, if one of the folders holds no images of the dataset (masks, "
+        "thumbnails, previews), move it out of prepare.raw_dir"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
 
 
 def test_label_file_matching_no_image_is_an_error(tmp_path):
@@ -498,6 +512,55 @@ def test_coco_crowd_regions_are_ignored_and_counted(tmp_path):
     assert repairs == Counter(coco_crowd_regions=1, coco_size_from_image=1)
 
 
+def test_coco_ignore_flag_is_refused_not_kept_as_an_object(tmp_path):
+    """`"ignore": 1` (CityPersons-style don't-care regions) kept would be a box over many
+    objects; pycocotools overrides the flag and detectron2 refuses it: named, with the fix.
+    `"ignore": 0`, as Label Studio writes on every annotation, is an object."""
+    image_file(tmp_path / "images" / "a.jpg")
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10], "ignore": 0},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 20], "ignore": 1},
+    ]
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
+    message = (
+        f"{tmp_path / 'a.json'} annotation #1 (id 2): 'ignore' is 1; prepare has no ignore flag "
+        "(as detectron2): set 'iscrowd': 1 for a region to ignore (dropped, counted), or "
+        "'ignore': 0 for an object"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+    annotations[1]["iscrowd"] = 1
+    coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
+    samples, repairs = read_dataset(tmp_path, "auto", NAMES)
+    assert boxes_of(samples) == {"a.jpg": [(0, 0.5, 0.5, 0.5, 0.5)]}
+    assert repairs["coco_crowd_regions"] == 1
+
+
+def test_a_class_without_a_box_in_a_split_is_warned():
+    """class_names [apple, pear], pear boxed in train only: mAP on val / test silently leaves
+    pear out; a class with no box anywhere is never learnt."""
+    pear, apple = Box(1, 0.5, 0.5, 0.2, 0.2), Box(0, 0.5, 0.5, 0.2, 0.2)
+    split = {
+        "train": [Sample(Path("t.jpg"), (apple, pear))],
+        "val": [Sample(Path("v.jpg"), (apple,))],
+        "test": [Sample(Path("s.jpg"), (apple,))],
+    }
+    samples = [s for part in split.values() for s in part]
+    imported = formats.Imported(
+        "yolo", samples, Counter(), [], {s.image: (192, 192) for s in samples}
+    )
+    groups = summary.group_counts(split, None)
+    assert summary.warnings(imported, split, groups, 192, ("apple", "pear", "plum"))[:2] == [
+        "class 'pear' of shared.class_names has no box in the val and test splits (1 in train): "
+        "the detector is not measured on it there; check the labels, or give that split more "
+        "groups (prepare.val_groups / test_groups, prepare.group_pattern)",
+        "class 'plum' of shared.class_names has no box in the train and val and test splits "
+        "(none in the dataset): the detector never learns it; check the labels, or give that "
+        "split more groups (prepare.val_groups / test_groups, prepare.group_pattern), or remove "
+        "the class from shared.class_names",
+    ]
+
+
 def test_voc_difficult_objects_are_dropped_and_counted(tmp_path):
     image_file(tmp_path / "JPEGImages" / "a.jpg")
     objects = [("apple", 0, (10, 5, 30, 15)), ("pear", 1, (0, 0, 8, 8))]
@@ -615,6 +678,17 @@ def test_data_yaml_names_keyed_by_strings_follow_the_ids(tmp_path):
     message = (
         f"{tmp_path / 'data.yaml'}: 'names' must number the classes 0-1 without a gap, got ids "
         "[0, 2]; YOLO class ids index this list, so renumber the labels and names"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
+def test_data_yaml_names_that_are_no_list_are_named(tmp_path):
+    yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n")
+    text_file(tmp_path / "data.yaml", "names: pear\n")
+    message = (
+        f"{tmp_path / 'data.yaml'}: 'names' must be a list of class names or a mapping id -> "
+        "name, got 'pear'; fix it or move it out of prepare.raw_dir"
     )
     with pytest.raises(DataError, match=re.escape(message)):
         read_dataset(tmp_path, "auto", NAMES)
@@ -939,7 +1013,7 @@ def held_out_warnings(images: int, val: int, test: int, side: int, imgsz: int) -
         "val": samples[test : test + val],
         "train": samples[val + test :],
     }
-    return summary.warnings(imported, split, summary.group_counts(split, None), imgsz)
+    return summary.warnings(imported, split, summary.group_counts(split, None), imgsz, ())
 
 
 def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():

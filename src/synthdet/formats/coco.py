@@ -196,6 +196,14 @@ def read_coco(
             if crowd:  # a region over many objects: ignored, as COCO evaluation does
                 repairs["coco_crowd_regions"] += 1
                 continue
+            if ann.get("ignore", 0) not in (0, False):
+                # Kept, it would become an object; pycocotools overrides the flag with iscrowd
+                # and detectron2 refuses it, so the user says which it is.
+                raise DataError(
+                    f"{where}: 'ignore' is {ann['ignore']!r}; prepare has no ignore flag (as "
+                    "detectron2): set 'iscrowd': 1 for a region to ignore (dropped, counted), "
+                    "or 'ignore': 0 for an object"
+                )
             corners = _corners(ann, where, repairs)
             class_id = lookup.index(categories[category], where)
             if class_id is not None:

@@ -104,9 +104,15 @@ def _check_stems(images: Sequence[Path]) -> None:
         other = seen.setdefault(image.stem.lower(), image)
         if other is not image:
             how = "file stem" if other.stem == image.stem else "file stem up to letter case"
+            folders = (
+                ""
+                if other.parent == image.parent
+                else "; or, if one of the folders holds no images of the dataset (masks, "
+                "thumbnails, previews), move it out of prepare.raw_dir"
+            )
             raise DataError(
                 f"{image}: duplicate {how}, also {other}; the prepared splits are flat folders "
-                "keyed by stem, so rename one"
+                f"keyed by stem, so rename one{folders}"
             )
 
 

@@ -1,13 +1,15 @@
 """What prepare checks on the split dataset and says about it at the end.
 
 A dataset, or a train / val / test split, without a single box stops the stage (`check_boxes`);
-held-out splits holding a sliver of the images and images far from the detector's `imgsz` are
-warned about (`warnings`); `summary` is the few lines a successful prepare prints.
+a class without a box in a split, held-out splits holding a sliver of the images and images far
+from the detector's `imgsz` are warned about (`warnings`); `summary` is the few lines a successful
+prepare prints.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from synthdet.data import DataError, Sample, group_of
@@ -50,11 +52,33 @@ def group_counts(split: dict[str, list[Sample]], pattern: str | None) -> dict[st
 
 
 def warnings(
-    imported: Imported, split: dict[str, list[Sample]], groups: dict[str, int], imgsz: int
+    imported: Imported,
+    split: dict[str, list[Sample]],
+    groups: dict[str, int],
+    imgsz: int,
+    class_names: Sequence[str],
 ) -> list[str]:
-    """What the user most likely did not intend, for `errors.warn`: a held-out split of a few
-    images (val_groups and test_groups count groups), images far from the detector's imgsz."""
+    """What the user most likely did not intend, for `errors.warn`: a class without a box in a
+    split (not learnt, or not measured: mAP averages the classes present), a held-out split of a
+    few images (val_groups and test_groups count groups), images far from the detector's imgsz."""
     lines = []
+    for class_id, name in enumerate(class_names):
+        counts = {
+            split_name: sum(b.class_id == class_id for s in split[split_name] for b in s.boxes)
+            for split_name in SPLITS
+        }
+        missing = [split_name for split_name, count in counts.items() if not count]
+        if missing:
+            found = ", ".join(f"{count} in {where}" for where, count in counts.items() if count)
+            lines.append(
+                f"class {name!r} of shared.class_names has no box in the {' and '.join(missing)} "
+                f"split{'s' if len(missing) > 1 else ''} ({found or 'none in the dataset'}): "
+                "the detector "
+                f"{'never learns it' if 'train' in missing else 'is not measured on it there'}; "
+                "check the labels, or give that split more groups (prepare.val_groups / "
+                "test_groups, prepare.group_pattern)"
+                + ("" if found else ", or remove the class from shared.class_names")
+            )
     total_images, total_groups = len(imported.samples), sum(groups.values())
     for name in ("val", "test"):
         share = len(split[name]) / total_images

@@ -25,7 +25,12 @@ def declared_class_names(path: Path) -> list[str] | None:
             names = content.get("names") if isinstance(content, dict) else None
             if isinstance(names, dict):  # {0: apple, 1: pear}
                 return _names_by_id(names, path)
-            return [str(name) for name in names] if isinstance(names, list) else None
+            if names is None or isinstance(names, list):
+                return None if names is None else [str(name) for name in names]
+            raise DataError(
+                f"{path}: 'names' must be a list of class names or a mapping id -> name, got "
+                f"{names!r}; fix it or move it out of prepare.raw_dir"
+            )
         if suffix == ".json":
             content = json.loads(text)
             categories = content.get("categories") if isinstance(content, dict) else None

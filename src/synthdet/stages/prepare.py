@@ -3,8 +3,9 @@
 Each subject of `shared.subjects` gets `personalize/<subject>/` (YOLO): its handful of images,
 drawn from the train split only. A dataset, or a train / val / test split, without a single box
 stops the stage; the end prints a summary (images, groups and boxes per split, repairs, what
-was dropped or skipped: `formats.summary`) and warns when a val / test split holds under 5 % of
-the images or the images' size and `train_detector.yolo.imgsz` are 2x or more apart.
+was dropped or skipped: `formats.summary`) and warns when a class of `shared.class_names` has no
+box in a split, a val / test split holds under 5 % of the images or the images' size and
+`train_detector.yolo.imgsz` are 2x or more apart.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         mlflow_run.log_metrics(stats)
     groups = summary.group_counts(split, p.group_pattern)
     print("\n".join(summary.summary(stats, imported, groups, list(subjects))), flush=True)
-    for message in summary.warnings(imported, split, groups, params.train_detector.imgsz):
+    warnings = summary.warnings(
+        imported, split, groups, params.train_detector.imgsz, params.shared.class_names
+    )
+    for message in warnings:
         warn(message)
     return stats
 
