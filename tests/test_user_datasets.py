@@ -474,6 +474,27 @@ def test_objects_of_classes_not_in_class_names_are_listed_at_once(tmp_path):
         read_dataset(tmp_path, "auto", ["apple"])
 
 
+@pytest.mark.parametrize("fmt", ["coco", "voc"])
+def test_normalised_coordinates_in_coco_or_voc_are_named(tmp_path, fmt):
+    """Fractions of the image written where pixels belong would make sub-pixel boxes in the
+    top-left corner of every image."""
+    image_file(tmp_path / "images" / "a.jpg")
+    if fmt == "coco":
+        annotation = {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0.25, 0.25, 0.5, 0.5]}
+        coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], [annotation])
+        where = f"{tmp_path / 'a.json'} annotation #0 (id 3)"
+    else:
+        xml = voc_xml([("apple", 0, (0.25, 0.25, 0.75, 0.75))])
+        where = f"{text_file(tmp_path / 'Annotations' / 'a.xml', xml)} object #0"
+    message = (
+        f"{where}: every box of a.jpg lies within its first pixel (40x20 px image): the "
+        "coordinates look normalised (0-1), but COCO and Pascal VOC boxes are in pixels; "
+        "multiply them by the image width and height"
+    )
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(tmp_path, "auto", NAMES)
+
+
 def test_voc_negative_size_is_an_error(tmp_path):
     image_file(tmp_path / "JPEGImages" / "a.jpg")
     xml = text_file(

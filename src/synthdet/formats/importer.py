@@ -145,6 +145,13 @@ def _finish(record: Record, repairs: Counter) -> tuple[Sample, tuple[int, int], 
                 "upright or declare the size"
             )
         repairs[record.size_key] += 1
+    if record.pixel_boxes and all(max(box[1:5]) <= 1 for box in record.pixel_boxes):
+        # Every box within the first pixel: fractions of the image size written as pixels.
+        raise DataError(
+            f"{record.pixel_boxes[0][5]}: every box of {record.image.name} lies within its "
+            f"first pixel ({width}x{height} px image): the coordinates look normalised (0-1), but "
+            "COCO and Pascal VOC boxes are in pixels; multiply them by the image width and height"
+        )
     boxes = list(record.boxes)
     for class_id, x0, y0, x1, y1, where in record.pixel_boxes:
         corners = (x0 / width, y0 / height, x1 / width, y1 / height)
