@@ -888,7 +888,15 @@ def test_every_coco_field_wrong_or_missing_gives_a_data_error_only(tmp_path):
     valid = {
         "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 0}
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 9, 9],
+                "segmentation": [[1, 1, 9, 1, 9, 9]],  # the box when 'bbox' is removed
+                "iscrowd": 0,
+                "ignore": 0,
+            }
         ],
         "categories": [{"id": 1, "name": "apple"}],
     }
@@ -905,7 +913,7 @@ def test_every_coco_field_wrong_or_missing_gives_a_data_error_only(tmp_path):
             with contextlib.suppress(DataError):  # any other exception fails the test
                 formats.import_dataset(tmp_path, "coco", NAMES)
             cases += 1
-    assert cases == 21 * 11  # 21 values and lists, nested ones included
+    assert cases == 30 * 11  # 30 values and lists, nested ones included
 
 
 def test_every_voc_element_wrong_or_missing_gives_a_data_error_only(tmp_path):
