@@ -217,7 +217,6 @@ def test_the_planned_img2img_default_is_valid(raw):
             {
                 "generate.mode": "img2img",
                 "generate.strength": 0.3,
-                "generate.resolution": 192,
                 "annotate_with_baseline.source_boxes": True,
             },
         )
@@ -261,10 +260,6 @@ def test_the_planned_img2img_default_is_valid(raw):
             {"train_detector.yolo.epochs": 0},
             "params: 'train_detector.yolo.epochs' must be an integer >= 1 (0 epochs trains "
             "nothing), got 0",
-        ),
-        (
-            {"generate.resolution": 0},
-            "params: 'generate.resolution' must be a positive multiple of 8",
         ),
         (
             {"train_detector.yolo.imgsz": 0},

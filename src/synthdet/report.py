@@ -188,7 +188,7 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
         f"personalisation for {params.personalize.max_train_steps} steps on the "
         f"{_number(prepared.personalize.images)} handful images.",
         f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
-        f"{generate.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
+        f"{params.shared.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
         + (f", strength {generate.strength}" if generate.mode == "img2img" else "")
         + ".",
@@ -338,7 +338,7 @@ def limits(
     annotated: AnnotateMetrics,
 ) -> list[str]:
     found = []
-    resolution = params.generate.resolution
+    resolution = params.shared.resolution
     if params.personalize.base_model == "builtin:tiny":
         start = (
             f"the shipped `{params.base.init}` checkpoint (pretrained on unlabelled orchard "

@@ -62,16 +62,19 @@ def _fuse_adapters(pipeline: Any) -> None:
 
 
 class Engine:
-    """A personalised pipeline set up for fast, seeded, batched generation in one mode."""
+    """A personalised pipeline set up for fast, seeded, batched generation in one mode, of
+    square `resolution` px images (shared.resolution)."""
 
     def __init__(
         self,
         pipeline: Any,
         settings: GenerateParams,
+        resolution: int,
         device: torch.device | str = "cpu",
         controlnet: nn.Module | None = None,
     ) -> None:
         self.settings = settings
+        self.resolution = resolution
         self.device = torch.device(device)
         self.family = family_of(pipeline)
         self.mode = MODES[settings.mode]
@@ -140,7 +143,7 @@ class Engine:
         """The real image at generation size (img2img) or its control map (ControlNet)."""
         if source not in self._conditions:
             with Image.open(source) as opened:
-                image = fit_square(opened, self.settings.resolution)
+                image = fit_square(opened, self.resolution)
             image = self.mode.condition(image, self.settings)
             self._conditions[source] = image
         return self._conditions[source]
@@ -174,7 +177,7 @@ class Engine:
             output_type="np",
         )
         conditions = [self._condition(p) for p in sources] if self.mode.uses_source else []
-        kwargs.update(self.mode.inputs(s, conditions))
+        kwargs.update(self.mode.inputs(s, conditions, self.resolution))
         with torch.inference_mode():
             output = self.pipeline(**kwargs)
         images = (np.clip(output.images, 0, 1) * 255).round().astype(np.uint8)

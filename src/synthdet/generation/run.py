@@ -252,6 +252,7 @@ def finish(
     units: dict[str, list[list[ImageSpec]]],
     out: Path,
     settings: GenerateParams,
+    resolution: int,
     seed: int,
     real_images: Sequence[Path],
     features: nn.Module | None = None,
@@ -287,7 +288,7 @@ def finish(
         if OUTLIER_FILTERS[filters.outliers].needs_real
     }
     result, generated_features = apply_filters(
-        records, paths, plans, real_features, cache, filters, settings.resolution, seed
+        records, paths, plans, real_features, cache, filters, resolution, seed
     )
     warned = set(warned or ())
     truncated = 0
@@ -301,7 +302,7 @@ def finish(
             if (subject.name, number) not in warned:
                 warned.add((subject.name, number))
                 warn(truncation_warning(subject, number, record.get("prompt_tokens"), None, seen))
-    extra = engine_record(settings)
+    extra = engine_record(settings, resolution)
     rows = []
     for file in sorted(records, key=lambda f: (records[f]["subject"], records[f]["index"])):
         place(out, file, paths[file], result.kept[file])
@@ -342,6 +343,7 @@ def finish(
 def generate_dataset(
     plans: Sequence[SubjectPlan],
     settings: GenerateParams,
+    resolution: int,
     seed: int,
     out: Path,
     load_engine: Callable[[SubjectPlan], Callable[..., tuple[np.ndarray, list[bool]]]],
@@ -352,8 +354,9 @@ def generate_dataset(
     features: nn.Module | None = None,
 ) -> tuple[GenerationStats, list[dict] | None, dict | None]:
     """Plan, generate what is missing (this process's share), then, in the main process only,
-    filter, place the files and write the manifest (synthdet.artifacts.manifest). Returns
-    (stats, rows, metrics); rows and metrics are None in the other processes."""
+    filter, place the files and write the manifest (synthdet.artifacts.manifest). `resolution`
+    is shared.resolution (the real images are compared at it). Returns (stats, rows, metrics);
+    rows and metrics are None in the other processes."""
     distribution = distribution or Distribution()
     units = {p.name: plan_units(p, settings, seed, identity) for p in plans}
     for note in setting_warnings(settings, plans) if distribution.is_main else ():
@@ -366,7 +369,7 @@ def generate_dataset(
     if not distribution.is_main:
         return stats, None, None
     rows, metrics = finish(
-        plans, units, out, settings, seed, real_images, features, warned=stats.warned
+        plans, units, out, settings, resolution, seed, real_images, features, warned=stats.warned
     )
     # pending/ also held the images of a killed run: they count as resumed, not generated.
     metrics["resumed"] = metrics.pop("generated") - generated

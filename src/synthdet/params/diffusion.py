@@ -16,14 +16,14 @@ BUILTIN_CHECKPOINTS = ("builtin:orchard",)
 class BaseParams:
     """Pretraining of the offline `builtin:tiny` Stable Diffusion model on the real train split.
 
-    Images are scaled so their shorter side is `resolution` (the scale the detector sees) and
-    both networks train on random native-scale crops (`vae_crop`, `unet_crop`), so an object
-    keeps the size in pixels it has in the generated images.
+    Images are scaled so their shorter side is `shared.resolution` (the scale the detector sees)
+    and both networks train on random native-scale crops (`vae_crop`, `unet_crop`), so an object
+    keeps the size in pixels it has in the generated images. The crops and levels are checked
+    against shared.resolution in `params.checks`; the prompt trained on is `Params.base_prompt`.
     """
 
     init: str | None  # start from this shipped checkpoint (builtin:orchard); None = random init
     pool_dir: str  # folder of unlabelled images trained on next to the train split (a DVC dep)
-    resolution: int
     vae_channels: tuple[int, ...]  # AutoencoderKL widths; latents are 2**(levels-1) times smaller
     unet_channels: tuple[int, ...]  # UNet widths per level; all but the first have cross-attention
     text_hidden_size: int  # CLIP text encoder width (= UNet cross-attention width)
@@ -38,35 +38,26 @@ class BaseParams:
     unet_learning_rate: float
     lr_scheduler: str  # diffusers.optimization.get_scheduler name, for both phases
     lr_warmup_steps: int
-    unconditional_probability: float  # class prompt replaced by "" (for classifier-free guidance)
-    class_prompt: str  # the one prompt the UNet is pretrained on ("a photo of apple tree")
+    unconditional_probability: float  # prompt replaced by "" (for classifier-free guidance)
+
+    @property
+    def crop_unit(self) -> int:
+        """The VAE's times the UNet's downsampling: UNet crops (px) must be multiples of it."""
+        return 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
 
     def __post_init__(self) -> None:
-        _require(
-            self.resolution % 8 == 0 and self.resolution >= 32,
-            "base.resolution",
-            "must be a multiple of 8 and >= 32",
-        )
         _require(len(self.vae_channels) >= 2, "base.vae_channels", "needs at least 2 levels")
         _require(len(self.unet_channels) >= 2, "base.unet_channels", "needs at least 2 levels")
-        latent_size = self.resolution // 2 ** (len(self.vae_channels) - 1)
         _require(
-            latent_size % 2 ** (len(self.unet_channels) - 1) == 0,
-            "base.unet_channels",
-            f"has too many levels for {latent_size}px latents (base.resolution / "
-            "2**(len(base.vae_channels) - 1) must divide by 2**(levels - 1))",
-        )
-        _require(
-            8 <= self.vae_crop <= self.resolution and self.vae_crop % 8 == 0,
+            self.vae_crop >= 8 and self.vae_crop % 8 == 0,
             "base.vae_crop",
-            "must be a multiple of 8 between 8 and base.resolution",
+            f"must be a positive multiple of 8, got {self.vae_crop}",
         )
-        crop_unit = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
         _require(
-            crop_unit <= self.unet_crop <= self.resolution and self.unet_crop % crop_unit == 0,
+            self.unet_crop >= self.crop_unit and self.unet_crop % self.crop_unit == 0,
             "base.unet_crop",
-            f"must be a multiple of {crop_unit} (the VAE's and UNet's downsampling) between "
-            f"{crop_unit} and base.resolution",
+            f"must be a positive multiple of {self.crop_unit} (the VAE's and UNet's "
+            f"downsampling), got {self.unet_crop}",
         )
         _require(
             self.init in (None, *BUILTIN_CHECKPOINTS),
@@ -148,7 +139,6 @@ class ClassImagesParams:
     negative_prompt: str
     num_inference_steps: int
     guidance_scale: float
-    resolution: int
     batch_size: int
 
     def __post_init__(self) -> None:
@@ -160,13 +150,16 @@ class ClassImagesParams:
                 f"params: 'class_images.prompt' has an unknown or malformed field ({exc}); "
                 "use {class_noun}"
             ) from exc
+        # The class noun lives once (shared.subjects.*.class_noun): the prompt must take it.
+        _require(
+            "class_noun" in _fields(self.prompt),
+            "class_images.prompt",
+            f"{self.prompt!r} never names the class ({{class_noun}}), so neither the class "
+            "images nor the base model's training prompt would say what the subject is; add "
+            "{class_noun}, e.g. 'a photo of {class_noun}'",
+        )
         _require(self.num_inference_steps >= 1, "class_images.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "class_images.guidance_scale", "must be >= 0")
-        _require(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            "class_images.resolution",
-            "must be a positive multiple of 8",
-        )
         _require(self.batch_size >= 1, "class_images.batch_size", "must be >= 1")
 
 
@@ -187,7 +180,6 @@ class PersonalizeParams:
     method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.methods.METHODS
     base_model: str  # 'builtin:tiny', a hub id or a local diffusers folder
     vae: str | None  # replacement VAE (hub id or folder), e.g. an SDXL fp16-fix VAE
-    resolution: int
     max_train_steps: int  # optimizer steps
     batch_size: int  # instance images per step (per device)
     gradient_accumulation_steps: int
@@ -213,11 +205,6 @@ class PersonalizeParams:
     )
 
     def __post_init__(self) -> None:
-        _require(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            "personalize.resolution",
-            "must be a positive multiple of 8",
-        )
         for key in (
             "max_train_steps",
             "batch_size",

@@ -139,9 +139,15 @@ def make_examples(
 
 
 def prior_examples(
-    pipeline, class_dir: Path, subject: SubjectParams, settings: PersonalizeParams, cache_text: bool
+    pipeline,
+    class_dir: Path,
+    subject: SubjectParams,
+    settings: PersonalizeParams,
+    resolution: int,
+    cache_text: bool,
 ) -> tuple[Examples | None, dict]:
-    """The class examples when the method uses prior preservation and class images exist."""
+    """The class examples (`resolution` px) when the method uses prior preservation and class
+    images exist."""
     uses_prior = (
         methods.method(settings.method).uses_prior
         and settings.prior_loss_weight > 0
@@ -155,7 +161,7 @@ def prior_examples(
     if not paths:
         return None, {"prior_preservation": False}
     prompts = [info.prompt] * len(paths)
-    examples = make_examples(pipeline, paths, prompts, settings.resolution, cache_text)
+    examples = make_examples(pipeline, paths, prompts, resolution, cache_text)
     return examples, {
         "prior_preservation": True,
         "class_prompt": info.prompt,

@@ -101,6 +101,7 @@ class Check:
     image_paths: Sequence[Path]
     captions: Sequence[str]
     seed: int
+    resolution: int  # shared.resolution
 
     def __call__(
         self,
@@ -113,10 +114,10 @@ class Check:
             for template in s.validation_prompts
         ]
         images = validation_images(
-            pipeline, prompts, s.validation_seeds, s.resolution, s.validation_steps
+            pipeline, prompts, s.validation_seeds, self.resolution, s.validation_steps
         )
         with autocast():
             loss = evaluation_loss(
-                pipeline, self.image_paths, self.captions, s.resolution, self.seed
+                pipeline, self.image_paths, self.captions, self.resolution, self.seed
             )
         return images, loss

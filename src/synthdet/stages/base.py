@@ -46,21 +46,23 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
             f"base.pool_dir: folder {base.pool_dir} not found; create it or fix the path"
         )
     pool = list_images(Path(base.pool_dir))
-    images = load_images(paths + pool, base.resolution)
+    images = load_images(paths + pool, params.shared.resolution)
     if base.init:
         pipeline = load_checkpoint(base.init, checkpoints, base)
     else:
-        pipeline = build_tiny_pipeline(base)
+        pipeline = build_tiny_pipeline(base, params.shared.resolution)
     pipeline.to(device)
     stage_params = {
         "base": dataclasses.asdict(base),
+        "resolution": params.shared.resolution,
+        "prompt": params.base_prompt,
         "seed": params.shared.seed,
         "train_images": len(paths),
         "pool_images": len(pool),
     }
     with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as mlflow_run:
         curve = LossCurve(mlflow_run)
-        scaling_factor = pretrain(pipeline, images, base, generator, curve)
+        scaling_factor = pretrain(pipeline, images, base, params.base_prompt, generator, curve)
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())

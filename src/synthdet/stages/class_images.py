@@ -40,6 +40,7 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
         "class_images": dataclasses.asdict(settings),
         "subject": subject,
         "prompt": prompt,
+        "resolution": params.shared.resolution,
         "base_model": personalize.base_model,
         "seed": params.shared.seed,
     }
@@ -59,8 +60,8 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
                     images = pipeline(
                         prompt=[prompt] * len(indices),
                         negative_prompt=[settings.negative_prompt] * len(indices),
-                        height=settings.resolution,
-                        width=settings.resolution,
+                        height=params.shared.resolution,
+                        width=params.shared.resolution,
                         num_inference_steps=settings.num_inference_steps,
                         guidance_scale=settings.guidance_scale,
                         generator=[

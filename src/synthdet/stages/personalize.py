@@ -54,7 +54,7 @@ def run(
     ParamsError (unknown subject, invalid LoRA config, unsupported precision), DataError (missing
     or stale captions or class images), ModelNotAvailableError (base model not loadable).
     """
-    settings, seed = params.personalize, params.shared.seed
+    settings, seed, resolution = params.personalize, params.shared.seed, params.shared.resolution
     subject, method = params.subject(subject_name), methods.method(params.personalize.method)
     started = time.perf_counter()
     accelerator = training.make_accelerator(settings, configure_torch())
@@ -64,9 +64,12 @@ def run(
     token = method.concept_token(subject.identifier)
     pipeline = load_pipeline(settings.base_model, builtin_base, vae=settings.vae)
     pipeline.to(accelerator.device)
-    check = validation.Check(settings, token, subject.class_noun, image_paths, image_captions, seed)
+    check = validation.Check(
+        settings, token, subject.class_noun, image_paths, image_captions, seed, resolution
+    )
     stage_params = {
         **{"personalize": dataclasses.asdict(settings), "subject": subject_name},
+        "resolution": resolution,
         **{f"subject.{k}": v for k, v in dataclasses.asdict(subject).items()},
         **{"family": family_of(pipeline), "seed": seed, "images": len(image_paths)},
         **{"mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes},
@@ -82,13 +85,13 @@ def run(
         dtype = training.weight_dtype(accelerator.mixed_precision)
         trainable = adapters.setup_method(pipeline, settings, token, subject.class_noun, dtype)
         cache_text = not trainable.text_trains
-        instance = make_examples(
-            pipeline, image_paths, image_captions, settings.resolution, cache_text
+        instance = make_examples(pipeline, image_paths, image_captions, resolution, cache_text)
+        prior, prior_info = prior_examples(
+            pipeline, class_images, subject, settings, resolution, cache_text
         )
-        prior, prior_info = prior_examples(pipeline, class_images, subject, settings, cache_text)
         base_fingerprint = model_fingerprint(settings.base_model, builtin_base)
         # What the training depends on: a checkpoint of another run is never resumed.
-        inputs = [image_captions, [sha256_of(p) for p in image_paths], prior_info, seed]
+        inputs = [image_captions, [sha256_of(p) for p in image_paths], prior_info, seed, resolution]
         fingerprint = json_sha256([dataclasses.asdict(settings), subject, base_fingerprint, inputs])
         curve = LossCurve(mlflow_run)
         on_step = curve.recorder(settings.method) if main else lambda step, loss: None
@@ -111,7 +114,7 @@ def run(
         personalised_images, eval_loss = check(pipeline, autocast=accelerator.autocast)
         with atomic_path(out) as folder:  # weights + adapter.json
             trained = (pipeline, trainable, settings, (subject_name, subject))
-            adapters.write_adapter(folder, *trained, base_fingerprint, seed, prior_info)
+            adapters.write_adapter(folder, *trained, base_fingerprint, seed, prior_info, resolution)
         metrics = {
             "images": len(image_paths),
             "class_images": prior_info.get("class_images", 0),
