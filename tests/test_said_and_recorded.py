@@ -1,6 +1,7 @@
 """Results that would silently train on nothing are said and recorded (issue 16, kind 2):
-an annotation pass that labels no box, a detector variant whose labels hold no box, and a
-textual-inversion caption without the placeholder."""
+an annotation pass that labels no box (annotate-with-baseline, pseudo-label), a detector variant
+whose labels (or extra images' labels) hold no box, and a textual-inversion caption without the
+placeholder."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import detection
+from synthdet import detection, report
+from synthdet.artifacts.metrics import (
+    AnnotateMetrics,
+    ExtraImagesMetrics,
+    PrepareMetrics,
+    read_extra_images_metrics,
+)
 from synthdet.captioning import subject_caption
 from synthdet.data import DataError
-from synthdet.stages import annotate_with_baseline, train_detector
+from synthdet.stages import annotate_with_baseline, pseudo_label, train_detector
 from tests.conftest import write_tiny_yolo_folder
 
 
@@ -97,12 +104,67 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         "or label by construction with generate.mode=img2img and "
         "annotate_with_baseline.source_boxes=true."
     ]
-    # The real images' boxes are enough: nothing to say.
+    # With the real images' boxes the set is not empty, but the extra images teach background.
     metrics = run("mixed")
     real_boxes = sum(len(p.read_text().splitlines()) for p in (real / "labels").iterdir())
     assert (metrics["real_boxes"], metrics["extra_boxes"]) == (real_boxes, 0)
-    assert metrics["empty_label_set"] == 0 and warnings(capsys) == []
-    assert len(no_training) == 2
+    assert (metrics["empty_label_set"], metrics["empty_extra_labels"]) == (0, 1)
+    assert warnings(capsys) == [
+        "warning: detector variant mixed (seed 42): its 3 extra images (synthetic) hold no box, "
+        "so it learns their objects as background (its metrics say empty_extra_labels: 1; the "
+        "report flags it). For auto-labelled images lower annotate_with_baseline.confidence, or "
+        "label by construction with generate.mode=img2img and "
+        "annotate_with_baseline.source_boxes=true."
+    ]
+    # Real images only: nothing to say.
+    metrics = run("real")
+    assert (metrics["empty_label_set"], metrics["empty_extra_labels"]) == (0, 0)
+    assert warnings(capsys) == []
+    assert len(no_training) == 3
+
+
+def test_a_pseudo_label_pass_without_boxes_is_said_flagged_and_reported(
+    params, tmp_path, monkeypatch, capsys
+):
+    """The committed default: pseudo-label finds no box on its 64 images at confidence 0.25."""
+    monkeypatch.setattr(detection, "load_detector", lambda folder, names: object())
+    monkeypatch.setattr(detection, "predict", nothing_found)
+    params = dataclasses.replace(
+        params, few_shot=dataclasses.replace(params.few_shot, extra_images=2)
+    )
+    train = write_tiny_yolo_folder(tmp_path / "train", photos=1, tiles=3)
+    handful = tmp_path / "handful" / "apple_tree" / "images"
+    handful.mkdir(parents=True)
+    first = sorted((train / "images").iterdir())[0]
+    (handful / first.name).write_bytes(first.read_bytes())
+    metrics_file = tmp_path / "pseudo.json"
+    metrics = pseudo_label.run(
+        params, train / "images", tmp_path / "handful", tmp_path, tmp_path / "out", metrics_file
+    )
+    assert metrics["boxes"] == 0 and metrics["empty_label_set"] is True
+    assert warnings(capsys) == [
+        "warning: pseudo-label labelled no box in any of its 2 real images (the handful "
+        "annotator at annotate_with_baseline.confidence=0.25): handful-pseudo trains on them as "
+        "background, and pseudo.json says empty_label_set: true. Lower "
+        "annotate_with_baseline.confidence, or drop pseudo from few_shot.sources."
+    ]
+    # the report reads the flag through the typed artifact
+    extra = read_extra_images_metrics(metrics_file)
+    assert extra == ExtraImagesMetrics(images=2, boxes=0, empty_label_set=True)
+    lines = report.limits(
+        params, {}, {}, PrepareMetrics.from_dict({}), AnnotateMetrics(), {"pseudo": extra}
+    )
+    assert (
+        "**No box in any of the 2 pseudo images** (`empty_label_set` in their metrics): the "
+        "annotator found nothing at annotate_with_baseline.confidence 0.25, so the variant "
+        "trained on them learned their objects as background."
+    ) in lines
+    flagged = {"handful-pseudo.empty_extra_labels": 1, "handful.empty_extra_labels": 0}
+    table = report.detection_table(flagged, ["handful", "handful-pseudo"])
+    assert [row.split(" | ")[0] for row in table[2:4]] == [
+        "| `handful`",
+        "| `handful-pseudo` **⚠ its extra images hold no box**",
+    ]
 
 
 def test_a_textual_inversion_caption_without_the_placeholder_stops_the_caption_stage():

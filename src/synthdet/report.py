@@ -39,6 +39,8 @@ def detection_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> l
             flags.append("**⚠ no test box scored above the annotation confidence**")
         if evaluation.get(f"{variant}.empty_label_set"):
             flags.append("**⚠ trained on an empty label set**")
+        elif evaluation.get(f"{variant}.empty_extra_labels"):
+            flags.append("**⚠ its extra images hold no box**")
         cells = [
             " ".join([f"`{variant}`", *flags]),
             _number(evaluation.get(f"{variant}.seeds")),
@@ -326,7 +328,9 @@ def render(
         "## Limits",
         "",
     ]
-    lines += [f"- {limit}" for limit in limits(params, evaluation, images, prepared, annotated)]
+    lines += [
+        f"- {limit}" for limit in limits(params, evaluation, images, prepared, annotated, extras)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +340,7 @@ def limits(
     images: Mapping[str, Any],
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
+    extras: Mapping[str, ExtraImagesMetrics],
 ) -> list[str]:
     found = []
     resolution = params.shared.resolution
@@ -358,6 +363,14 @@ def limits(
             "detectors on generated images trained on background only, so their mAP measures "
             "nothing and the generated images only teach the others to miss objects."
         )
+    for name, extra in extras.items():
+        if extra.empty_label_set:
+            found.append(
+                f"**No box in any of the {_number(extra.images)} {name} images** "
+                "(`empty_label_set` in their metrics): the annotator found nothing at "
+                f"annotate_with_baseline.confidence {params.annotate_with_baseline.confidence}, "
+                "so the variant trained on them learned their objects as background."
+            )
     flagged = sorted(
         key.split(".")[0]
         for key, value in evaluation.items()
