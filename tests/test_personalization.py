@@ -207,6 +207,9 @@ def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family,
     lines = (root / f"{family}-{method}" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(lines) == 1 + STEPS
     assert (root / f"{family}-{method}" / "metrics" / "validation.png").stat().st_size > 0
+    seen = (root / f"{family}-{method}" / "metrics" / "captions.jsonl").read_text().splitlines()
+    assert len(seen) == metrics["images"] and metrics["captions_truncated"] == 0
+    assert all(row["seen"] == row["caption"] for row in map(json.loads, seen))
 
     # A stock diffusers pipeline of the family's class takes the artifact with its own loader.
     stock_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from synthdet.data import DataError
 from synthdet.diffusion.images import fit_square
 from synthdet.diffusion.loading import family_of
+from synthdet.diffusion.vocabulary import text_seen
 from synthdet.errors import ModelNotAvailableError
 from synthdet.generation.modes import MODES, guided
 from synthdet.params import GenerateParams
@@ -110,17 +111,8 @@ class Engine:
 
     def read_prompt(self, prompt: str) -> tuple[str, int, int]:
         """(the text the text encoder reads of `prompt`, its length in tokens, the encoder's
-        limit). diffusers truncates a longer prompt to the start token, the first limit - 2
-        tokens and the end token (textual-inversion placeholders expanded to all vectors)."""
-        tokenizer = self.pipeline.tokenizer
-        text = prompt
-        if hasattr(self.pipeline, "maybe_convert_prompt"):
-            text = self.pipeline.maybe_convert_prompt(prompt, tokenizer)
-        ids = tokenizer(text, truncation=False, verbose=False).input_ids
-        limit = tokenizer.model_max_length
-        if len(ids) <= limit:
-            return prompt, len(ids), limit
-        return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
+        limit): synthdet.diffusion.vocabulary.text_seen."""
+        return text_seen(self.pipeline, prompt)
 
     def embed(self, prompt: str) -> tuple[Tensor, ...]:
         """Prompt and negative-prompt embeddings (and pooled ones for SDXL), once per prompt."""

@@ -26,9 +26,15 @@ from synthdet.diffusion.hashing import json_sha256, sha256_of
 from synthdet.diffusion.loading import configure_torch, family_of, load_pipeline, model_fingerprint
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
+from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.personalization import adapters, training, validation
-from synthdet.personalization.examples import make_examples, prior_examples
+from synthdet.personalization.examples import (
+    CAPTIONS_SEEN,
+    captions_seen,
+    make_examples,
+    prior_examples,
+)
 
 
 def run(
@@ -85,6 +91,9 @@ def run(
         dtype = training.weight_dtype(accelerator.mixed_precision)
         trainable = adapters.setup_method(pipeline, settings, token, subject.class_noun, dtype)
         cache_text = not trainable.text_trains
+        seen, truncated = captions_seen(pipeline, image_paths, image_captions)
+        if truncated and main:
+            warn(f"personalize@{subject_name}: {truncated}")
         instance = make_examples(pipeline, image_paths, image_captions, resolution, cache_text)
         prior, prior_info = prior_examples(
             pipeline, class_images, subject, settings, resolution, cache_text
@@ -124,6 +133,7 @@ def run(
             "eval_loss_base": eval_loss_base,
             "eval_loss_personalised": eval_loss,
             "resumed_from": result.resumed_from,
+            "captions_truncated": sum(row["seen"] != row["caption"] for row in seen),
             "seconds": time.perf_counter() - started,
         }
         grid = validation.validation_grid(base_images, personalised_images)
@@ -131,6 +141,7 @@ def run(
             folder.mkdir()
             grid.save(folder / "validation.png")
             (folder / "loss.tsv").write_text(curve.tsv())
+            (folder / CAPTIONS_SEEN).write_text("".join(json.dumps(r) + "\n" for r in seen))
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         mlflow_run.log_metrics(metrics)
         mlflow_run.log_artifact(metrics_dir)
