@@ -335,6 +335,29 @@ def test_a_subject_with_images_is_enough(raw):
             "(class_images.count) never reach the loss; set class_images.count=0 to train "
             "without prior preservation, or personalize.class_batch_size > 0",
         ),
+        (
+            {
+                "generate.mode": "controlnet",
+                "generate.controlnet_model": "lllyasviel/sd-controlnet-canny",
+                "generate.controlnet_conditioning_scale": 0.0,
+            },
+            "params: 'generate.controlnet_conditioning_scale' is 0.0, but must be > 0 with "
+            "generate.mode controlnet: the ControlNet's residuals are scaled by it, so at 0 the "
+            "control map has no effect (plain txt2img at the cost of a ControlNet); set it to "
+            "1.0, or generate.mode=txt2img",
+        ),
+        (
+            {"generate.sources": "train"},
+            "params: 'generate.sources' is 'train', but generate.mode txt2img starts from noise, "
+            "not from a real image, so no source is used; set generate.mode=img2img (or "
+            "controlnet), or generate.sources=handful",
+        ),
+        (
+            {"train_detector.mix_real_shares": [], "train_detector.mix_synthetic_fractions": [0.1]},
+            "params: 'train_detector.mix_synthetic_fractions' is [0.1], but "
+            "train_detector.mix_real_shares is empty, so no mix variant would be trained; add a "
+            "real share, e.g. -S 'train_detector.mix_real_shares=[1.0]'",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):
@@ -419,3 +442,13 @@ def test_textual_inversion_captions_must_hold_the_placeholder(raw):
 def test_textual_inversion_and_validation_settings(raw, changes, expected):
     ti = {"personalize.method": "textual_inversion", "class_images.count": 0}
     assert message({**ti, **changes}, raw) == expected
+
+
+def test_a_preset_names_the_yolo_values_it_replaces(raw):
+    assert parse_params(raw).train_detector.overridden_by_preset() == []
+    raw["train_detector"]["preset"] = "genfusion"
+    assert parse_params(raw).train_detector.overridden_by_preset() == [
+        "optimizer: 'AdamW' -> 'SGD'",
+        "lr0: 0.002 -> 0.01",
+        "close_mosaic: 2 -> 0",
+    ]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from synthdet import detection, report
+from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.artifacts.metrics import (
     AnnotateMetrics,
     ExtraImagesMetrics,
@@ -22,8 +23,10 @@ from synthdet.artifacts.metrics import (
 )
 from synthdet.captioning import subject_caption
 from synthdet.data import DataError
-from synthdet.stages import annotate_with_baseline, pseudo_label, train_detector
+from synthdet.personalization.examples import captions_seen
+from synthdet.stages import annotate_with_baseline, class_images, pseudo_label, train_detector
 from tests.conftest import write_tiny_yolo_folder
+from tests.tiny_models import tiny_sd_pipeline
 
 
 def warnings(capsys) -> list[str]:
@@ -182,3 +185,57 @@ def test_a_textual_inversion_caption_without_the_placeholder_stops_the_caption_s
     assert subject_caption("a photo", "sks", "apple tree", "", "lora", "a red fruit") == (
         "a photo, a red fruit"
     )
+
+
+def test_a_caption_longer_than_the_text_encoder_reads_is_said_and_recorded():
+    pipeline = tiny_sd_pipeline()
+    short = "a photo of sks apple tree with 3 apples"
+    long = "a photo of sks apple tree" + " in a green orchard" * 20
+    rows, warning = captions_seen(pipeline, [Path("a.png"), Path("b.png")], [short, long])
+    seen = "a photo of sks apple tree" + " in a green orchard" * 17 + " in"  # 75 tokens
+    assert rows == [
+        {"file": "a.png", "caption": short, "tokens": 11, "seen": short},
+        {"file": "b.png", "caption": long, "tokens": 88, "seen": seen},
+    ]
+    assert warning == (
+        "1 of 2 captions are longer than the text encoder reads (77 tokens with its start and "
+        f"end tokens), e.g. b.png: 88 tokens, of which the model trains on {seen!r}. Shorten "
+        "caption.template (BLIP: caption.max_new_tokens); captions.jsonl next to the metrics "
+        "records the text seen."
+    )
+    assert captions_seen(pipeline, [Path("a.png")], [short]) == (rows[:1], None)
+
+
+def test_a_preset_over_yolo_values_is_said(params, tmp_path, no_training, capsys):
+    config = dataclasses.replace(params.train_detector, preset="genfusion")
+    params = dataclasses.replace(params, train_detector=config)
+    real = write_tiny_yolo_folder(tmp_path / "real", photos=2, tiles=2)
+    folders = {"real": real}
+    train_detector.run(params, "t", "real", 42, folders, real, tmp_path / "d", tmp_path / "r.csv")
+    assert warnings(capsys) == [
+        "warning: train_detector.preset=genfusion overrides train_detector.yolo (optimizer: "
+        "'AdamW' -> 'SGD'; lr0: 0.002 -> 0.01; close_mosaic: 2 -> 0); the MLflow run's yolo "
+        "param records what was used."
+    ]
+    assert no_training[0]["yolo_args"]["optimizer"] == "SGD"
+
+
+def test_class_images_without_guidance_say_and_record_the_ignored_negative_prompt(
+    params, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(class_images, "load_pipeline", lambda *a, **k: tiny_sd_pipeline())
+    settings = dataclasses.replace(
+        params.class_images, count=1, guidance_scale=1.0, num_inference_steps=1
+    )
+    shared = dataclasses.replace(params.shared, resolution=32)
+    base = dataclasses.replace(params.base, vae_crop=16, unet_crop=16)
+    params = dataclasses.replace(params, shared=shared, base=base, class_images=settings)
+    class_images.run(params, "apple_tree", tmp_path, tmp_path / "out")
+    assert warnings(capsys) == [
+        "warning: class_images.guidance_scale=1.0 is <= 1: classifier-free guidance is off, so "
+        "class_images.negative_prompt ('blurry, low quality') is ignored; class_images.json "
+        "records negative_prompt: null. Set it above 1 (e.g. 5) to use guidance."
+    ]
+    info = ClassImagesInfo.read(tmp_path / "out")
+    assert (info.negative_prompt, info.guidance_scale) == (None, 1.0)
+    assert len(ClassImagesInfo.images(tmp_path / "out")) == 1

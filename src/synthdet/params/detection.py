@@ -119,6 +119,13 @@ class TrainDetectorParams:
             "train_detector.variants",
             "has a duplicate",
         )
+        _require(
+            bool(self.mix_real_shares) or not self.mix_synthetic_fractions,
+            "train_detector.mix_synthetic_fractions",
+            f"is {list(self.mix_synthetic_fractions)}, but train_detector.mix_real_shares is "
+            "empty, so no mix variant would be trained; add a real share, e.g. "
+            "-S 'train_detector.mix_real_shares=[1.0]'",
+        )
         for share in self.mix_real_shares:
             _require(0 < share <= 1, "train_detector.mix_real_shares", "must be in (0, 1]")
         for fraction in self.mix_synthetic_fractions:
@@ -162,6 +169,15 @@ class TrainDetectorParams:
     def model_source(self) -> str:
         """What training starts from: `model`, or the family/size yaml (from scratch)."""
         return self.model or f"{self.architecture}.yaml"
+
+    def overridden_by_preset(self) -> list[str]:
+        """`yolo` values the preset replaces, as 'key: yolo value -> preset value'."""
+        preset = DETECTOR_PRESETS[self.preset] if self.preset else {}
+        return [
+            f"{key}: {self.yolo[key]!r} -> {value!r}"
+            for key, value in preset.items()
+            if key in self.yolo and self.yolo[key] != value
+        ]
 
     def train_args(self) -> dict[str, Any]:
         """The ultralytics train arguments: `yolo`, overridden by the preset's values."""

@@ -156,9 +156,24 @@ class GenerateParams:
             "must satisfy 0 <= canny_low <= canny_high <= 255",
         )
         _require(
+            self.controlnet_conditioning_scale > 0 or self.mode != "controlnet",
+            "generate.controlnet_conditioning_scale",
+            f"is {self.controlnet_conditioning_scale}, but must be > 0 with generate.mode "
+            "controlnet: the ControlNet's residuals are scaled by it, so at 0 the control map "
+            "has no effect (plain txt2img at the cost of a ControlNet); set it to 1.0, or "
+            "generate.mode=txt2img",
+        )
+        _require(
             self.controlnet_conditioning_scale >= 0,
             "generate.controlnet_conditioning_scale",
             "must be >= 0",
+        )
+        _require(
+            self.sources == "handful" or self.mode != "txt2img",
+            "generate.sources",
+            f"is {self.sources!r}, but generate.mode txt2img starts from noise, not from a real "
+            "image, so no source is used; set generate.mode=img2img (or controlnet), or "
+            "generate.sources=handful",
         )
 
     def count(self, subject: str) -> int:

@@ -62,6 +62,11 @@ def run(
     config = params.train_detector
     variant = variants.parse(variant_name, params)
     train_args = config.train_args()
+    if overridden := config.overridden_by_preset():
+        warn(
+            f"train_detector.preset={config.preset} overrides train_detector.yolo "
+            f"({'; '.join(overridden)}); the MLflow run's yolo param records what was used."
+        )
     logged_params = {
         "variant": variant.name,
         "real": str(variant.real),
