@@ -104,6 +104,7 @@ MICRO_BASE = {
     "init": None,
     "vae_crop": 16,
     "unet_crop": 16,
+    "lr_warmup_steps": 0,  # below the 2 steps
 }
 
 

@@ -48,6 +48,7 @@ TINY_OVERRIDES = {
         "vae_crop": 16,
         "unet_crop": 16,
         "init": None,
+        "lr_warmup_steps": 0,  # below the 3 steps
     },
     # A high learning rate so that a few steps visibly change the images.
     "personalize": {

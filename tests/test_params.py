@@ -358,6 +358,38 @@ def test_a_subject_with_images_is_enough(raw):
             "train_detector.mix_real_shares is empty, so no mix variant would be trained; add a "
             "real share, e.g. -S 'train_detector.mix_real_shares=[1.0]'",
         ),
+        (
+            {"personalize.lora.lora_alpha": 0},
+            "params: 'personalize.lora.lora_alpha' must be > 0, got 0: the LoRA update is scaled "
+            "by lora_alpha / r, so at 0 the trained adapter changes nothing; set it to "
+            "personalize.lora.r (e.g. 8)",
+        ),
+        (
+            {"personalize.lora.r": 0},
+            "params: 'personalize.lora.r' must be an integer >= 1 (the LoRA rank), got 0",
+        ),
+        (
+            {"personalize.train_text_encoder": True, "personalize.text_encoder_lora_modules": []},
+            "params: 'personalize.text_encoder_lora_modules' is empty, but "
+            "personalize.train_text_encoder is true with dreambooth_lora, so no text-encoder "
+            "layer would get a LoRA and it would not train; list modules (e.g. [q_proj, k_proj, "
+            "v_proj, out_proj]) or set personalize.train_text_encoder=false",
+        ),
+        (
+            {"personalize.lr_warmup_steps": 60},
+            "params: 'personalize.lr_warmup_steps' (60) must be below personalize.max_train_steps "
+            "(60): the learning rate would still be warming up when training ends; lower it",
+        ),
+        (
+            {"base.unet_steps": 10},
+            "params: 'base.lr_warmup_steps' (20) must be below base.unet_steps (10): the "
+            "learning rate would still be warming up when training ends; lower it",
+        ),
+        (
+            {"train_detector.yolo.lr0": 0},
+            "params: 'train_detector.yolo.lr0' must be a number > 0 (at 0 the detector's weights "
+            "never change), got 0",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):

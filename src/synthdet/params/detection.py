@@ -144,6 +144,12 @@ class TrainDetectorParams:
             "train_detector.yolo.epochs",
             f"must be an integer >= 1 (0 epochs trains nothing), got {epochs!r}",
         )
+        lr0 = self.train_args().get("lr0", 0.01)  # ultralytics' default
+        _require(
+            isinstance(lr0, int | float) and not isinstance(lr0, bool) and lr0 > 0,
+            "train_detector.yolo.lr0",
+            f"must be a number > 0 (at 0 the detector's weights never change), got {lr0!r}",
+        )
         fraction = self.train_args().get("fraction", 1.0)
         _require(
             isinstance(fraction, int | float) and 0 < fraction <= 1,

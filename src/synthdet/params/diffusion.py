@@ -87,6 +87,14 @@ class BaseParams:
             _require(getattr(self, key) > 0, f"base.{key}", "must be > 0")
         _require(self.vae_kl_weight >= 0, "base.vae_kl_weight", "must be >= 0")
         _require(self.lr_warmup_steps >= 0, "base.lr_warmup_steps", "must be >= 0")
+        for key in ("vae_steps", "unet_steps"):
+            steps = getattr(self, key)
+            _require(
+                steps == 0 or self.lr_warmup_steps < steps,
+                "base.lr_warmup_steps",
+                f"({self.lr_warmup_steps}) must be below base.{key} ({steps}): the learning rate "
+                "would still be warming up when training ends; lower it",
+            )
         _require(
             0 <= self.unconditional_probability < 1,
             "base.unconditional_probability",
@@ -215,6 +223,13 @@ class PersonalizeParams:
         for key in ("lr_warmup_steps", "class_batch_size", "checkpointing_steps"):
             _require(getattr(self, key) >= 0, f"personalize.{key}", "must be >= 0")
         _require(self.learning_rate > 0, "personalize.learning_rate", "must be > 0")
+        _require(
+            self.lr_warmup_steps < self.max_train_steps,
+            "personalize.lr_warmup_steps",
+            f"({self.lr_warmup_steps}) must be below personalize.max_train_steps "
+            f"({self.max_train_steps}): the learning rate would still be warming up when "
+            "training ends; lower it",
+        )
         _require(self.prior_loss_weight >= 0, "personalize.prior_loss_weight", "must be >= 0")
         _require(self.max_grad_norm > 0, "personalize.max_grad_norm", "must be > 0")
         _require(
@@ -225,6 +240,8 @@ class PersonalizeParams:
             "personalize.lora",
             "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])",
         )
+        if methods.method(self.method).weights is methods.Weights.LORA_LAYERS:
+            self._check_lora()
         # The validation grid (base vs personalised, metrics/personalize/<subject>/) needs a
         # prompt and a seed; an empty list would end training in a traceback.
         _check_prompt_templates(self.validation_prompts, "personalize.validation_prompts")
@@ -248,3 +265,26 @@ class PersonalizeParams:
                 "else, so the base and personalised images would be identical; add a prompt "
                 "with {identifier}, e.g. 'a photo of {identifier}'",
             )
+
+    def _check_lora(self) -> None:
+        """LoRA settings under which the adapter could not be built or would change nothing."""
+        rank = self.lora.get("r", 8)  # peft's default rank
+        _require(
+            isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1,
+            "personalize.lora.r",
+            f"must be an integer >= 1 (the LoRA rank), got {rank!r}",
+        )
+        alpha = self.lora.get("lora_alpha", 8)
+        _require(
+            isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0,
+            "personalize.lora.lora_alpha",
+            f"must be > 0, got {alpha!r}: the LoRA update is scaled by lora_alpha / r, so at 0 "
+            "the trained adapter changes nothing; set it to personalize.lora.r (e.g. 8)",
+        )
+        _require(
+            not self.train_text_encoder or len(self.text_encoder_lora_modules) > 0,
+            "personalize.text_encoder_lora_modules",
+            f"is empty, but personalize.train_text_encoder is true with {self.method}, so no "
+            "text-encoder layer would get a LoRA and it would not train; list modules (e.g. "
+            "[q_proj, k_proj, v_proj, out_proj]) or set personalize.train_text_encoder=false",
+        )
