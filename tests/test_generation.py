@@ -724,6 +724,33 @@ def test_long_prompt_is_said_and_the_text_seen_recorded(tmp_path, sd_pipeline, r
     assert "generate.prompts[1]" in lines[0] and manifest(out)[1] == long
 
 
+def test_long_negative_prompt_is_said_and_the_text_seen_recorded(
+    tmp_path, sd_pipeline, real, capsys
+):
+    out = tmp_path / "generated"
+    negative = "blurry" + " low quality" * 40
+    s = settings(num_images=2, negative_prompt=negative)
+    run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
+    seen = "blurry" + " low quality" * 37  # 75 tokens
+    said = [
+        f"warning: generate.negative_prompt {negative!r} is 83 tokens, more than the text "
+        f"encoder reads (77 with its start and end tokens): the model sees only {seen!r}. "
+        "Shorten it; the manifest records that text as negative_prompt_seen."
+    ]
+    assert [line for line in capsys.readouterr().err.splitlines() if "negative" in line] == said
+    assert [(r["negative_prompt"], r["negative_prompt_seen"]) for r in manifest(out)] == [
+        (negative, seen)
+    ] * 2
+    # all reused: said again from the images' provenance, without the count
+    _, _, metrics = run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "negative" in line]
+    assert metrics["generated"] == 0 and lines == [said[0].replace("is 83 tokens", "is too long")]
+    # a short one adds nothing to the manifest
+    run(tmp_path / "short", [plan(2)], settings(num_images=2), sd_pipeline, real, PIXELS)
+    assert "negative" not in capsys.readouterr().err
+    assert all("negative_prompt_seen" not in row for row in manifest(tmp_path / "short"))
+
+
 def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path, real):
     s = settings(mode="img2img", strength=0.5, num_inference_steps=2)
     pipeline = tiny_sd_pipeline()
