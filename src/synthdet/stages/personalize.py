@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -29,12 +28,7 @@ from synthdet.diffusion.training import read_captions
 from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.personalization import adapters, training, validation
-from synthdet.personalization.examples import (
-    CAPTIONS_SEEN,
-    captions_seen,
-    make_examples,
-    prior_examples,
-)
+from synthdet.personalization.examples import captions_seen, make_examples, prior_examples
 
 
 def run(
@@ -137,12 +131,7 @@ def run(
             "seconds": time.perf_counter() - started,
         }
         grid = validation.validation_grid(base_images, personalised_images)
-        with atomic_path(metrics_dir) as folder:
-            folder.mkdir()
-            grid.save(folder / "validation.png")
-            (folder / "loss.tsv").write_text(curve.tsv())
-            (folder / CAPTIONS_SEEN).write_text("".join(json.dumps(r) + "\n" for r in seen))
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        validation.write_metrics_folder(metrics_dir, grid, curve.tsv(), seen, metrics)
         mlflow_run.log_metrics(metrics)
         mlflow_run.log_artifact(metrics_dir)
         mlflow_run.log_artifact(out)
