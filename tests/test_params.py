@@ -376,7 +376,7 @@ def test_a_subject_with_images_is_enough(raw):
             "v_proj, out_proj]) or set personalize.train_text_encoder=false",
         ),
         (
-            {"personalize.lr_warmup_steps": 60},
+            {"personalize.lr_warmup_steps": 60, "personalize.lr_scheduler": "constant_with_warmup"},
             "params: 'personalize.lr_warmup_steps' (60) must be below personalize.max_train_steps "
             "(60): the learning rate would still be warming up when training ends; lower it",
         ),
@@ -384,6 +384,23 @@ def test_a_subject_with_images_is_enough(raw):
             {"base.unet_steps": 10},
             "params: 'base.lr_warmup_steps' (20) must be below base.unet_steps (10): the "
             "learning rate would still be warming up when training ends; lower it",
+        ),
+        (
+            {"personalize.lr_warmup_steps": 10},
+            "params: 'personalize.lr_warmup_steps' is 10, but personalize.lr_scheduler constant "
+            "has no warm-up (diffusers ignores it), so it would do nothing; set "
+            "personalize.lr_scheduler=constant_with_warmup, or personalize.lr_warmup_steps=0",
+        ),
+        (
+            {"base.lr_scheduler": "cosine_annealing"},
+            "params: 'base.lr_scheduler' must be one of ['linear', 'cosine', "
+            "'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup'], got "
+            "'cosine_annealing'",
+        ),
+        (
+            {"personalize.textual_inversion.initializer_token": "apple tree"},
+            "params: 'personalize.textual_inversion.initializer_token' must be one word (a single "
+            "token), got 'apple tree'; e.g. 'tree'",
         ),
         (
             {"train_detector.yolo.lr0": 0},

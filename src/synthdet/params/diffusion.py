@@ -11,6 +11,21 @@ from synthdet.params.parsing import ParamsError, _check_prompt_templates, _field
 # Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
 BUILTIN_CHECKPOINTS = ("builtin:orchard",)
 
+# diffusers.optimization.get_scheduler names (piecewise_constant needs step rules, not offered)
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+def _check_warmup(section: str, scheduler: str, warmup: int) -> None:
+    _require(
+        warmup == 0 or scheduler != "constant",
+        f"{section}.lr_warmup_steps",
+        f"is {warmup}, but {section}.lr_scheduler constant has no warm-up (diffusers ignores "
+        f"it), so it would do nothing; set {section}.lr_scheduler=constant_with_warmup, or "
+        f"{section}.lr_warmup_steps=0",
+    )
+
 
 @dataclass(frozen=True)
 class BaseParams:
@@ -36,7 +51,7 @@ class BaseParams:
     vae_learning_rate: float
     vae_kl_weight: float  # KL term next to the reconstruction loss; small, as in SD's VAE
     unet_learning_rate: float
-    lr_scheduler: str  # diffusers.optimization.get_scheduler name, for both phases
+    lr_scheduler: LrScheduler  # diffusers.optimization.get_scheduler name, for both phases
     lr_warmup_steps: int
     unconditional_probability: float  # prompt replaced by "" (for classifier-free guidance)
 
@@ -87,6 +102,7 @@ class BaseParams:
             _require(getattr(self, key) > 0, f"base.{key}", "must be > 0")
         _require(self.vae_kl_weight >= 0, "base.vae_kl_weight", "must be >= 0")
         _require(self.lr_warmup_steps >= 0, "base.lr_warmup_steps", "must be >= 0")
+        _check_warmup("base", self.lr_scheduler, self.lr_warmup_steps)
         for key in ("vae_steps", "unet_steps"):
             steps = getattr(self, key)
             _require(
@@ -178,6 +194,12 @@ class TextualInversionParams:
 
     def __post_init__(self) -> None:
         _require(self.num_vectors >= 1, "personalize.textual_inversion.num_vectors", "must be >= 1")
+        # the tokenizer decides at the stage's start whether the word is one token
+        _require(
+            self.initializer_token is None or len(self.initializer_token.split()) == 1,
+            "personalize.textual_inversion.initializer_token",
+            f"must be one word (a single token), got {self.initializer_token!r}; e.g. 'tree'",
+        )
 
 
 PERSONALIZE_METHODS = methods.METHOD_NAMES
@@ -192,7 +214,7 @@ class PersonalizeParams:
     batch_size: int  # instance images per step (per device)
     gradient_accumulation_steps: int
     learning_rate: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     lr_warmup_steps: int
     train_text_encoder: bool  # methods without a new token: train the text encoder(s) too
     prior_loss_weight: float  # methods with prior preservation, with class images
@@ -223,6 +245,7 @@ class PersonalizeParams:
         for key in ("lr_warmup_steps", "class_batch_size", "checkpointing_steps"):
             _require(getattr(self, key) >= 0, f"personalize.{key}", "must be >= 0")
         _require(self.learning_rate > 0, "personalize.learning_rate", "must be > 0")
+        _check_warmup("personalize", self.lr_scheduler, self.lr_warmup_steps)
         _require(
             self.lr_warmup_steps < self.max_train_steps,
             "personalize.lr_warmup_steps",
