@@ -403,6 +403,13 @@ def test_a_subject_with_images_is_enough(raw):
             "token), got 'apple tree'; e.g. 'tree'",
         ),
         (
+            {"personalize.vae": "madebyollin/sdxl-vae-fp16-fix"},
+            "params: 'personalize.vae' is 'madebyollin/sdxl-vae-fp16-fix', but "
+            "personalize.base_model is builtin:tiny, whose UNet learned the latents of its own "
+            "VAE (the base stage): another VAE's latents mean nothing to it; set "
+            "personalize.vae=null (a replacement VAE is for a Stable Diffusion base model)",
+        ),
+        (
             {"train_detector.yolo.lr0": 0},
             "params: 'train_detector.yolo.lr0' must be a number > 0 (at 0 the detector's weights "
             "never change), got 0",

@@ -247,6 +247,13 @@ class PersonalizeParams:
         _require(self.learning_rate > 0, "personalize.learning_rate", "must be > 0")
         _check_warmup("personalize", self.lr_scheduler, self.lr_warmup_steps)
         _require(
+            self.vae is None or self.base_model != "builtin:tiny",
+            "personalize.vae",
+            f"is {self.vae!r}, but personalize.base_model is builtin:tiny, whose UNet learned the "
+            "latents of its own VAE (the base stage): another VAE's latents mean nothing to it; "
+            "set personalize.vae=null (a replacement VAE is for a Stable Diffusion base model)",
+        )
+        _require(
             self.lr_warmup_steps < self.max_train_steps,
             "personalize.lr_warmup_steps",
             f"({self.lr_warmup_steps}) must be below personalize.max_train_steps "
