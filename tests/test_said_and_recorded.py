@@ -119,6 +119,12 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         "label by construction with generate.mode=img2img and "
         "annotate_with_baseline.source_boxes=true."
     ]
+    assert detection.empty_extra_labels_warning("handful-pseudo", 42, "pseudo", 64) == (
+        "detector variant handful-pseudo (seed 42): its 64 extra images (pseudo) hold no box, so "
+        "it learns their objects as background (its metrics say empty_extra_labels: 1; the "
+        "report flags it). Lower annotate_with_baseline.confidence (pseudo-label's annotator), "
+        "or drop pseudo from few_shot.sources."
+    )
     # Real images only: nothing to say.
     metrics = run("real")
     assert (metrics["empty_label_set"], metrics["empty_extra_labels"]) == (0, 0)

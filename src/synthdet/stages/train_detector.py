@@ -19,27 +19,6 @@ from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
-EMPTY_LABELS_FIX = (
-    "For auto-labelled images lower annotate_with_baseline.confidence, or label by "
-    "construction with generate.mode=img2img and annotate_with_baseline.source_boxes=true."
-)
-
-
-def empty_labels_warning(variant: str, seed: int, images: int) -> str:
-    return (
-        f"detector variant {variant} (seed {seed}) trains on {images} images whose labels hold "
-        "no box: it can only learn that there is nothing to find (its metrics say "
-        f"empty_label_set: 1). {EMPTY_LABELS_FIX}"
-    )
-
-
-def empty_extra_labels_warning(variant: str, seed: int, extra: str, images: int) -> str:
-    return (
-        f"detector variant {variant} (seed {seed}): its {images} extra images ({extra}) hold no "
-        "box, so it learns their objects as background (its metrics say empty_extra_labels: 1; "
-        f"the report flags it). {EMPTY_LABELS_FIX}"
-    )
-
 
 def run(
     params: Params,
@@ -99,10 +78,14 @@ def run(
         empty_extra = bool(composition.extra) and boxes["extra_boxes"] == 0
         if empty:
             images = len(composition.real) + len(composition.extra)
-            warn(empty_labels_warning(variant.name, seed, images))
+            warn(detection.empty_variant_warning(variant.name, seed, images))
         elif empty_extra:
             extra = variant.extra or "extra"
-            warn(empty_extra_labels_warning(variant.name, seed, extra, len(composition.extra)))
+            warn(
+                detection.empty_extra_labels_warning(
+                    variant.name, seed, extra, len(composition.extra)
+                )
+            )
         result = detection.train_detector(
             model=config.model_source,
             train_folders=train_folders,
