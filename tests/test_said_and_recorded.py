@@ -226,22 +226,29 @@ def test_a_preset_over_yolo_values_is_said(params, tmp_path, no_training, capsys
     assert no_training[0]["yolo_args"]["optimizer"] == "SGD"
 
 
-def test_class_images_without_guidance_say_and_record_the_ignored_negative_prompt(
+def test_class_images_say_and_record_the_ignored_negative_prompt_and_a_long_prompt(
     params, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(class_images, "load_pipeline", lambda *a, **k: tiny_sd_pipeline())
+    long = "a photo of {class_noun}" + " in a green orchard" * 20
     settings = dataclasses.replace(
-        params.class_images, count=1, guidance_scale=1.0, num_inference_steps=1
+        params.class_images, count=1, guidance_scale=1.0, num_inference_steps=1, prompt=long
     )
     shared = dataclasses.replace(params.shared, resolution=32)
     base = dataclasses.replace(params.base, vae_crop=16, unet_crop=16)
     params = dataclasses.replace(params, shared=shared, base=base, class_images=settings)
     class_images.run(params, "apple_tree", tmp_path, tmp_path / "out")
+    prompt = long.format(class_noun="apple tree")
+    seen = "a photo of apple tree" + " in a green orchard" * 17 + " in a"  # 75 tokens
     assert warnings(capsys) == [
         "warning: class_images.guidance_scale=1.0 is <= 1: classifier-free guidance is off, so "
         "class_images.negative_prompt ('blurry, low quality') is ignored; class_images.json "
-        "records negative_prompt: null. Set it above 1 (e.g. 5) to use guidance."
+        "records negative_prompt: null. Set it above 1 (e.g. 5) to use guidance.",
+        f"warning: class_images.prompt gives {prompt!r}, 87 tokens, more than the text encoder "
+        f"reads (77 with its start and end tokens): the model sees only {seen!r}. Shorten it; "
+        "class_images.json records that text as prompt_seen.",
     ]
     info = ClassImagesInfo.read(tmp_path / "out")
     assert (info.negative_prompt, info.guidance_scale) == (None, 1.0)
+    assert (info.prompt, info.prompt_seen) == (prompt, seen)
     assert len(ClassImagesInfo.images(tmp_path / "out")) == 1

@@ -24,6 +24,7 @@ class ClassImagesInfo:
     # diffusers runs without encoding the negative prompt
     negative_prompt: str | None = None
     guidance_scale: float | None = None
+    prompt_seen: str | None = None  # what the text encoder read of `prompt` (77 tokens at most)
 
     def write(self, folder: Path) -> None:
         write_json(Path(folder) / CLASS_IMAGES_INFO, dataclasses.asdict(self))

@@ -21,6 +21,7 @@ from synthdet.cli import run_stage
 from synthdet.data import atomic_path
 from synthdet.diffusion.hashing import derive_seed
 from synthdet.diffusion.loading import configure_torch, load_pipeline
+from synthdet.diffusion.vocabulary import text_seen
 from synthdet.errors import warn
 from synthdet.params import Params
 
@@ -56,11 +57,19 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
     with tracking.stage_run(
         f"class-images@{subject}", params.shared.mlflow_experiment, stage_params
     ) as mlflow_run:
-        pipeline = None
+        pipeline, seen = None, prompt
         if settings.count:
             pipeline = load_pipeline(personalize.base_model, builtin_base, vae=personalize.vae).to(
                 device
             )
+            seen, tokens, limit = text_seen(pipeline, prompt)
+            if seen != prompt:
+                warn(
+                    f"class_images.prompt gives {prompt!r}, {tokens} tokens, more than the text "
+                    f"encoder reads ({limit} with its start and end tokens): the model sees "
+                    f"only {seen!r}. Shorten it; {CLASS_IMAGES_INFO} records that text as "
+                    "prompt_seen."
+                )
         with atomic_path(out) as folder:
             (folder / IMAGES).mkdir(parents=True)
             for first in range(0, settings.count, settings.batch_size):
@@ -90,6 +99,7 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
                 vae=personalize.vae,
                 negative_prompt=settings.negative_prompt if guided else None,
                 guidance_scale=settings.guidance_scale,
+                prompt_seen=seen,
             ).write(folder)
         metrics = {"images": settings.count, "seconds": time.perf_counter() - started}
         mlflow_run.log_metrics(metrics)
