@@ -23,6 +23,7 @@ from synthdet.artifacts.metrics import (
 )
 from synthdet.captioning import subject_caption
 from synthdet.data import DataError
+from synthdet.diffusion.vocabulary import long_text_warning
 from synthdet.personalization.examples import captions_seen
 from synthdet.stages import annotate_with_baseline, class_images, pseudo_label, train_detector
 from tests.conftest import write_tiny_yolo_folder
@@ -252,3 +253,21 @@ def test_class_images_say_and_record_the_ignored_negative_prompt_and_a_long_prom
     assert (info.negative_prompt, info.guidance_scale) == (None, 1.0)
     assert (info.prompt, info.prompt_seen) == (prompt, seen)
     assert len(ClassImagesInfo.images(tmp_path / "out")) == 1
+
+
+def test_the_base_prompt_read_in_part_is_said_naming_the_template():
+    pipeline = tiny_sd_pipeline()
+    prompt = "a photo of apple tree" + " in a green orchard" * 20
+    seen, note = long_text_warning(
+        pipeline, prompt, "the base prompt (class_images.prompt)", "the MLflow run"
+    )
+    assert seen == "a photo of apple tree" + " in a green orchard" * 17 + " in a"
+    assert note == (
+        f"the base prompt (class_images.prompt) gives {prompt!r}, 87 tokens, more than the text "
+        f"encoder reads (77 with its start and end tokens): the model sees only {seen!r}. "
+        "Shorten it; the MLflow run records that text as prompt_seen."
+    )
+    assert long_text_warning(pipeline, "a photo of apple tree", "k", "r") == (
+        "a photo of apple tree",
+        None,
+    )

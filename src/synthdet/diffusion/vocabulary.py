@@ -79,3 +79,16 @@ def text_seen(pipeline: Any, prompt: str) -> tuple[str, int, int]:
     if len(ids) <= limit:
         return prompt, len(ids), limit
     return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
+
+
+def long_text_warning(pipeline: Any, text: str, key: str, record: str) -> tuple[str, str | None]:
+    """(the text seen, a warning naming the param `key` and where the text seen is recorded
+    when the text encoder reads only part of `text`, else None)."""
+    seen, tokens, limit = text_seen(pipeline, text)
+    if seen == text:
+        return text, None
+    return seen, (
+        f"{key} gives {text!r}, {tokens} tokens, more than the text encoder reads ({limit} with "
+        f"its start and end tokens): the model sees only {seen!r}. Shorten it; {record} records "
+        "that text as prompt_seen."
+    )

@@ -23,6 +23,8 @@ from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import pretrain
+from synthdet.diffusion.vocabulary import long_text_warning
+from synthdet.errors import warn
 from synthdet.params import Params
 
 
@@ -52,10 +54,16 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
     else:
         pipeline = build_tiny_pipeline(base, params.shared.resolution)
     pipeline.to(device)
+    prompt_seen, note = long_text_warning(
+        pipeline, params.base_prompt, "the base prompt (class_images.prompt)", "the MLflow run"
+    )
+    if note:
+        warn(note)
     stage_params = {
         "base": dataclasses.asdict(base),
         "resolution": params.shared.resolution,
         "prompt": params.base_prompt,
+        "prompt_seen": prompt_seen,
         "seed": params.shared.seed,
         "train_images": len(paths),
         "pool_images": len(pool),

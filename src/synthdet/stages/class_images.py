@@ -21,7 +21,7 @@ from synthdet.cli import run_stage
 from synthdet.data import atomic_path
 from synthdet.diffusion.hashing import derive_seed
 from synthdet.diffusion.loading import configure_torch, load_pipeline
-from synthdet.diffusion.vocabulary import text_seen
+from synthdet.diffusion.vocabulary import long_text_warning
 from synthdet.errors import warn
 from synthdet.params import Params
 
@@ -62,14 +62,11 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
             pipeline = load_pipeline(personalize.base_model, builtin_base, vae=personalize.vae).to(
                 device
             )
-            seen, tokens, limit = text_seen(pipeline, prompt)
-            if seen != prompt:
-                warn(
-                    f"class_images.prompt gives {prompt!r}, {tokens} tokens, more than the text "
-                    f"encoder reads ({limit} with its start and end tokens): the model sees "
-                    f"only {seen!r}. Shorten it; {CLASS_IMAGES_INFO} records that text as "
-                    "prompt_seen."
-                )
+            seen, note = long_text_warning(
+                pipeline, prompt, "class_images.prompt", CLASS_IMAGES_INFO
+            )
+            if note:
+                warn(note)
         with atomic_path(out) as folder:
             (folder / IMAGES).mkdir(parents=True)
             for first in range(0, settings.count, settings.batch_size):
