@@ -37,7 +37,7 @@ def load(args: argparse.Namespace, params) -> tuple[object, str]:
     """A fresh personalised pipeline (or builtin:tiny with random weights) and its name."""
     if args.untrained:
         torch.manual_seed(0)
-        pipeline = build_tiny_pipeline(params.base)
+        pipeline = build_tiny_pipeline(params.base, params.shared.resolution)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline, "builtin:tiny architecture, random weights"
     pipeline = load_personalized_pipeline(args.adapter, args.builtin_base)
@@ -66,8 +66,8 @@ def main() -> None:
     ]
     naive_pipeline, model = load(args, params)
     naive_pipeline.to(device)
-    engine = Engine(load(args, params)[0], settings, device)
-    size, steps = settings.resolution, settings.num_inference_steps
+    size, steps = params.shared.resolution, settings.num_inference_steps
+    engine = Engine(load(args, params)[0], settings, size, device)
 
     def naive_round() -> float:
         started = time.perf_counter()

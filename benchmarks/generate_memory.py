@@ -47,12 +47,12 @@ def child(count: int, resolution: int, steps: int, out: Path) -> dict:
     settings = dataclasses.replace(
         params.generate,
         num_images=count,
-        resolution=resolution,
         num_inference_steps=steps,
         # every image stays in the FID and the manifest: nothing is dropped by clustering
         filters=dataclasses.replace(params.generate.filters, outliers="none"),
     )
-    params = dataclasses.replace(params, generate=settings)
+    shared = dataclasses.replace(params.shared, resolution=resolution)
+    params = dataclasses.replace(params, shared=shared, generate=settings)
     samples: list[tuple[int, float]] = []  # (images written so far, resident MiB)
     done = threading.Event()
     pending = out / "generated" / "pending"

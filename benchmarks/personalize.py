@@ -49,14 +49,16 @@ def tiny_pipeline(params):
     if (ROOT / "models/base/model_index.json").is_file():
         return load_pipeline("builtin:tiny", ROOT / "models/base"), "models/base"
     torch.manual_seed(0)
-    return build_tiny_pipeline(params.base), "builtin:tiny (random init)"
+    return build_tiny_pipeline(params.base, params.shared.resolution), "builtin:tiny (random init)"
 
 
-def reference_steps(pipeline, settings, paths, class_paths, prompts, class_prompt, steps, preload):
+def reference_steps(
+    pipeline, settings, resolution, paths, class_paths, prompts, class_prompt, steps, preload
+):
     """The example scripts' loop: images, VAE and text encoder processed on every step."""
     if preload:
-        pixels = load_images(paths, settings.resolution)
-        class_pixels = load_images(class_paths, settings.resolution)
+        pixels = load_images(paths, resolution)
+        class_pixels = load_images(class_paths, resolution)
     else:  # a "dataset" that decodes and transforms at every access
 
         class Lazy:
@@ -67,7 +69,7 @@ def reference_steps(pipeline, settings, paths, class_paths, prompts, class_promp
                 return len(self.files)
 
             def __getitem__(self, index):
-                return load_images([self.files[i] for i in index], settings.resolution)
+                return load_images([self.files[i] for i in index], resolution)
 
         pixels, class_pixels = Lazy(paths), Lazy(class_paths)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
@@ -109,12 +111,12 @@ def reference_steps(pipeline, settings, paths, class_paths, prompts, class_promp
     return times
 
 
-def our_steps(pipeline, settings, paths, class_paths, prompts, class_prompt, steps):
+def our_steps(pipeline, settings, resolution, paths, class_paths, prompts, class_prompt, steps):
     trainable = setup_method(pipeline, settings, "sks", "apple tree", torch.float32)
     started = time.perf_counter()
-    instance = make_examples(pipeline, paths, prompts, settings.resolution, True)
+    instance = make_examples(pipeline, paths, prompts, resolution, True)
     prior = make_examples(
-        pipeline, class_paths, [class_prompt] * len(class_paths), settings.resolution, True
+        pipeline, class_paths, [class_prompt] * len(class_paths), resolution, True
     )
     cache_seconds = time.perf_counter() - started
     times = []
@@ -152,20 +154,28 @@ def main() -> None:
     paths = list_images(ROOT / "data/raw/images")[:8]
     class_paths = list_images(ROOT / "data/raw/images")[8:16]
     prompts = [f"a photo of sks apple tree with {i} apples" for i in range(len(paths))]
-    class_prompt = "a photo of apple tree"
+    class_prompt, resolution = params.base_prompt, params.shared.resolution
     load = [os.getloadavg()[0]]
     ours, reference, preloaded, caches = [], [], [], []
     for _ in range(args.rounds):
         pipeline, model = tiny_pipeline(params)
         times, cache = our_steps(
-            pipeline, settings, paths, class_paths, prompts, class_prompt, args.steps
+            pipeline, settings, resolution, paths, class_paths, prompts, class_prompt, args.steps
         )
         ours.append(steps_per_second(times))
         caches.append(cache)
         for preload, into in ((False, reference), (True, preloaded)):
             pipeline, _ = tiny_pipeline(params)
             times = reference_steps(
-                pipeline, settings, paths, class_paths, prompts, class_prompt, args.steps, preload
+                pipeline,
+                settings,
+                resolution,
+                paths,
+                class_paths,
+                prompts,
+                class_prompt,
+                args.steps,
+                preload,
             )
             into.append(steps_per_second(times))
         load.append(os.getloadavg()[0])
@@ -185,7 +195,7 @@ def main() -> None:
             "model": model,
             "method": settings.method,
             "lora_r": settings.lora.get("r"),
-            "resolution": settings.resolution,
+            "resolution": resolution,
             "batch": f"{settings.batch_size} instance + {settings.class_batch_size} class",
             "snr_gamma": settings.snr_gamma,
             "steps_per_round": args.steps,

@@ -94,15 +94,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name != "test_pipeline.py")
 
 
-# The base stage at test size, from random weights (no shipped checkpoint).
+# The base stage at test size (shared.resolution MICRO_RESOLUTION), from random weights (no
+# shipped checkpoint).
+MICRO_RESOLUTION = 32
 MICRO_BASE = {
-    "resolution": 32,
     "vae_steps": 2,
     "unet_steps": 2,
     "batch_size": 2,
     "init": None,
     "vae_crop": 16,
     "unet_crop": 16,
+    "lr_warmup_steps": 0,  # below the 2 steps
 }
 
 

@@ -36,8 +36,8 @@ SENTENCES = [
 
 # Smaller than any default: 32 px images, 2-level VAE and UNet, a few steps each.
 TINY_OVERRIDES = {
+    "shared": {"resolution": 32},
     "base": {
-        "resolution": 32,
         "vae_channels": (8, 16),
         "unet_channels": (16, 32),
         "text_hidden_size": 32,
@@ -48,11 +48,11 @@ TINY_OVERRIDES = {
         "vae_crop": 16,
         "unet_crop": 16,
         "init": None,
+        "lr_warmup_steps": 0,  # below the 3 steps
     },
     # A high learning rate so that a few steps visibly change the images.
     "personalize": {
         "method": "lora",
-        "resolution": 32,
         "max_train_steps": 6,
         "batch_size": 2,
         "learning_rate": 0.05,
@@ -60,7 +60,7 @@ TINY_OVERRIDES = {
         "validation_steps": 2,
     },
     "class_images": {"count": 0},
-    "generate": {"num_images": 4, "num_inference_steps": 3, "resolution": 32, "batch_size": 4},
+    "generate": {"num_images": 4, "num_inference_steps": 3, "batch_size": 4},
     "few_shot": {"extra_images": 4},
 }
 

@@ -63,7 +63,6 @@ def settings(**changes):
         "num_images": 4,
         "prompts": PROMPTS,
         "num_inference_steps": 2,
-        "resolution": SAMPLE_SIZE,
         "batch_size": 2,
         "filters": filters,
     }
@@ -124,13 +123,14 @@ def run(out, plans, s, pipeline, real, inception, seed=42, engine_wrapper=None, 
     """One generate run with the stage's code path, on an in-memory tiny pipeline."""
 
     def load_engine(subject):
-        engine = Engine(type(pipeline)(**pipeline.components), s)
+        engine = Engine(type(pipeline)(**pipeline.components), s, SAMPLE_SIZE)
         return engine_wrapper(engine) if engine_wrapper else engine
 
-    identity = engine_identity(s, None)
+    identity = engine_identity(s, SAMPLE_SIZE, None)
     return generate_dataset(
         plans,
         s,
+        SAMPLE_SIZE,
         seed,
         out,
         load_engine,
@@ -197,7 +197,7 @@ def test_engine_modes_and_families(family, sd_pipeline, sdxl_pipeline, real):
         pipeline = type(base)(**base.components)
         controlnet = tiny_controlnet(pipeline.unet) if mode == "controlnet" else None
         s = settings(mode=mode, controlnet_model="tiny" if controlnet else None)
-        engine = Engine(pipeline, s, controlnet=controlnet)
+        engine = Engine(pipeline, s, SAMPLE_SIZE, controlnet=controlnet)
         encoded = []
         hook = engine.pipeline.text_encoder.register_forward_hook(
             lambda *_, calls=encoded: calls.append(1)
@@ -226,7 +226,7 @@ def test_sources_cycle_through_the_subject_train_images(real):
         plan(5, sources=train),
         settings(mode="img2img"),
         42,
-        engine_identity(settings(mode="img2img"), None),
+        engine_identity(settings(mode="img2img"), SAMPLE_SIZE, None),
     )
     specs = [spec for unit in units for spec in unit]
     assert [spec.source for spec in specs] == [train[i % 3] for i in range(6)]
@@ -692,6 +692,7 @@ def test_guidance_off_is_said_and_recorded(tmp_path, sd_pipeline, real, capsys):
     assert {(r["negative_prompt"], r["classifier_free_guidance"]) for r in rows} == {
         ("blurry, low quality", True)
     }
+    assert all("negative_prompt_seen" not in r for r in rows)  # read whole: nothing added
 
 
 LONG = "a photo of {identifier} {class_noun}" + " in a green orchard" * 20
@@ -724,14 +725,37 @@ def test_long_prompt_is_said_and_the_text_seen_recorded(tmp_path, sd_pipeline, r
     assert "generate.prompts[1]" in lines[0] and manifest(out)[1] == long
 
 
+def test_long_negative_prompt_is_said_and_the_text_seen_recorded(
+    tmp_path, sd_pipeline, real, capsys
+):
+    out = tmp_path / "generated"
+    negative = "blurry" + " low quality" * 40
+    s = settings(num_images=2, negative_prompt=negative)
+    run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
+    seen = "blurry" + " low quality" * 37  # 75 tokens
+    said = [
+        f"warning: generate.negative_prompt {negative!r} is 83 tokens, more than the text "
+        f"encoder reads (77 with its start and end tokens): the model sees only {seen!r}. "
+        "Shorten it; the manifest records that text as negative_prompt_seen."
+    ]
+    assert [line for line in capsys.readouterr().err.splitlines() if "negative" in line] == said
+    assert [(r["negative_prompt"], r["negative_prompt_seen"]) for r in manifest(out)] == [
+        (negative, seen)
+    ] * 2
+    # all reused: said again from the images' provenance, without the count
+    _, _, metrics = run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "negative" in line]
+    assert metrics["generated"] == 0 and lines == [said[0].replace("is 83 tokens", "is too long")]
+
+
 def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path, real):
     s = settings(mode="img2img", strength=0.5, num_inference_steps=2)
     pipeline = tiny_sd_pipeline()
-    engine = Engine(pipeline, s)
+    engine = Engine(pipeline, s, SAMPLE_SIZE)
     sources = sorted((real / "images").iterdir())[:2]
     images, _ = engine(["a photo of sks apple tree"] * 2, [1, 2], sources)
     assert images.shape == (2, SAMPLE_SIZE, SAMPLE_SIZE, 3)
-    assert engine_record(s)["denoising_steps"] == 1
+    assert engine_record(s, SAMPLE_SIZE)["denoising_steps"] == 1
     with pytest.raises(ParamsError, match=r"'generate\.strength' x 'generate\.num_inference_steps"):
         settings(mode="img2img", strength=0.04, num_inference_steps=20)
 

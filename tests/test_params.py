@@ -217,7 +217,6 @@ def test_the_planned_img2img_default_is_valid(raw):
             {
                 "generate.mode": "img2img",
                 "generate.strength": 0.3,
-                "generate.resolution": 192,
                 "annotate_with_baseline.source_boxes": True,
             },
         )
@@ -261,10 +260,6 @@ def test_the_planned_img2img_default_is_valid(raw):
             {"train_detector.yolo.epochs": 0},
             "params: 'train_detector.yolo.epochs' must be an integer >= 1 (0 epochs trains "
             "nothing), got 0",
-        ),
-        (
-            {"generate.resolution": 0},
-            "params: 'generate.resolution' must be a positive multiple of 8",
         ),
         (
             {"train_detector.yolo.imgsz": 0},
@@ -339,6 +334,85 @@ def test_a_subject_with_images_is_enough(raw):
             "params: 'personalize.class_batch_size' is 0, so the 8 class images per subject "
             "(class_images.count) never reach the loss; set class_images.count=0 to train "
             "without prior preservation, or personalize.class_batch_size > 0",
+        ),
+        (
+            {
+                "generate.mode": "controlnet",
+                "generate.controlnet_model": "lllyasviel/sd-controlnet-canny",
+                "generate.controlnet_conditioning_scale": 0.0,
+            },
+            "params: 'generate.controlnet_conditioning_scale' is 0.0, but must be > 0 with "
+            "generate.mode controlnet: the ControlNet's residuals are scaled by it, so at 0 the "
+            "control map has no effect (plain txt2img at the cost of a ControlNet); set it to "
+            "1.0, or generate.mode=txt2img",
+        ),
+        (
+            {"generate.sources": "train"},
+            "params: 'generate.sources' is 'train', but generate.mode txt2img starts from noise, "
+            "not from a real image, so no source is used; set generate.mode=img2img (or "
+            "controlnet), or generate.sources=handful",
+        ),
+        (
+            {"train_detector.mix_real_shares": [], "train_detector.mix_synthetic_fractions": [0.1]},
+            "params: 'train_detector.mix_synthetic_fractions' is [0.1], but "
+            "train_detector.mix_real_shares is empty, so no mix variant would be trained; add a "
+            "real share, e.g. -S 'train_detector.mix_real_shares=[1.0]'",
+        ),
+        (
+            {"personalize.lora.lora_alpha": 0},
+            "params: 'personalize.lora.lora_alpha' must be > 0, got 0: the LoRA update is scaled "
+            "by lora_alpha / r, so at 0 the trained adapter changes nothing; set it to "
+            "personalize.lora.r (e.g. 8)",
+        ),
+        (
+            {"personalize.lora.r": 0},
+            "params: 'personalize.lora.r' must be an integer >= 1 (the LoRA rank), got 0",
+        ),
+        (
+            {"personalize.train_text_encoder": True, "personalize.text_encoder_lora_modules": []},
+            "params: 'personalize.text_encoder_lora_modules' is empty, but "
+            "personalize.train_text_encoder is true with dreambooth_lora, so no text-encoder "
+            "layer would get a LoRA and it would not train; list modules (e.g. [q_proj, k_proj, "
+            "v_proj, out_proj]) or set personalize.train_text_encoder=false",
+        ),
+        (
+            {"personalize.lr_warmup_steps": 60, "personalize.lr_scheduler": "constant_with_warmup"},
+            "params: 'personalize.lr_warmup_steps' (60) must be below personalize.max_train_steps "
+            "(60): the learning rate would still be warming up when training ends; lower it",
+        ),
+        (
+            {"base.unet_steps": 10},
+            "params: 'base.lr_warmup_steps' (20) must be below base.unet_steps (10): the "
+            "learning rate would still be warming up when training ends; lower it",
+        ),
+        (
+            {"personalize.lr_warmup_steps": 10},
+            "params: 'personalize.lr_warmup_steps' is 10, but personalize.lr_scheduler constant "
+            "has no warm-up (diffusers ignores it), so it would do nothing; set "
+            "personalize.lr_scheduler=constant_with_warmup, or personalize.lr_warmup_steps=0",
+        ),
+        (
+            {"base.lr_scheduler": "cosine_annealing"},
+            "params: 'base.lr_scheduler' must be one of ['linear', 'cosine', "
+            "'cosine_with_restarts', 'polynomial', 'constant', 'constant_with_warmup'], got "
+            "'cosine_annealing'",
+        ),
+        (
+            {"personalize.textual_inversion.initializer_token": "apple tree"},
+            "params: 'personalize.textual_inversion.initializer_token' must be one word (a single "
+            "token), got 'apple tree'; e.g. 'tree'",
+        ),
+        (
+            {"personalize.vae": "madebyollin/sdxl-vae-fp16-fix"},
+            "params: 'personalize.vae' is 'madebyollin/sdxl-vae-fp16-fix', but "
+            "personalize.base_model is builtin:tiny, whose UNet learned the latents of its own "
+            "VAE (the base stage): another VAE's latents mean nothing to it; set "
+            "personalize.vae=null (a replacement VAE is for a Stable Diffusion base model)",
+        ),
+        (
+            {"train_detector.yolo.lr0": 0},
+            "params: 'train_detector.yolo.lr0' must be a number > 0 (at 0 the detector's weights "
+            "never change), got 0",
         ),
     ],
 )
@@ -424,3 +498,13 @@ def test_textual_inversion_captions_must_hold_the_placeholder(raw):
 def test_textual_inversion_and_validation_settings(raw, changes, expected):
     ti = {"personalize.method": "textual_inversion", "class_images.count": 0}
     assert message({**ti, **changes}, raw) == expected
+
+
+def test_a_preset_names_the_yolo_values_it_replaces(raw):
+    assert parse_params(raw).train_detector.overridden_by_preset() == []
+    raw["train_detector"]["preset"] = "genfusion"
+    assert parse_params(raw).train_detector.overridden_by_preset() == [
+        "optimizer: 'AdamW' -> 'SGD'",
+        "lr0: 0.002 -> 0.01",
+        "close_mosaic: 2 -> 0",
+    ]

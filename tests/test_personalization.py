@@ -43,6 +43,7 @@ from synthdet.personalization.training import (
 from synthdet.stages import caption, class_images, personalize
 from tests.conftest import (
     MICRO_BASE,
+    MICRO_RESOLUTION,
     REPO,
     accelerate_launch,
     copy_dvc_project,
@@ -62,12 +63,13 @@ STEPS = 8
 def make_params(model: Path, method: str, **personalize_changes):
     params = load_params(REPO / "params.yaml")
     shared = dataclasses.replace(
-        params.shared, subjects={SUBJECT: SubjectParams("sks", "apple tree", 3, ".*")}
+        params.shared,
+        resolution=SAMPLE_SIZE,
+        subjects={SUBJECT: SubjectParams("sks", "apple tree", 3, ".*")},
     )
     defaults = {
         "method": method,
         "base_model": str(model),
-        "resolution": SAMPLE_SIZE,
         "max_train_steps": STEPS,
         "batch_size": 2,
         "class_batch_size": 1,
@@ -83,10 +85,12 @@ def make_params(model: Path, method: str, **personalize_changes):
     images = dataclasses.replace(
         params.class_images,
         count=2 if method in PRIOR_METHODS else 0,
-        resolution=SAMPLE_SIZE,
         num_inference_steps=2,
     )
-    return dataclasses.replace(params, shared=shared, personalize=settings, class_images=images)
+    base = dataclasses.replace(params.base, vae_crop=16, unet_crop=16)  # crops <= SAMPLE_SIZE
+    return dataclasses.replace(
+        params, shared=shared, base=base, personalize=settings, class_images=images
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -203,6 +207,9 @@ def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family,
     lines = (root / f"{family}-{method}" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(lines) == 1 + STEPS
     assert (root / f"{family}-{method}" / "metrics" / "validation.png").stat().st_size > 0
+    seen = (root / f"{family}-{method}" / "metrics" / "captions.jsonl").read_text().splitlines()
+    assert len(seen) == metrics["images"] and metrics["captions_truncated"] == 0
+    assert all(row["seen"] == row["caption"] for row in map(json.loads, seen))
 
     # A stock diffusers pipeline of the family's class takes the artifact with its own loader.
     stock_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
@@ -367,11 +374,10 @@ def test_changing_one_subject_retrains_only_that_subject(tmp_path):
         },
     }
     params["prepare"].update({"val_groups": 1, "test_groups": 1})
+    params["shared"]["resolution"] = MICRO_RESOLUTION
     params["base"].update(MICRO_BASE)
-    params["class_images"].update({"count": 2, "resolution": 32, "num_inference_steps": 2})
-    params["personalize"].update(
-        {"resolution": 32, "max_train_steps": 2, "batch_size": 1, "validation_steps": 1}
-    )
+    params["class_images"].update({"count": 2, "num_inference_steps": 2})
+    params["personalize"].update({"max_train_steps": 2, "batch_size": 1, "validation_steps": 1})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_tiny_yolo_folder(project / "data/raw", photos=4, tiles=2)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

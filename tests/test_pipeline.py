@@ -13,11 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import MICRO_BASE, REPO, copy_dvc_project
+from tests.conftest import MICRO_BASE, MICRO_RESOLUTION, REPO, copy_dvc_project
 
 # Small enough for CI, large enough that every stage does its real work.
 MICRO_OVERRIDES = {
     "shared": {
+        "resolution": MICRO_RESOLUTION,
         "subjects": {
             "apple_tree": {
                 "identifier": "sks",
@@ -25,20 +26,19 @@ MICRO_OVERRIDES = {
                 "images": 2,
                 "stem_pattern": ".*",
             }
-        }
+        },
     },
     "prepare": {"val_groups": 1, "test_groups": 1},
     "base": MICRO_BASE,
-    "class_images": {"count": 2, "resolution": 32, "num_inference_steps": 2, "batch_size": 2},
+    "class_images": {"count": 2, "num_inference_steps": 2, "batch_size": 2},
     "personalize": {
-        "resolution": 32,
         "max_train_steps": 2,
         "batch_size": 1,
         "class_batch_size": 1,
         "validation_steps": 1,
         "validation_seeds": [0],
     },
-    "generate": {"num_images": 3, "num_inference_steps": 2, "resolution": 32, "batch_size": 2},
+    "generate": {"num_images": 3, "num_inference_steps": 2, "batch_size": 2},
     "annotate_with_baseline": {"confidence": 0.0},
     "train_detector": {
         "yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0},

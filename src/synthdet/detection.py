@@ -371,3 +371,34 @@ def predict(
             )
         )
     return detections
+
+
+# The warnings of a training set without boxes (train_detector says them before training).
+EMPTY_LABELS_FIX = (
+    "For auto-labelled images lower annotate_with_baseline.confidence, or label by "
+    "construction with generate.mode=img2img and annotate_with_baseline.source_boxes=true."
+)
+
+
+def empty_variant_warning(variant: str, seed: int, images: int) -> str:
+    return (
+        f"detector variant {variant} (seed {seed}) trains on {images} images whose labels hold "
+        "no box: it can only learn that there is nothing to find (its metrics say "
+        f"empty_label_set: 1). {EMPTY_LABELS_FIX}"
+    )
+
+
+# pseudo-labels come from the annotator on real images: no construction labels exist
+PSEUDO_LABELS_FIX = (
+    "Lower annotate_with_baseline.confidence (pseudo-label's annotator), or drop pseudo from "
+    "few_shot.sources."
+)
+
+
+def empty_extra_labels_warning(variant: str, seed: int, extra: str, images: int) -> str:
+    fix = PSEUDO_LABELS_FIX if extra == "pseudo" else EMPTY_LABELS_FIX
+    return (
+        f"detector variant {variant} (seed {seed}): its {images} extra images ({extra}) hold no "
+        "box, so it learns their objects as background (its metrics say empty_extra_labels: 1; "
+        f"the report flags it). {fix}"
+    )

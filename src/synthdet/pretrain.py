@@ -90,8 +90,8 @@ def run(
     pattern = re.compile(params.prepare.group_pattern)
     photos = sorted({group_of(p.stem, pattern) for p in paths})
     print(f"pool: {len(paths)} tiles of {len(photos)} photos ({len(excluded)} photos excluded)")
-    images = load_images(paths, base.resolution)
-    pipeline = build_tiny_pipeline(base)
+    images = load_images(paths, params.shared.resolution)
+    pipeline = build_tiny_pipeline(base, params.shared.resolution)
     progress = tqdm(total=vae_steps + unet_steps, desc="pretrain", unit="step")
 
     def save() -> None:
@@ -104,7 +104,7 @@ def run(
             write_text(
                 tmp / "README.md",
                 CARD.format(
-                    resolution=base.resolution,
+                    resolution=params.shared.resolution,
                     images=len(paths),
                     photos=len(photos),
                     excluded=len(excluded),
@@ -117,7 +117,7 @@ def run(
                     ),
                     vae_crop=base.vae_crop,
                     unet_crop=base.unet_crop,
-                    prompt=base.class_prompt,
+                    prompt=params.base_prompt,
                     uncond=base.unconditional_probability,
                     vae_done=curve_steps["vae"],
                     unet_done=curve_steps["unet"],
@@ -144,7 +144,7 @@ def run(
             save()
 
     curve = LossCurve(None, on_step=on_step)
-    pretrain(pipeline, images, base, generator, curve)
+    pretrain(pipeline, images, base, params.base_prompt, generator, curve)
     progress.close()
     print(f"pretrain: saved {out} after {(time.perf_counter() - started) / 60:.1f} min")
 

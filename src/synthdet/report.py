@@ -39,6 +39,8 @@ def detection_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> l
             flags.append("**⚠ no test box scored above the annotation confidence**")
         if evaluation.get(f"{variant}.empty_label_set"):
             flags.append("**⚠ trained on an empty label set**")
+        elif evaluation.get(f"{variant}.empty_extra_labels"):
+            flags.append("**⚠ its extra images hold no box**")
         cells = [
             " ".join([f"`{variant}`", *flags]),
             _number(evaluation.get(f"{variant}.seeds")),
@@ -188,7 +190,7 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
         f"personalisation for {params.personalize.max_train_steps} steps on the "
         f"{_number(prepared.personalize.images)} handful images.",
         f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
-        f"{generate.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
+        f"{params.shared.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
         + (f", strength {generate.strength}" if generate.mode == "img2img" else "")
         + ".",
@@ -326,7 +328,9 @@ def render(
         "## Limits",
         "",
     ]
-    lines += [f"- {limit}" for limit in limits(params, evaluation, images, prepared, annotated)]
+    lines += [
+        f"- {limit}" for limit in limits(params, evaluation, images, prepared, annotated, extras)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -336,9 +340,10 @@ def limits(
     images: Mapping[str, Any],
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
+    extras: Mapping[str, ExtraImagesMetrics],
 ) -> list[str]:
     found = []
-    resolution = params.generate.resolution
+    resolution = params.shared.resolution
     if params.personalize.base_model == "builtin:tiny":
         start = (
             f"the shipped `{params.base.init}` checkpoint (pretrained on unlabelled orchard "
@@ -358,6 +363,14 @@ def limits(
             "detectors on generated images trained on background only, so their mAP measures "
             "nothing and the generated images only teach the others to miss objects."
         )
+    for name, extra in extras.items():
+        if extra.empty_label_set:
+            found.append(
+                f"**No box in any of the {_number(extra.images)} {name} images** "
+                "(`empty_label_set` in their metrics): the annotator found nothing at "
+                f"annotate_with_baseline.confidence {params.annotate_with_baseline.confidence}, "
+                "so the variant trained on them learned their objects as background."
+            )
     flagged = sorted(
         key.split(".")[0]
         for key, value in evaluation.items()

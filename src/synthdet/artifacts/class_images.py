@@ -20,6 +20,11 @@ class ClassImagesInfo:
     count: int
     base_model: str
     vae: str | None
+    # as used: None when classifier-free guidance was off (guidance_scale <= 1), which
+    # diffusers runs without encoding the negative prompt
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    prompt_seen: str | None = None  # what the text encoder read of `prompt` (77 tokens at most)
 
     def write(self, folder: Path) -> None:
         write_json(Path(folder) / CLASS_IMAGES_INFO, dataclasses.asdict(self))

@@ -36,7 +36,8 @@ class ManifestRow:
     adapter_sha256: str | None
     adapter_method: str | None
     family: str | None
-    # the generation settings as used (generation.modes.engine_record), at the top level
+    # the generation settings as used (generation.modes.engine_record), at the top level, and
+    # negative_prompt_seen when the text encoder read only the start of the negative prompt
     engine: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -93,10 +93,11 @@ class ExtraImagesMetrics:
 
     images: int | None = None
     boxes: int | None = None
+    empty_label_set: bool = False  # an annotation pass (pseudo-label) that labelled no box
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExtraImagesMetrics:
-        return cls(raw.get("images"), raw.get("boxes"))
+        return cls(raw.get("images"), raw.get("boxes"), bool(raw.get("empty_label_set")))
 
 
 def read_metrics_json(path: Path) -> dict[str, Any]:

@@ -57,8 +57,9 @@ def sd15_noise_scheduler(scheduler_class: type, **overrides: Any) -> Any:
     )
 
 
-def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
-    """A randomly initialised SD-1.5-shaped pipeline with the sizes in `base`."""
+def build_tiny_pipeline(base: BaseParams, resolution: int) -> StableDiffusionPipeline:
+    """A randomly initialised SD-1.5-shaped pipeline with the sizes in `base`, for images of
+    `resolution` px (shared.resolution; the networks' sample_size)."""
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
         clip_text_config(
@@ -77,13 +78,13 @@ def build_tiny_pipeline(base: BaseParams) -> StableDiffusionPipeline:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=_norm_groups(base.vae_channels),
-        sample_size=base.resolution,
+        sample_size=resolution,
     )
     # Cross-attention on every level except the finest: attention there costs the most, and the
     # coarser levels are where layout and the prompt's subject are decided.
     unet_levels = len(base.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=base.resolution // 2 ** (vae_levels - 1),
+        sample_size=resolution // 2 ** (vae_levels - 1),
         in_channels=4,
         out_channels=4,
         block_out_channels=base.unet_channels,

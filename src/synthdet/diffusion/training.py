@@ -215,10 +215,12 @@ def pretrain(
     pipeline: StableDiffusionPipeline,
     images: torch.Tensor,
     base: BaseParams,
+    prompt: str,
     generator: torch.Generator,
     curve: LossCurve,
 ) -> float:
-    """Train the VAE, then the UNet on `base.class_prompt`, on native-scale crops of `images`.
+    """Train the VAE, then the UNet on `prompt` (Params.base_prompt), on native-scale crops of
+    `images`.
 
     images: (N, 3, H, W) floats in [-1, 1] at the detector's scale. The VAE sees random
     `base.vae_crop` px crops, the UNet random `base.unet_crop` px crops of the cached latents:
@@ -246,7 +248,7 @@ def pretrain(
         num_warmup_steps=base.lr_warmup_steps,
         num_training_steps=base.unet_steps,
     )
-    class_embedding, empty_embedding = encode_prompts(pipeline, [base.class_prompt, ""])
+    class_embedding, empty_embedding = encode_prompts(pipeline, [prompt, ""])
     train_noise_prediction(
         unet,
         pipeline.scheduler,

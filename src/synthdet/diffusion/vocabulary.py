@@ -7,6 +7,7 @@ import importlib.util
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -62,3 +63,32 @@ def build_clip_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer(
             str(vocab_file), str(merges_file), model_max_length=CLIP_CONTEXT_LENGTH
         )
+
+
+def text_seen(pipeline: Any, prompt: str) -> tuple[str, int, int]:
+    """(the text the pipeline's text encoder reads of `prompt`, its length in tokens with the
+    start and end tokens, the encoder's limit, 77 for CLIP). diffusers and the training loop
+    truncate a longer prompt to the start token, the first limit - 2 tokens and the end token;
+    textual-inversion placeholders count with all their vectors."""
+    tokenizer = pipeline.tokenizer
+    text = prompt
+    if hasattr(pipeline, "maybe_convert_prompt"):
+        text = pipeline.maybe_convert_prompt(prompt, tokenizer)
+    ids = tokenizer(text, truncation=False, verbose=False).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) <= limit:
+        return prompt, len(ids), limit
+    return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
+
+
+def long_text_warning(pipeline: Any, text: str, key: str, record: str) -> tuple[str, str | None]:
+    """(the text seen, a warning naming the param `key` and where the text seen is recorded
+    when the text encoder reads only part of `text`, else None)."""
+    seen, tokens, limit = text_seen(pipeline, text)
+    if seen == text:
+        return text, None
+    return seen, (
+        f"{key} gives {text!r}, {tokens} tokens, more than the text encoder reads ({limit} with "
+        f"its start and end tokens): the model sees only {seen!r}. Shorten it; {record} records "
+        "that text as prompt_seen."
+    )

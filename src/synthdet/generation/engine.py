@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from synthdet.data import DataError
 from synthdet.diffusion.images import fit_square
 from synthdet.diffusion.loading import family_of
+from synthdet.diffusion.vocabulary import text_seen
 from synthdet.errors import ModelNotAvailableError
 from synthdet.generation.modes import MODES, guided
 from synthdet.params import GenerateParams
@@ -62,16 +63,19 @@ def _fuse_adapters(pipeline: Any) -> None:
 
 
 class Engine:
-    """A personalised pipeline set up for fast, seeded, batched generation in one mode."""
+    """A personalised pipeline set up for fast, seeded, batched generation in one mode, of
+    square `resolution` px images (shared.resolution)."""
 
     def __init__(
         self,
         pipeline: Any,
         settings: GenerateParams,
+        resolution: int,
         device: torch.device | str = "cpu",
         controlnet: nn.Module | None = None,
     ) -> None:
         self.settings = settings
+        self.resolution = resolution
         self.device = torch.device(device)
         self.family = family_of(pipeline)
         self.mode = MODES[settings.mode]
@@ -107,17 +111,8 @@ class Engine:
 
     def read_prompt(self, prompt: str) -> tuple[str, int, int]:
         """(the text the text encoder reads of `prompt`, its length in tokens, the encoder's
-        limit). diffusers truncates a longer prompt to the start token, the first limit - 2
-        tokens and the end token (textual-inversion placeholders expanded to all vectors)."""
-        tokenizer = self.pipeline.tokenizer
-        text = prompt
-        if hasattr(self.pipeline, "maybe_convert_prompt"):
-            text = self.pipeline.maybe_convert_prompt(prompt, tokenizer)
-        ids = tokenizer(text, truncation=False, verbose=False).input_ids
-        limit = tokenizer.model_max_length
-        if len(ids) <= limit:
-            return prompt, len(ids), limit
-        return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
+        limit): synthdet.diffusion.vocabulary.text_seen."""
+        return text_seen(self.pipeline, prompt)
 
     def embed(self, prompt: str) -> tuple[Tensor, ...]:
         """Prompt and negative-prompt embeddings (and pooled ones for SDXL), once per prompt."""
@@ -140,7 +135,7 @@ class Engine:
         """The real image at generation size (img2img) or its control map (ControlNet)."""
         if source not in self._conditions:
             with Image.open(source) as opened:
-                image = fit_square(opened, self.settings.resolution)
+                image = fit_square(opened, self.resolution)
             image = self.mode.condition(image, self.settings)
             self._conditions[source] = image
         return self._conditions[source]
@@ -174,7 +169,7 @@ class Engine:
             output_type="np",
         )
         conditions = [self._condition(p) for p in sources] if self.mode.uses_source else []
-        kwargs.update(self.mode.inputs(s, conditions))
+        kwargs.update(self.mode.inputs(s, conditions, self.resolution))
         with torch.inference_mode():
             output = self.pipeline(**kwargs)
         images = (np.clip(output.images, 0, 1) * 255).round().astype(np.uint8)

@@ -87,7 +87,8 @@ class Mode:
     identity: Callable[[GenerateParams, str | None], dict]  # (settings, ControlNet revision)
     pipeline: Callable[[Any, str, Any], Any]  # (txt2img pipeline, family, ControlNet)
     condition: Callable[[Image.Image, GenerateParams], Image.Image]  # real image -> input
-    inputs: Callable[[GenerateParams, list], dict]  # (settings, conditions) -> pipeline kwargs
+    # (settings, conditions, shared.resolution) -> pipeline kwargs
+    inputs: Callable[[GenerateParams, list, int], dict]
     uses_controlnet: bool = False  # the engine needs generate.controlnet_model
 
 
@@ -102,7 +103,7 @@ MODES = {
             identity=_nothing,
             pipeline=_same_pipeline,
             condition=_same_image,
-            inputs=lambda s, images: {"height": s.resolution, "width": s.resolution},
+            inputs=lambda s, images, resolution: {"height": resolution, "width": resolution},
         ),
         Mode(
             "img2img",
@@ -112,7 +113,7 @@ MODES = {
             identity=_nothing,
             pipeline=_image_to_image,
             condition=_same_image,
-            inputs=lambda s, images: {"image": images, "strength": s.strength},
+            inputs=lambda s, images, resolution: {"image": images, "strength": s.strength},
         ),
         Mode(
             "controlnet",
@@ -126,10 +127,10 @@ MODES = {
             },
             pipeline=_controlnet_pipeline,
             condition=_control_image,
-            inputs=lambda s, images: {
+            inputs=lambda s, images, resolution: {
                 "image": images,
-                "height": s.resolution,
-                "width": s.resolution,
+                "height": resolution,
+                "width": resolution,
                 "controlnet_conditioning_scale": s.controlnet_conditioning_scale,
             },
             uses_controlnet=True,
@@ -138,25 +139,26 @@ MODES = {
 }
 
 
-def engine_description(settings: GenerateParams) -> dict:
-    """The generation settings every manifest row repeats, as used: without classifier-free
-    guidance (guidance_scale <= 1) the negative prompt is never encoded, so it is None."""
+def engine_description(settings: GenerateParams, resolution: int) -> dict:
+    """The generation settings every manifest row repeats, as used (`resolution`:
+    shared.resolution): without classifier-free guidance (guidance_scale <= 1) the negative
+    prompt is never encoded, so it is None."""
     return {
         "mode": settings.mode,
         "negative_prompt": settings.negative_prompt if guided(settings) else None,
         "scheduler": settings.scheduler,
         "steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
-        "resolution": settings.resolution,
+        "resolution": resolution,
         **MODES[settings.mode].description(settings),
     }
 
 
-def engine_record(settings: GenerateParams) -> dict:
+def engine_record(settings: GenerateParams, resolution: int) -> dict:
     """What the manifest says of the engine: the description, whether classifier-free guidance
     ran, and for img2img the denoising steps really run (int(strength x steps))."""
     return {
-        **engine_description(settings),
+        **engine_description(settings, resolution),
         "classifier_free_guidance": guided(settings),
         **MODES[settings.mode].record(settings),
     }

@@ -52,11 +52,14 @@ class ImageSpec:
         return image_file(self.subject, self.index)
 
 
-def engine_identity(settings: GenerateParams, controlnet_revision: str | None) -> dict:
-    """The generate params that decide an image's pixels (filters do not)."""
+def engine_identity(
+    settings: GenerateParams, resolution: int, controlnet_revision: str | None
+) -> dict:
+    """The generate params (and shared.resolution) that decide an image's pixels (filters do
+    not)."""
     identity = {
         "engine_version": ENGINE_VERSION,
-        **engine_description(settings),
+        **engine_description(settings, resolution),
         "batch_size": settings.batch_size,
         "dtype": settings.dtype,
         "channels_last": settings.channels_last,

@@ -46,6 +46,7 @@ class GenerationStats:
     retried: int = 0  # images redone because they came out blank
     seconds: float = 0.0
     warned: set[tuple[str, int]] = field(default_factory=set)  # (subject, template) truncated
+    negative_warned: bool = False  # the truncated negative prompt was said
 
 
 def _rounded(value: float | None) -> float | None:
@@ -61,6 +62,15 @@ def truncation_warning(
         f"{subject.templates_key}[{template}] {subject.templates[template]!r} {length} for "
         f"subject {subject.name}, more than the text encoder reads{reads}: the model sees only "
         f"{seen!r}. Shorten it; the manifest records that text as prompt_seen."
+    )
+
+
+def negative_truncation_warning(negative: str, tokens: int | None, seen: str) -> str:
+    length = f"is {tokens} tokens" if tokens else "is too long"
+    return (
+        f"generate.negative_prompt {negative!r} {length}, more than the text encoder reads "
+        f"(77 with its start and end tokens): the model sees only {seen!r}. Shorten it; the "
+        "manifest records that text as negative_prompt_seen."
     )
 
 
@@ -175,8 +185,10 @@ def generate_missing(
     filters: GenerateFilterParams,
     distribution: Distribution,
     on_image: Callable[[], None] = lambda: None,
+    negative_prompt: str | None = None,
 ) -> GenerationStats:
-    """Generate this process's share of the units with missing or stale images into pending/."""
+    """Generate this process's share of the units with missing or stale images into pending/.
+    `negative_prompt`: the one the model reads (None without classifier-free guidance)."""
     started = time.perf_counter()
     store = scan_store(out)
     work = []
@@ -210,10 +222,19 @@ def generate_missing(
                 if seen != prompt:
                     warn(truncation_warning(subject, number, tokens, limit, seen))
                     stats.warned.add((subject.name, number))
+        # recorded (and said once) only when truncated: other images' provenance is unchanged
+        negative = {}
+        if negative_prompt:
+            seen, tokens, _ = read(negative_prompt)
+            if seen != negative_prompt:
+                negative = {"negative_prompt_seen": seen}
+                if distribution.is_main and not stats.negative_warned:
+                    warn(negative_truncation_warning(negative_prompt, tokens, seen))
+                    stats.negative_warned = True
         for unit, needed in subject_work:
             for spec, pixels, outcome in generate_unit(engine, unit, needed, seed, filters, stats):
                 seen, tokens, _ = read(spec.prompt)
-                outcome = {**outcome, "prompt_seen": seen, "prompt_tokens": tokens}
+                outcome = {**outcome, "prompt_seen": seen, "prompt_tokens": tokens, **negative}
                 write_png(out / PENDING / spec.file, pixels, provenance(spec, subject, outcome))
                 stats.generated += 1
                 on_image()
@@ -243,7 +264,7 @@ def manifest_row(record: dict, result: FilterResult, file: str, engine: dict) ->
         adapter_sha256=record.get("adapter_sha256"),
         adapter_method=record.get("adapter_method"),
         family=record.get("family"),
-        engine=engine,
+        engine={**engine, **{k: record[k] for k in ("negative_prompt_seen",) if k in record}},
     )
 
 
@@ -252,13 +273,16 @@ def finish(
     units: dict[str, list[list[ImageSpec]]],
     out: Path,
     settings: GenerateParams,
+    resolution: int,
     seed: int,
     real_images: Sequence[Path],
     features: nn.Module | None = None,
     warned: set[tuple[str, int]] | None = None,
+    negative_warned: bool = False,
 ) -> tuple[list[ManifestRow], dict]:
     """Filter, place kept / dropped images, and return the manifest rows and metrics. Warns of
-    truncated prompt templates not `warned` of at the start (e.g. all of their images reused)."""
+    truncated prompt templates (and negative prompt) not `warned` of at the start (e.g. all of
+    their images reused)."""
     filters = settings.filters
     store = scan_store(out)
     records: dict[str, dict] = {}
@@ -287,7 +311,7 @@ def finish(
         if OUTLIER_FILTERS[filters.outliers].needs_real
     }
     result, generated_features = apply_filters(
-        records, paths, plans, real_features, cache, filters, settings.resolution, seed
+        records, paths, plans, real_features, cache, filters, resolution, seed
     )
     warned = set(warned or ())
     truncated = 0
@@ -301,7 +325,12 @@ def finish(
             if (subject.name, number) not in warned:
                 warned.add((subject.name, number))
                 warn(truncation_warning(subject, number, record.get("prompt_tokens"), None, seen))
-    extra = engine_record(settings)
+    negative_seen = [
+        r["negative_prompt_seen"] for r in records.values() if "negative_prompt_seen" in r
+    ]
+    if negative_seen and not negative_warned:
+        warn(negative_truncation_warning(settings.negative_prompt, None, negative_seen[0]))
+    extra = engine_record(settings, resolution)
     rows = []
     for file in sorted(records, key=lambda f: (records[f]["subject"], records[f]["index"])):
         place(out, file, paths[file], result.kept[file])
@@ -342,6 +371,7 @@ def finish(
 def generate_dataset(
     plans: Sequence[SubjectPlan],
     settings: GenerateParams,
+    resolution: int,
     seed: int,
     out: Path,
     load_engine: Callable[[SubjectPlan], Callable[..., tuple[np.ndarray, list[bool]]]],
@@ -352,21 +382,39 @@ def generate_dataset(
     features: nn.Module | None = None,
 ) -> tuple[GenerationStats, list[dict] | None, dict | None]:
     """Plan, generate what is missing (this process's share), then, in the main process only,
-    filter, place the files and write the manifest (synthdet.artifacts.manifest). Returns
-    (stats, rows, metrics); rows and metrics are None in the other processes."""
+    filter, place the files and write the manifest (synthdet.artifacts.manifest). `resolution`
+    is shared.resolution (the real images are compared at it). Returns (stats, rows, metrics);
+    rows and metrics are None in the other processes."""
     distribution = distribution or Distribution()
     units = {p.name: plan_units(p, settings, seed, identity) for p in plans}
     for note in setting_warnings(settings, plans) if distribution.is_main else ():
         warn(note)
     stats = generate_missing(
-        plans, units, out, load_engine, seed, settings.filters, distribution, on_image
+        plans,
+        units,
+        out,
+        load_engine,
+        seed,
+        settings.filters,
+        distribution,
+        on_image,
+        settings.negative_prompt if guided(settings) else None,
     )
     generated = sum(distribution.gather([stats.generated]))  # a collective: every process
     distribution.barrier()
     if not distribution.is_main:
         return stats, None, None
     rows, metrics = finish(
-        plans, units, out, settings, seed, real_images, features, warned=stats.warned
+        plans,
+        units,
+        out,
+        settings,
+        resolution,
+        seed,
+        real_images,
+        features,
+        warned=stats.warned,
+        negative_warned=stats.negative_warned,
     )
     # pending/ also held the images of a killed run: they count as resumed, not generated.
     metrics["resumed"] = metrics.pop("generated") - generated

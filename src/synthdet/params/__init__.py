@@ -90,6 +90,16 @@ class Params:
     def __post_init__(self) -> None:
         check_across_sections(self)
 
+    @property
+    def base_prompt(self) -> str:
+        """The one prompt builtin:tiny's UNet is pretrained on: class_images.prompt with the
+        subjects' class nouns (distinct, in shared.subjects order, joined with ' and '): the
+        base sees every train image, whichever subject it shows, so the prompt names every
+        class, and with one subject it is exactly the prompt class images are drawn from
+        ("a photo of apple tree")."""
+        nouns = dict.fromkeys(subject.class_noun for subject in self.shared.subjects.values())
+        return self.class_images.prompt.format(class_noun=" and ".join(nouns))
+
     def subject(self, name: str) -> SubjectParams:
         """`shared.subjects.<name>`; ParamsError naming the subjects if there is none."""
         if name not in self.shared.subjects:

@@ -94,6 +94,27 @@ def _check_settings_take_effect(params: Params) -> None:
             )
 
 
+def _check_base_scale(params: Params) -> None:
+    """builtin:tiny's levels and training crops against the one image scale, shared.resolution."""
+    base, resolution = params.base, params.shared.resolution
+    latent_size = resolution // 2 ** (len(base.vae_channels) - 1)
+    _require(
+        latent_size % 2 ** (len(base.unet_channels) - 1) == 0,
+        "base.unet_channels",
+        f"has too many levels for {latent_size} px latents (shared.resolution {resolution} / "
+        "2**(len(base.vae_channels) - 1) must divide by 2**(levels - 1)); drop a level or "
+        "raise shared.resolution",
+    )
+    for key, unit in (("vae_crop", 8), ("unet_crop", base.crop_unit)):
+        crop = getattr(base, key)
+        _require(
+            crop <= resolution,
+            f"base.{key}",
+            f"({crop}) is larger than the images it is cut from (shared.resolution "
+            f"{resolution}); set it to at most {resolution // unit * unit}",
+        )
+
+
 def check_across_sections(params: Params) -> None:
     """Checks that involve two sections; run whenever a `Params` is made (parsed, or changed with
     dataclasses.replace), so every stage, the first one included, refuses a combination that a
@@ -106,6 +127,7 @@ def check_across_sections(params: Params) -> None:
         f"e.g. -S shared.seed={params.train_detector.seeds[0]}",
     )
     params.generate.check_subjects(list(params.shared.subjects))
+    _check_base_scale(params)
     _check_settings_take_effect(params)
     _check_few_shot(params)
 

@@ -24,6 +24,9 @@ class SubjectParams:
 @dataclass(frozen=True)
 class SharedParams:
     seed: int
+    # The diffusion image scale, in px: images are resized so their shorter side is this and
+    # centre-cropped square, for base, class_images, personalize and generate alike.
+    resolution: int
     subjects: dict[str, SubjectParams]  # name -> subject; each gets its own DVC stage and adapter
     class_names: tuple[str, ...]  # detector classes, index = YOLO class id
     mlflow_experiment: str
@@ -33,6 +36,12 @@ class SharedParams:
             0 <= self.seed < 2**32,
             "shared.seed",
             f"must be in [0, 2**32 - 1] (numpy's seed range), got {self.seed}",
+        )
+        _require(
+            self.resolution >= 8 and self.resolution % 8 == 0,
+            "shared.resolution",
+            "must be a positive multiple of 8 (the VAE halves the image 3 times in SD), got "
+            f"{self.resolution}",
         )
         _require(len(self.class_names) > 0, "shared.class_names", "must name at least one class")
         for i, name in enumerate(self.class_names):

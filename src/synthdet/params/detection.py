@@ -119,6 +119,13 @@ class TrainDetectorParams:
             "train_detector.variants",
             "has a duplicate",
         )
+        _require(
+            bool(self.mix_real_shares) or not self.mix_synthetic_fractions,
+            "train_detector.mix_synthetic_fractions",
+            f"is {list(self.mix_synthetic_fractions)}, but train_detector.mix_real_shares is "
+            "empty, so no mix variant would be trained; add a real share, e.g. "
+            "-S 'train_detector.mix_real_shares=[1.0]'",
+        )
         for share in self.mix_real_shares:
             _require(0 < share <= 1, "train_detector.mix_real_shares", "must be in (0, 1]")
         for fraction in self.mix_synthetic_fractions:
@@ -136,6 +143,12 @@ class TrainDetectorParams:
             isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
             "train_detector.yolo.epochs",
             f"must be an integer >= 1 (0 epochs trains nothing), got {epochs!r}",
+        )
+        lr0 = self.train_args().get("lr0", 0.01)  # ultralytics' default
+        _require(
+            isinstance(lr0, int | float) and not isinstance(lr0, bool) and lr0 > 0,
+            "train_detector.yolo.lr0",
+            f"must be a number > 0 (at 0 the detector's weights never change), got {lr0!r}",
         )
         fraction = self.train_args().get("fraction", 1.0)
         _require(
@@ -162,6 +175,15 @@ class TrainDetectorParams:
     def model_source(self) -> str:
         """What training starts from: `model`, or the family/size yaml (from scratch)."""
         return self.model or f"{self.architecture}.yaml"
+
+    def overridden_by_preset(self) -> list[str]:
+        """`yolo` values the preset replaces, as 'key: yolo value -> preset value'."""
+        preset = DETECTOR_PRESETS[self.preset] if self.preset else {}
+        return [
+            f"{key}: {self.yolo[key]!r} -> {value!r}"
+            for key, value in preset.items()
+            if key in self.yolo and self.yolo[key] != value
+        ]
 
     def train_args(self) -> dict[str, Any]:
         """The ultralytics train arguments: `yolo`, overridden by the preset's values."""

@@ -11,19 +11,34 @@ from synthdet.params.parsing import ParamsError, _check_prompt_templates, _field
 # Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
 BUILTIN_CHECKPOINTS = ("builtin:orchard",)
 
+# diffusers.optimization.get_scheduler names (piecewise_constant needs step rules, not offered)
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+def _check_warmup(section: str, scheduler: str, warmup: int) -> None:
+    _require(
+        warmup == 0 or scheduler != "constant",
+        f"{section}.lr_warmup_steps",
+        f"is {warmup}, but {section}.lr_scheduler constant has no warm-up (diffusers ignores "
+        f"it), so it would do nothing; set {section}.lr_scheduler=constant_with_warmup, or "
+        f"{section}.lr_warmup_steps=0",
+    )
+
 
 @dataclass(frozen=True)
 class BaseParams:
     """Pretraining of the offline `builtin:tiny` Stable Diffusion model on the real train split.
 
-    Images are scaled so their shorter side is `resolution` (the scale the detector sees) and
-    both networks train on random native-scale crops (`vae_crop`, `unet_crop`), so an object
-    keeps the size in pixels it has in the generated images.
+    Images are scaled so their shorter side is `shared.resolution` (the scale the detector sees)
+    and both networks train on random native-scale crops (`vae_crop`, `unet_crop`), so an object
+    keeps the size in pixels it has in the generated images. The crops and levels are checked
+    against shared.resolution in `params.checks`; the prompt trained on is `Params.base_prompt`.
     """
 
     init: str | None  # start from this shipped checkpoint (builtin:orchard); None = random init
     pool_dir: str  # folder of unlabelled images trained on next to the train split (a DVC dep)
-    resolution: int
     vae_channels: tuple[int, ...]  # AutoencoderKL widths; latents are 2**(levels-1) times smaller
     unet_channels: tuple[int, ...]  # UNet widths per level; all but the first have cross-attention
     text_hidden_size: int  # CLIP text encoder width (= UNet cross-attention width)
@@ -36,37 +51,28 @@ class BaseParams:
     vae_learning_rate: float
     vae_kl_weight: float  # KL term next to the reconstruction loss; small, as in SD's VAE
     unet_learning_rate: float
-    lr_scheduler: str  # diffusers.optimization.get_scheduler name, for both phases
+    lr_scheduler: LrScheduler  # diffusers.optimization.get_scheduler name, for both phases
     lr_warmup_steps: int
-    unconditional_probability: float  # class prompt replaced by "" (for classifier-free guidance)
-    class_prompt: str  # the one prompt the UNet is pretrained on ("a photo of apple tree")
+    unconditional_probability: float  # prompt replaced by "" (for classifier-free guidance)
+
+    @property
+    def crop_unit(self) -> int:
+        """The VAE's times the UNet's downsampling: UNet crops (px) must be multiples of it."""
+        return 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
 
     def __post_init__(self) -> None:
-        _require(
-            self.resolution % 8 == 0 and self.resolution >= 32,
-            "base.resolution",
-            "must be a multiple of 8 and >= 32",
-        )
         _require(len(self.vae_channels) >= 2, "base.vae_channels", "needs at least 2 levels")
         _require(len(self.unet_channels) >= 2, "base.unet_channels", "needs at least 2 levels")
-        latent_size = self.resolution // 2 ** (len(self.vae_channels) - 1)
         _require(
-            latent_size % 2 ** (len(self.unet_channels) - 1) == 0,
-            "base.unet_channels",
-            f"has too many levels for {latent_size}px latents (base.resolution / "
-            "2**(len(base.vae_channels) - 1) must divide by 2**(levels - 1))",
-        )
-        _require(
-            8 <= self.vae_crop <= self.resolution and self.vae_crop % 8 == 0,
+            self.vae_crop >= 8 and self.vae_crop % 8 == 0,
             "base.vae_crop",
-            "must be a multiple of 8 between 8 and base.resolution",
+            f"must be a positive multiple of 8, got {self.vae_crop}",
         )
-        crop_unit = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
         _require(
-            crop_unit <= self.unet_crop <= self.resolution and self.unet_crop % crop_unit == 0,
+            self.unet_crop >= self.crop_unit and self.unet_crop % self.crop_unit == 0,
             "base.unet_crop",
-            f"must be a multiple of {crop_unit} (the VAE's and UNet's downsampling) between "
-            f"{crop_unit} and base.resolution",
+            f"must be a positive multiple of {self.crop_unit} (the VAE's and UNet's "
+            f"downsampling), got {self.unet_crop}",
         )
         _require(
             self.init in (None, *BUILTIN_CHECKPOINTS),
@@ -96,6 +102,15 @@ class BaseParams:
             _require(getattr(self, key) > 0, f"base.{key}", "must be > 0")
         _require(self.vae_kl_weight >= 0, "base.vae_kl_weight", "must be >= 0")
         _require(self.lr_warmup_steps >= 0, "base.lr_warmup_steps", "must be >= 0")
+        _check_warmup("base", self.lr_scheduler, self.lr_warmup_steps)
+        for key in ("vae_steps", "unet_steps"):
+            steps = getattr(self, key)
+            _require(
+                steps == 0 or self.lr_warmup_steps < steps,
+                "base.lr_warmup_steps",
+                f"({self.lr_warmup_steps}) must be below base.{key} ({steps}): the learning rate "
+                "would still be warming up when training ends; lower it",
+            )
         _require(
             0 <= self.unconditional_probability < 1,
             "base.unconditional_probability",
@@ -148,7 +163,6 @@ class ClassImagesParams:
     negative_prompt: str
     num_inference_steps: int
     guidance_scale: float
-    resolution: int
     batch_size: int
 
     def __post_init__(self) -> None:
@@ -160,13 +174,16 @@ class ClassImagesParams:
                 f"params: 'class_images.prompt' has an unknown or malformed field ({exc}); "
                 "use {class_noun}"
             ) from exc
+        # The class noun lives once (shared.subjects.*.class_noun): the prompt must take it.
+        _require(
+            "class_noun" in _fields(self.prompt),
+            "class_images.prompt",
+            f"{self.prompt!r} never names the class ({{class_noun}}), so neither the class "
+            "images nor the base model's training prompt would say what the subject is; add "
+            "{class_noun}, e.g. 'a photo of {class_noun}'",
+        )
         _require(self.num_inference_steps >= 1, "class_images.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "class_images.guidance_scale", "must be >= 0")
-        _require(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            "class_images.resolution",
-            "must be a positive multiple of 8",
-        )
         _require(self.batch_size >= 1, "class_images.batch_size", "must be >= 1")
 
 
@@ -177,6 +194,12 @@ class TextualInversionParams:
 
     def __post_init__(self) -> None:
         _require(self.num_vectors >= 1, "personalize.textual_inversion.num_vectors", "must be >= 1")
+        # the tokenizer decides at the stage's start whether the word is one token
+        _require(
+            self.initializer_token is None or len(self.initializer_token.split()) == 1,
+            "personalize.textual_inversion.initializer_token",
+            f"must be one word (a single token), got {self.initializer_token!r}; e.g. 'tree'",
+        )
 
 
 PERSONALIZE_METHODS = methods.METHOD_NAMES
@@ -187,12 +210,11 @@ class PersonalizeParams:
     method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.methods.METHODS
     base_model: str  # 'builtin:tiny', a hub id or a local diffusers folder
     vae: str | None  # replacement VAE (hub id or folder), e.g. an SDXL fp16-fix VAE
-    resolution: int
     max_train_steps: int  # optimizer steps
     batch_size: int  # instance images per step (per device)
     gradient_accumulation_steps: int
     learning_rate: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     lr_warmup_steps: int
     train_text_encoder: bool  # methods without a new token: train the text encoder(s) too
     prior_loss_weight: float  # methods with prior preservation, with class images
@@ -213,11 +235,6 @@ class PersonalizeParams:
     )
 
     def __post_init__(self) -> None:
-        _require(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            "personalize.resolution",
-            "must be a positive multiple of 8",
-        )
         for key in (
             "max_train_steps",
             "batch_size",
@@ -228,6 +245,21 @@ class PersonalizeParams:
         for key in ("lr_warmup_steps", "class_batch_size", "checkpointing_steps"):
             _require(getattr(self, key) >= 0, f"personalize.{key}", "must be >= 0")
         _require(self.learning_rate > 0, "personalize.learning_rate", "must be > 0")
+        _check_warmup("personalize", self.lr_scheduler, self.lr_warmup_steps)
+        _require(
+            self.vae is None or self.base_model != "builtin:tiny",
+            "personalize.vae",
+            f"is {self.vae!r}, but personalize.base_model is builtin:tiny, whose UNet learned the "
+            "latents of its own VAE (the base stage): another VAE's latents mean nothing to it; "
+            "set personalize.vae=null (a replacement VAE is for a Stable Diffusion base model)",
+        )
+        _require(
+            self.lr_warmup_steps < self.max_train_steps,
+            "personalize.lr_warmup_steps",
+            f"({self.lr_warmup_steps}) must be below personalize.max_train_steps "
+            f"({self.max_train_steps}): the learning rate would still be warming up when "
+            "training ends; lower it",
+        )
         _require(self.prior_loss_weight >= 0, "personalize.prior_loss_weight", "must be >= 0")
         _require(self.max_grad_norm > 0, "personalize.max_grad_norm", "must be > 0")
         _require(
@@ -238,6 +270,8 @@ class PersonalizeParams:
             "personalize.lora",
             "must set target_modules (e.g. [to_q, to_k, to_v, to_out.0])",
         )
+        if methods.method(self.method).weights is methods.Weights.LORA_LAYERS:
+            self._check_lora()
         # The validation grid (base vs personalised, metrics/personalize/<subject>/) needs a
         # prompt and a seed; an empty list would end training in a traceback.
         _check_prompt_templates(self.validation_prompts, "personalize.validation_prompts")
@@ -261,3 +295,26 @@ class PersonalizeParams:
                 "else, so the base and personalised images would be identical; add a prompt "
                 "with {identifier}, e.g. 'a photo of {identifier}'",
             )
+
+    def _check_lora(self) -> None:
+        """LoRA settings under which the adapter could not be built or would change nothing."""
+        rank = self.lora.get("r", 8)  # peft's default rank
+        _require(
+            isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1,
+            "personalize.lora.r",
+            f"must be an integer >= 1 (the LoRA rank), got {rank!r}",
+        )
+        alpha = self.lora.get("lora_alpha", 8)
+        _require(
+            isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0,
+            "personalize.lora.lora_alpha",
+            f"must be > 0, got {alpha!r}: the LoRA update is scaled by lora_alpha / r, so at 0 "
+            "the trained adapter changes nothing; set it to personalize.lora.r (e.g. 8)",
+        )
+        _require(
+            not self.train_text_encoder or len(self.text_encoder_lora_modules) > 0,
+            "personalize.text_encoder_lora_modules",
+            f"is empty, but personalize.train_text_encoder is true with {self.method}, so no "
+            "text-encoder layer would get a LoRA and it would not train; list modules (e.g. "
+            "[q_proj, k_proj, v_proj, out_proj]) or set personalize.train_text_encoder=false",
+        )

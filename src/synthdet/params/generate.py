@@ -97,7 +97,6 @@ class GenerateParams:
         "ddpm",
         "model",  # the scheduler saved with the base model
     ]
-    resolution: int
     batch_size: int
     strength: float  # img2img: how far from the real image (0 = copy, 1 = ignore it)
     controlnet_model: str | None  # controlnet: hub id or local diffusers ControlNetModel folder
@@ -127,11 +126,6 @@ class GenerateParams:
                 _check_prompt_templates(subject.prompts, f"{key}.prompts")
         _require(self.num_inference_steps >= 1, "generate.num_inference_steps", "must be >= 1")
         _require(self.guidance_scale >= 0, "generate.guidance_scale", "must be >= 0")
-        _require(
-            self.resolution >= 8 and self.resolution % 8 == 0,
-            "generate.resolution",
-            "must be a positive multiple of 8",
-        )
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         _require(0 < self.strength <= 1, "generate.strength", "must be in (0, 1]")
         if self.mode == "img2img":
@@ -162,9 +156,24 @@ class GenerateParams:
             "must satisfy 0 <= canny_low <= canny_high <= 255",
         )
         _require(
+            self.controlnet_conditioning_scale > 0 or self.mode != "controlnet",
+            "generate.controlnet_conditioning_scale",
+            f"is {self.controlnet_conditioning_scale}, but must be > 0 with generate.mode "
+            "controlnet: the ControlNet's residuals are scaled by it, so at 0 the control map "
+            "has no effect (plain txt2img at the cost of a ControlNet); set it to 1.0, or "
+            "generate.mode=txt2img",
+        )
+        _require(
             self.controlnet_conditioning_scale >= 0,
             "generate.controlnet_conditioning_scale",
             "must be >= 0",
+        )
+        _require(
+            self.sources == "handful" or self.mode != "txt2img",
+            "generate.sources",
+            f"is {self.sources!r}, but generate.mode txt2img starts from noise, not from a real "
+            "image, so no source is used; set generate.mode=img2img (or controlnet), or "
+            "generate.sources=handful",
         )
 
     def count(self, subject: str) -> int:

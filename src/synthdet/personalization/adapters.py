@@ -366,9 +366,10 @@ def describe(
     base_fingerprint: str | None,
     seed: int,
     prior: dict,
+    resolution: int,
 ) -> AdapterInfo:
     """The adapter.json of the weights `files` just saved in `folder` for `subject` (its name
-    and params), trained from a base model with `base_fingerprint`."""
+    and params), trained from a base model with `base_fingerprint` on `resolution` px images."""
     method = methods.method(settings.method)
     name, params = subject
     return AdapterInfo(
@@ -384,7 +385,7 @@ def describe(
         vae=settings.vae,
         weight_files=files,
         sha256=files_sha256(folder, files),
-        resolution=settings.resolution,
+        resolution=resolution,
         max_train_steps=settings.max_train_steps,
         train_text_encoder=trainable.text_trains and not method.new_token,
         lora=settings.lora if method.weights is methods.Weights.LORA_LAYERS else None,
@@ -405,6 +406,7 @@ def write_adapter(
     base_fingerprint: str | None,
     seed: int,
     prior: dict,
+    resolution: int,
 ) -> AdapterInfo:
     """Save the trained weights into `folder` and describe them in its adapter.json."""
     files = save_adapter(pipeline, trainable, settings.method, folder)
@@ -418,6 +420,7 @@ def write_adapter(
         base_fingerprint=base_fingerprint,
         seed=seed,
         prior=prior,
+        resolution=resolution,
     )
     info.write(folder)
     return info

@@ -16,6 +16,7 @@ from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.diffusion.images import crop_box, load_images, with_flips
 from synthdet.diffusion.loading import family_of, tokenizers_and_encoders
 from synthdet.diffusion.training import encode_latent_distributions
+from synthdet.diffusion.vocabulary import text_seen
 from synthdet.params import PersonalizeParams, SubjectParams
 
 
@@ -79,6 +80,31 @@ class Examples:
         )
 
 
+CAPTIONS_SEEN = "captions.jsonl"  # in metrics/personalize/<subject>/: what the model read
+
+
+def captions_seen(
+    pipeline: DiffusionPipeline, paths: Sequence[Path], captions: Sequence[str]
+) -> tuple[list[dict], str | None]:
+    """Each caption as the text encoder reads it (with the method's tokens added): rows
+    {file, caption, tokens, seen} for CAPTIONS_SEEN, and a warning naming caption.template
+    when a caption is longer than the encoder reads, so that training sees it truncated."""
+    rows, limit = [], None
+    for path, caption in zip(paths, captions, strict=True):
+        seen, tokens, limit = text_seen(pipeline, caption)
+        rows.append({"file": Path(path).name, "caption": caption, "tokens": tokens, "seen": seen})
+    long = [row for row in rows if row["seen"] != row["caption"]]
+    if not long:
+        return rows, None
+    first = long[0]
+    return rows, (
+        f"{len(long)} of {len(rows)} captions are longer than the text encoder reads ({limit} "
+        f"tokens with its start and end tokens), e.g. {first['file']}: {first['tokens']} tokens, "
+        f"of which the model trains on {first['seen']!r}. Shorten caption.template (BLIP: "
+        f"caption.max_new_tokens); {CAPTIONS_SEEN} next to the metrics records the text seen."
+    )
+
+
 def tokenize(pipeline: DiffusionPipeline, prompts: Sequence[str]) -> list[torch.Tensor]:
     """Token ids per tokenizer; multi-vector placeholders are expanded ('<sks>' -> '<sks>
     <sks>_1 ...') exactly as the pipeline does at inference, so every vector trains."""
@@ -139,9 +165,15 @@ def make_examples(
 
 
 def prior_examples(
-    pipeline, class_dir: Path, subject: SubjectParams, settings: PersonalizeParams, cache_text: bool
+    pipeline,
+    class_dir: Path,
+    subject: SubjectParams,
+    settings: PersonalizeParams,
+    resolution: int,
+    cache_text: bool,
 ) -> tuple[Examples | None, dict]:
-    """The class examples when the method uses prior preservation and class images exist."""
+    """The class examples (`resolution` px) when the method uses prior preservation and class
+    images exist."""
     uses_prior = (
         methods.method(settings.method).uses_prior
         and settings.prior_loss_weight > 0
@@ -155,7 +187,7 @@ def prior_examples(
     if not paths:
         return None, {"prior_preservation": False}
     prompts = [info.prompt] * len(paths)
-    examples = make_examples(pipeline, paths, prompts, settings.resolution, cache_text)
+    examples = make_examples(pipeline, paths, prompts, resolution, cache_text)
     return examples, {
         "prior_preservation": True,
         "class_prompt": info.prompt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,10 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
+from synthdet.data import atomic_path
 from synthdet.diffusion.loading import family_of
 from synthdet.params import PersonalizeParams
-from synthdet.personalization.examples import make_examples
+from synthdet.personalization.examples import CAPTIONS_SEEN, make_examples
 from synthdet.personalization.training import batch_loss
 
 
@@ -51,6 +53,19 @@ def validation_grid(
         for column, image in enumerate(right):
             grid.paste(image, (columns * size + gap + column * size, row * size))
     return grid
+
+
+def write_metrics_folder(
+    folder: Path, grid: Image.Image, loss_tsv: str, captions: Sequence[dict], metrics: dict
+) -> None:
+    """metrics/personalize/<subject>/, written atomically: validation.png (the grid), loss.tsv,
+    CAPTIONS_SEEN (each caption as the text encoder read it) and metrics.json."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        grid.save(tmp / "validation.png")
+        (tmp / "loss.tsv").write_text(loss_tsv)
+        (tmp / CAPTIONS_SEEN).write_text("".join(json.dumps(row) + "\n" for row in captions))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 @torch.no_grad()
@@ -101,6 +116,7 @@ class Check:
     image_paths: Sequence[Path]
     captions: Sequence[str]
     seed: int
+    resolution: int  # shared.resolution
 
     def __call__(
         self,
@@ -113,10 +129,10 @@ class Check:
             for template in s.validation_prompts
         ]
         images = validation_images(
-            pipeline, prompts, s.validation_seeds, s.resolution, s.validation_steps
+            pipeline, prompts, s.validation_seeds, self.resolution, s.validation_steps
         )
         with autocast():
             loss = evaluation_loss(
-                pipeline, self.image_paths, self.captions, s.resolution, self.seed
+                pipeline, self.image_paths, self.captions, self.resolution, self.seed
             )
         return images, loss

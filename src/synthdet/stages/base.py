@@ -23,6 +23,8 @@ from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import pretrain
+from synthdet.diffusion.vocabulary import long_text_warning
+from synthdet.errors import warn
 from synthdet.params import Params
 
 
@@ -46,21 +48,29 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
             f"base.pool_dir: folder {base.pool_dir} not found; create it or fix the path"
         )
     pool = list_images(Path(base.pool_dir))
-    images = load_images(paths + pool, base.resolution)
+    images = load_images(paths + pool, params.shared.resolution)
     if base.init:
         pipeline = load_checkpoint(base.init, checkpoints, base)
     else:
-        pipeline = build_tiny_pipeline(base)
+        pipeline = build_tiny_pipeline(base, params.shared.resolution)
     pipeline.to(device)
+    prompt_seen, note = long_text_warning(
+        pipeline, params.base_prompt, "the base prompt (class_images.prompt)", "the MLflow run"
+    )
+    if note:
+        warn(note)
     stage_params = {
         "base": dataclasses.asdict(base),
+        "resolution": params.shared.resolution,
+        "prompt": params.base_prompt,
+        "prompt_seen": prompt_seen,
         "seed": params.shared.seed,
         "train_images": len(paths),
         "pool_images": len(pool),
     }
     with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as mlflow_run:
         curve = LossCurve(mlflow_run)
-        scaling_factor = pretrain(pipeline, images, base, generator, curve)
+        scaling_factor = pretrain(pipeline, images, base, params.base_prompt, generator, curve)
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())

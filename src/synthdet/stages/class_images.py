@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 
 from synthdet import tracking
-from synthdet.artifacts.class_images import IMAGES, ClassImagesInfo
+from synthdet.artifacts.class_images import CLASS_IMAGES_INFO, IMAGES, ClassImagesInfo
 from synthdet.cli import run_stage
 from synthdet.data import atomic_path
 from synthdet.diffusion.hashing import derive_seed
 from synthdet.diffusion.loading import configure_torch, load_pipeline
+from synthdet.diffusion.vocabulary import long_text_warning
+from synthdet.errors import warn
 from synthdet.params import Params
 
 
@@ -36,21 +38,35 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
     device = configure_torch()
     started = time.perf_counter()
     prompt = settings.prompt.format(class_noun=class_noun)
+    guided = settings.guidance_scale > 1  # diffusers reads the negative prompt only then
+    if settings.count and not guided and settings.negative_prompt.strip():
+        warn(
+            f"class_images.guidance_scale={settings.guidance_scale} is <= 1: classifier-free "
+            f"guidance is off, so class_images.negative_prompt ({settings.negative_prompt!r}) "
+            f"is ignored; {CLASS_IMAGES_INFO} records negative_prompt: null. Set it above 1 "
+            "(e.g. 5) to use guidance."
+        )
     stage_params = {
         "class_images": dataclasses.asdict(settings),
         "subject": subject,
         "prompt": prompt,
+        "resolution": params.shared.resolution,
         "base_model": personalize.base_model,
         "seed": params.shared.seed,
     }
     with tracking.stage_run(
         f"class-images@{subject}", params.shared.mlflow_experiment, stage_params
     ) as mlflow_run:
-        pipeline = None
+        pipeline, seen = None, prompt
         if settings.count:
             pipeline = load_pipeline(personalize.base_model, builtin_base, vae=personalize.vae).to(
                 device
             )
+            seen, note = long_text_warning(
+                pipeline, prompt, "class_images.prompt", CLASS_IMAGES_INFO
+            )
+            if note:
+                warn(note)
         with atomic_path(out) as folder:
             (folder / IMAGES).mkdir(parents=True)
             for first in range(0, settings.count, settings.batch_size):
@@ -59,8 +75,8 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
                     images = pipeline(
                         prompt=[prompt] * len(indices),
                         negative_prompt=[settings.negative_prompt] * len(indices),
-                        height=settings.resolution,
-                        width=settings.resolution,
+                        height=params.shared.resolution,
+                        width=params.shared.resolution,
                         num_inference_steps=settings.num_inference_steps,
                         guidance_scale=settings.guidance_scale,
                         generator=[
@@ -78,6 +94,9 @@ def run(params: Params, subject: str, builtin_base: Path, out: Path) -> dict:
                 count=settings.count,
                 base_model=personalize.base_model,
                 vae=personalize.vae,
+                negative_prompt=settings.negative_prompt if guided else None,
+                guidance_scale=settings.guidance_scale,
+                prompt_seen=seen,
             ).write(folder)
         metrics = {"images": settings.count, "seconds": time.perf_counter() - started}
         mlflow_run.log_metrics(metrics)

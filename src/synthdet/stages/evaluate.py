@@ -117,6 +117,8 @@ def run(params: Params, folders: dict[str, Path], images_metrics: Path, out_dir:
             boxes = variants.label_boxes(composition.real) + variants.label_boxes(composition.extra)
             summary[f"{name}.train_boxes"] = boxes
             summary[f"{name}.empty_label_set"] = int(boxes == 0)
+            extra_boxes = variants.label_boxes(composition.extra)
+            summary[f"{name}.empty_extra_labels"] = int(bool(composition.extra) and not extra_boxes)
         summary["test_images"] = len(test)
         summary["test_boxes"] = sum(len(sample.boxes) for sample in test)
         for file, (header, rows) in evaluation.tables(summary, runs, compositions).items():

@@ -53,7 +53,7 @@ def run(
     trained on another base model, missing source images, or every image dropped by the filters;
     ModelNotAvailableError for a model that cannot be loaded.
     """
-    settings, seed = params.generate, params.shared.seed
+    settings, seed, resolution = params.generate, params.shared.seed, params.shared.resolution
     device = configure_torch()
     # configure_torch gives every process all cores, also under `accelerate launch` (which asks
     # for 1 thread per CPU process): on CPU the float summation order, hence the last bit of a
@@ -66,17 +66,20 @@ def run(
     if MODES[settings.mode].uses_controlnet:
         controlnet = load_controlnet(settings.controlnet_model, device)
     identity = engine_identity(
-        settings, model_revision(settings.controlnet_model) if controlnet is not None else None
+        settings,
+        resolution,
+        model_revision(settings.controlnet_model) if controlnet is not None else None,
     )
 
     def load_engine(subject: SubjectPlan) -> Engine:
         pipeline = load_personalized_pipeline(
             adapters / subject.name, builtin_base, params.personalize.base_model
         )
-        return Engine(pipeline, settings, device, controlnet)
+        return Engine(pipeline, settings, resolution, device, controlnet)
 
     stage_params = {
         "generate": dataclasses.asdict(settings),
+        "resolution": resolution,
         "subjects": {p.name: p.identity for p in plans},
         "seed": seed,
         "processes": state.num_processes,
@@ -96,6 +99,7 @@ def run(
         stats, _, metrics = generate_dataset(
             plans,
             settings,
+            resolution,
             seed,
             out,
             load_engine,

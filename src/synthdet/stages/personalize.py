@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -26,9 +25,10 @@ from synthdet.diffusion.hashing import json_sha256, sha256_of
 from synthdet.diffusion.loading import configure_torch, family_of, load_pipeline, model_fingerprint
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
+from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.personalization import adapters, training, validation
-from synthdet.personalization.examples import make_examples, prior_examples
+from synthdet.personalization.examples import captions_seen, make_examples, prior_examples
 
 
 def run(
@@ -54,7 +54,7 @@ def run(
     ParamsError (unknown subject, invalid LoRA config, unsupported precision), DataError (missing
     or stale captions or class images), ModelNotAvailableError (base model not loadable).
     """
-    settings, seed = params.personalize, params.shared.seed
+    settings, seed, resolution = params.personalize, params.shared.seed, params.shared.resolution
     subject, method = params.subject(subject_name), methods.method(params.personalize.method)
     started = time.perf_counter()
     accelerator = training.make_accelerator(settings, configure_torch())
@@ -64,9 +64,12 @@ def run(
     token = method.concept_token(subject.identifier)
     pipeline = load_pipeline(settings.base_model, builtin_base, vae=settings.vae)
     pipeline.to(accelerator.device)
-    check = validation.Check(settings, token, subject.class_noun, image_paths, image_captions, seed)
+    check = validation.Check(
+        settings, token, subject.class_noun, image_paths, image_captions, seed, resolution
+    )
     stage_params = {
         **{"personalize": dataclasses.asdict(settings), "subject": subject_name},
+        "resolution": resolution,
         **{f"subject.{k}": v for k, v in dataclasses.asdict(subject).items()},
         **{"family": family_of(pipeline), "seed": seed, "images": len(image_paths)},
         **{"mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes},
@@ -82,13 +85,16 @@ def run(
         dtype = training.weight_dtype(accelerator.mixed_precision)
         trainable = adapters.setup_method(pipeline, settings, token, subject.class_noun, dtype)
         cache_text = not trainable.text_trains
-        instance = make_examples(
-            pipeline, image_paths, image_captions, settings.resolution, cache_text
+        seen, truncated = captions_seen(pipeline, image_paths, image_captions)
+        if truncated and main:
+            warn(f"personalize@{subject_name}: {truncated}")
+        instance = make_examples(pipeline, image_paths, image_captions, resolution, cache_text)
+        prior, prior_info = prior_examples(
+            pipeline, class_images, subject, settings, resolution, cache_text
         )
-        prior, prior_info = prior_examples(pipeline, class_images, subject, settings, cache_text)
         base_fingerprint = model_fingerprint(settings.base_model, builtin_base)
         # What the training depends on: a checkpoint of another run is never resumed.
-        inputs = [image_captions, [sha256_of(p) for p in image_paths], prior_info, seed]
+        inputs = [image_captions, [sha256_of(p) for p in image_paths], prior_info, seed, resolution]
         fingerprint = json_sha256([dataclasses.asdict(settings), subject, base_fingerprint, inputs])
         curve = LossCurve(mlflow_run)
         on_step = curve.recorder(settings.method) if main else lambda step, loss: None
@@ -111,7 +117,7 @@ def run(
         personalised_images, eval_loss = check(pipeline, autocast=accelerator.autocast)
         with atomic_path(out) as folder:  # weights + adapter.json
             trained = (pipeline, trainable, settings, (subject_name, subject))
-            adapters.write_adapter(folder, *trained, base_fingerprint, seed, prior_info)
+            adapters.write_adapter(folder, *trained, base_fingerprint, seed, prior_info, resolution)
         metrics = {
             "images": len(image_paths),
             "class_images": prior_info.get("class_images", 0),
@@ -121,14 +127,11 @@ def run(
             "eval_loss_base": eval_loss_base,
             "eval_loss_personalised": eval_loss,
             "resumed_from": result.resumed_from,
+            "captions_truncated": sum(row["seen"] != row["caption"] for row in seen),
             "seconds": time.perf_counter() - started,
         }
         grid = validation.validation_grid(base_images, personalised_images)
-        with atomic_path(metrics_dir) as folder:
-            folder.mkdir()
-            grid.save(folder / "validation.png")
-            (folder / "loss.tsv").write_text(curve.tsv())
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        validation.write_metrics_folder(metrics_dir, grid, curve.tsv(), seen, metrics)
         mlflow_run.log_metrics(metrics)
         mlflow_run.log_artifact(metrics_dir)
         mlflow_run.log_artifact(out)

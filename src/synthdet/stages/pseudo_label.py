@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from synthdet import data, detection
 from synthdet.cli import run_stage
+from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
@@ -69,9 +70,19 @@ def run(
             "boxes": boxes,
             "boxes_per_image": round(boxes / len(pool), 6),
             "images_without_box": sum(1 for image_boxes in labels if not image_boxes),
+            # handful-pseudo would learn these real objects as background (read by the report)
+            "empty_label_set": boxes == 0,
         }
         data.write_json(metrics_path, metrics)
         mlflow_run.log_metrics(metrics)
+    if boxes == 0:
+        warn(
+            f"pseudo-label labelled no box in any of its {len(pool)} real images (the "
+            f"{config.annotator} annotator at annotate_with_baseline.confidence="
+            f"{config.confidence}): handful-pseudo trains on them as background, and "
+            f"{metrics_path.name} says empty_label_set: true. Lower "
+            "annotate_with_baseline.confidence, or drop pseudo from few_shot.sources."
+        )
     print(
         f"pseudo-label: {len(pool)} real images labelled by the {config.annotator} detector, "
         f"{boxes} boxes ({metrics['images_without_box']} images without one)"

@@ -20,16 +20,6 @@ from synthdet.params import Params
 from synthdet.tracking import stage_run
 
 
-def empty_labels_warning(variant: str, seed: int, images: int) -> str:
-    return (
-        f"detector variant {variant} (seed {seed}) trains on {images} images whose labels hold "
-        "no box: it can only learn that there is nothing to find (its metrics say "
-        "empty_label_set: 1). For auto-labelled images lower annotate_with_baseline.confidence, "
-        "or label by construction with generate.mode=img2img and "
-        "annotate_with_baseline.source_boxes=true."
-    )
-
-
 def run(
     params: Params,
     stage: str,
@@ -51,6 +41,11 @@ def run(
     config = params.train_detector
     variant = variants.parse(variant_name, params)
     train_args = config.train_args()
+    if overridden := config.overridden_by_preset():
+        warn(
+            f"train_detector.preset={config.preset} overrides train_detector.yolo "
+            f"({'; '.join(overridden)}); the MLflow run's yolo param records what was used."
+        )
     logged_params = {
         "variant": variant.name,
         "real": str(variant.real),
@@ -81,9 +76,17 @@ def run(
             "extra_boxes": variants.label_boxes(composition.extra),
         }
         empty = sum(boxes.values()) == 0
+        empty_extra = bool(composition.extra) and boxes["extra_boxes"] == 0
         if empty:
             images = len(composition.real) + len(composition.extra)
-            warn(empty_labels_warning(variant.name, seed, images))
+            warn(detection.empty_variant_warning(variant.name, seed, images))
+        elif empty_extra:
+            extra = variant.extra or "extra"
+            warn(
+                detection.empty_extra_labels_warning(
+                    variant.name, seed, extra, len(composition.extra)
+                )
+            )
         result = detection.train_detector(
             model=config.model_source,
             train_folders=training.folders,
@@ -103,6 +106,7 @@ def run(
             "repeats": training.repeats,
             **boxes,
             "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
+            "empty_extra_labels": int(empty_extra),  # 1: extra images, none with a box
             "epochs": len(result.epochs),
             **{f"best.{name}": value for name, value in result.best.items()},
         }
