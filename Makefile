@@ -10,7 +10,7 @@ LOCK_ARGS := pyproject.toml --extra dev --generate-hashes --python-version 3.11 
 	--python-platform x86_64-manylinux_2_28 --constraint lock-constraints.txt \
 	--custom-compile-command "make lock" --quiet
 
-.PHONY: install repro test lint format lock check-lock clean-venv
+.PHONY: install repro test test-pipeline lint format lock check-lock clean-venv
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,10 +24,14 @@ install: $(STAMP)
 repro: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
-# Two workers, one test file each at a time: the micro DAG test (a few minutes of subprocesses)
-# runs next to the rest of the suite instead of before it.
+# Two workers, one test file each at a time (module fixtures, e.g. tiny models, are built once).
 test: $(STAMP)
 	. $(VENV)/bin/activate && pytest -n 2 --dist loadfile
+
+# The micro DAG run for real (tests/test_pipeline.py's slow tests: every stage as a process, a
+# no-op rerun, kill-safety, Ctrl-C, a DVC remote round trip); CI runs it after `make test`.
+test-pipeline: $(STAMP)
+	. $(VENV)/bin/activate && pytest -m slow tests/test_pipeline.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,4 +1,8 @@
-"""The whole DVC pipeline on a micro configuration, in a temporary copy of the project."""
+"""The whole DVC pipeline on a micro configuration, in a temporary copy of the project.
+
+The DAG's shape is checked by `dvc repro --dry` (seconds, in `make test`); running every stage
+(minutes of stage processes), rerunning, killing and pushing it are `slow` (`make test-pipeline`,
+which CI runs)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc.repo import Repo
+from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 from PIL import Image
 
 from tests.conftest import MICRO_BASE, MICRO_RESOLUTION, REPO, copy_dvc_project
@@ -93,16 +99,65 @@ def run(cmd: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def micro_project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def new_micro_project(root: Path) -> Path:
     write_micro_project(root)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dry_project(tmp_path_factory) -> Path:
+    """The micro project before any stage ran: `dvc repro --dry` shows the DAG in seconds."""
+    return new_micro_project(tmp_path_factory.mktemp("dry"))
+
+
+@pytest.fixture(scope="module")
+def micro_project(tmp_path_factory) -> Path:
+    """The micro project after a whole `dvc repro` (minutes of stage processes: slow tests)."""
+    root = new_micro_project(tmp_path_factory.mktemp("project"))
     (root / "repro.log").write_text(run(["dvc", "repro"], root))
     return root
 
 
+def repro_plan(project: Path, *targets: str, downstream: bool = False) -> list[str]:
+    """The stages `dvc repro [--downstream] [targets]` goes through, in its order (DVC's own
+    planner; `dvc repro --dry` cannot plan before prepare's outputs exist)."""
+    with Repo(str(project)) as repo:
+        # Targets resolve against the working directory, not the repo: give them absolute.
+        paths = [f"{project / 'dvc.yaml'}:{target}" for target in targets] or [project / "dvc.yaml"]
+        stages = collect_stages(repo, list(map(str, paths)), recursive=False, glob=False)
+        graph = get_active_graph(repo.index.graph)
+        return [stage.name for stage in plan_repro(graph, stages, downstream=downstream)]
+
+
+def would_run(project: Path, *args: str) -> set[str]:
+    """The stages `dvc repro --dry *args` would run."""
+    out = run(["dvc", "repro", "--dry", *args], project)
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def test_the_image_checks_run_before_any_detector_trains(dry_project):
+    """A leak found by check-images stops `dvc repro` before a detector has trained."""
+    order = repro_plan(dry_project)
+    first_training = min(i for i, name in enumerate(order) if name.startswith("train-"))
+    assert order.index("check-images") < first_training
+    assert order[0] == "prepare" and order[-1] == "report" and len(order) == len(set(order))
+
+
+def test_changing_generated_images_reruns_only_downstream(dry_project):
+    """What depends on generate (dvc.yaml's deps): a new num_images reruns exactly these."""
+    assert set(repro_plan(dry_project, "generate", downstream=True)) == {
+        "generate",
+        "check-images",
+        "annotate-with-baseline",
+        "train-few-shot@synthetic-42",
+        "evaluate",
+        "report",
+    }
+
+
+@pytest.mark.slow
 def test_repro_writes_every_metric(micro_project):
     headline = json.loads((micro_project / "metrics/evaluate.json").read_text())
     assert headline["fid"] >= 0.0 and len(headline) <= 12
@@ -117,20 +172,14 @@ def test_repro_writes_every_metric(micro_project):
     assert len(manifest) == 3
 
 
-def test_the_image_checks_run_before_any_detector_trains(micro_project):
-    """A leak found by check-images stops `dvc repro` before a detector has trained."""
-    log = (micro_project / "repro.log").read_text().splitlines()
-    order = [line.split("'")[1] for line in log if line.startswith("Running stage")]
-    first_training = min(i for i, name in enumerate(order) if name.startswith("train-"))
-    assert order.index("check-images") < first_training
-
-
+@pytest.mark.slow
 def test_second_repro_is_a_no_op(micro_project):
     out = run(["dvc", "status"], micro_project)
     assert "Data and pipelines are up to date" in out
 
 
-def test_changing_num_images_reruns_only_downstream(micro_project):
+@pytest.mark.slow
+def test_a_new_num_images_leaves_the_upstream_stages_cached(micro_project):
     params_file = micro_project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
@@ -138,20 +187,10 @@ def test_changing_num_images_reruns_only_downstream(micro_project):
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         # --force-downstream: list what depends on generate too, not only what changed.
-        out = run(["dvc", "repro", "--dry", "--force-downstream"], micro_project)
+        stages = would_run(micro_project, "--force-downstream")
     finally:
         params_file.write_text(original)
-    would_run = {
-        line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")
-    }
-    assert would_run == {
-        "generate",
-        "check-images",
-        "annotate-with-baseline",
-        "train-few-shot@synthetic-42",
-        "evaluate",
-        "report",
-    }
+    assert stages == set(repro_plan(micro_project, "generate", downstream=True))
 
 
 def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
@@ -165,7 +204,7 @@ def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
     }
 
 
-@pytest.mark.slow  # 15 s of the suite's long pole, the micro DAG module
+@pytest.mark.slow
 def test_remote_round_trip_to_a_fresh_clone(micro_project, tmp_path):
     remote, clone = tmp_path / "remote", tmp_path / "clone"
     run(["dvc", "remote", "add", "-d", "local", str(remote)], micro_project)

@@ -1109,7 +1109,7 @@ def test_readme_set_param_spellings_pass_dvcs_override_parser(tmp_path):
     assert list(new_class.shared.subjects) == ["pear"]
     assert new_class.shared.subjects["pear"].stem_pattern == ".*"
     assert new_class.shared.class_names == ("pear",)
-    assert new_class.base.class_prompt == "a photo of pear"
+    assert new_class.base_prompt == "a photo of pear"
     assert (new_class.prepare.group_pattern, new_class.train_detector.imgsz) == (None, 640)
     assert [params.prepare.group_pattern for params in regexes] == [r"(.+)-\d+"] * 2
     assert noun.shared.subjects["apple_tree"].class_noun == "pear tree"
