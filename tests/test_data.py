@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from synthdet import data
+from synthdet import data, formats
 from synthdet.data import DataError
 
 
@@ -175,13 +175,13 @@ def test_new_yolo_folder_replaces_the_old_one_only_when_complete(tmp_path):
     out, source = tmp_path / "extra", tmp_path / "a.png"
     Image.new("RGB", (8, 8), "red").save(source)
     box = data.Box(0, 0.5, 0.5, 0.25, 0.25)
-    with data.new_yolo_folder(out) as folder:
+    with formats.new_yolo_folder(out) as folder:
         folder.add("copied.png", source, [box])
         folder.add("drawn.png", Image.new("RGB", (8, 8), "blue"), [])
     samples = {s.image.name: s.boxes for s in data.read_yolo_folder(out, 1)}
     assert samples == {"copied.png": (box,), "drawn.png": ()}
     assert (out / "images" / "copied.png").read_bytes() == source.read_bytes()
-    with pytest.raises(RuntimeError), data.new_yolo_folder(out) as folder:
+    with pytest.raises(RuntimeError), formats.new_yolo_folder(out) as folder:
         folder.add("half.png", source, [])
         raise RuntimeError("killed half-way")
     assert sorted(p.name for p in (out / "images").iterdir()) == ["copied.png", "drawn.png"]

@@ -41,7 +41,6 @@ from synthdet.data import (
     Sample,
     drop_duplicate_boxes,
     list_images,
-    new_yolo_folder,
     parse_label_file,
     read_jsonl,
     read_yolo_folder,
@@ -189,7 +188,7 @@ def write_labelled_folder(
     boxes_per_image, confidences = [], []
     duplicates: Counter = Counter()
     labelled, used_corrections = [], set()
-    with new_yolo_folder(Path(out_dir)) as folder:
+    with formats.new_yolo_folder(Path(out_dir)) as folder:
         for found in detections:
             digest = sha256_of(found.image)
             if digest in corrected:

@@ -337,34 +337,6 @@ def label_file(folder: Path, image: Path | str) -> Path:
     return Path(folder) / "labels" / f"{Path(image).stem}.txt"
 
 
-@dataclass(frozen=True)
-class YoloFolderWriter:
-    """Adds images with their labels to a YOLO folder being built (see `new_yolo_folder`)."""
-
-    root: Path
-
-    def add(self, name: str, image: Path | Image.Image, boxes: Iterable[Box]) -> Path:
-        """Write `image` (a file, copied byte for byte, or a PIL image, encoded by `name`'s
-        suffix) as `images/<name>` and `boxes` as `labels/<stem>.txt`; return the image path."""
-        target = self.root / "images" / name
-        if isinstance(image, Path):
-            shutil.copy2(image, target)
-        else:
-            image.save(target)
-        label_file(self.root, target).write_text(format_label(boxes))
-        return target
-
-
-@contextlib.contextmanager
-def new_yolo_folder(out_dir: Path) -> Iterator[YoloFolderWriter]:
-    """Build a YOLO folder (`images/`, `labels/<stem>.txt`) that replaces `out_dir` only once
-    complete (`atomic_path`): a failure leaves the previous `out_dir` as it was."""
-    with atomic_path(Path(out_dir)) as staging:
-        (staging / "images").mkdir(parents=True)
-        (staging / "labels").mkdir()
-        yield YoloFolderWriter(staging)
-
-
 def read_yolo_folder(folder: Path, num_classes: int) -> list[Sample]:
     """Read `folder/images/*` with `folder/labels/<stem>.txt`, validating every file."""
     folder = Path(folder)

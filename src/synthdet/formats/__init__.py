@@ -43,7 +43,12 @@ annotation describes it, annotation files paired by stem), the readers `yolo`, `
 """
 
 from synthdet.formats.importer import DROP_KEYS, LAYOUT, REPAIR_KEYS, Imported, import_dataset
-from synthdet.formats.writing import coco_dict, write_normalised_image, write_yolo_folder
+from synthdet.formats.writing import (
+    coco_dict,
+    new_yolo_folder,
+    write_normalised_image,
+    write_yolo_folder,
+)
 
 __all__ = [
     "DROP_KEYS",
@@ -52,6 +57,7 @@ __all__ = [
     "Imported",
     "coco_dict",
     "import_dataset",
+    "new_yolo_folder",
     "write_normalised_image",
     "write_yolo_folder",
 ]

@@ -1,14 +1,18 @@
-"""Writing samples out: the internal YOLO layout (RGB, upright images) and COCO JSON."""
+"""Writing samples out: the internal YOLO layout (RGB, upright images), new YOLO folders built
+atomically, and COCO JSON."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from synthdet.data import Sample, format_label, label_file, upright_rgb
+from synthdet.data import Box, Sample, atomic_path, format_label, label_file, upright_rgb
 
 SUFFIX_OF_FORMAT = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
 
@@ -35,6 +39,34 @@ def write_normalised_image(source: Path, folder: Path, repairs: Counter) -> Path
         upright_rgb(image).save(target)
         repairs["reencoded_images"] += 1
         return target
+
+
+@dataclass(frozen=True)
+class YoloFolderWriter:
+    """Adds images with their labels to a YOLO folder being built (see `new_yolo_folder`)."""
+
+    root: Path
+
+    def add(self, name: str, image: Path | Image.Image, boxes: Iterable[Box]) -> Path:
+        """Write `image` (a file, copied byte for byte, or a PIL image, encoded by `name`'s
+        suffix) as `images/<name>` and `boxes` as `labels/<stem>.txt`; return the image path."""
+        target = self.root / "images" / name
+        if isinstance(image, Path):
+            shutil.copy2(image, target)
+        else:
+            image.save(target)
+        label_file(self.root, target).write_text(format_label(boxes))
+        return target
+
+
+@contextlib.contextmanager
+def new_yolo_folder(out_dir: Path) -> Iterator[YoloFolderWriter]:
+    """Build a YOLO folder (`images/`, `labels/<stem>.txt`) that replaces `out_dir` only once
+    complete (`atomic_path`): a failure leaves the previous `out_dir` as it was."""
+    with atomic_path(Path(out_dir)) as staging:
+        (staging / "images").mkdir(parents=True)
+        (staging / "labels").mkdir()
+        yield YoloFolderWriter(staging)
 
 
 def coco_dict(samples: Sequence[Sample], class_names: Sequence[str], image_root: Path) -> dict:

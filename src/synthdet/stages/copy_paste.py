@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from synthdet import copy_paste, data
+from synthdet import copy_paste, data, formats
 from synthdet.cli import run_stage
 from synthdet.params import Params
 from synthdet.tracking import stage_run
@@ -39,7 +39,7 @@ def run(params: Params, handful_dir: Path, out_dir: Path, metrics_path: Path) ->
             config.scale,
             config.max_occlusion,
         )
-        with data.new_yolo_folder(out_dir) as folder:
+        with formats.new_yolo_folder(out_dir) as folder:
             for index, (stem, result) in enumerate(tqdm(made, desc="copy-paste", unit="image")):
                 folder.add(
                     f"cp{index:04d}_{stem}.png", Image.fromarray(result.pixels), result.boxes

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synthdet import data, detection
+from synthdet import data, detection, formats
 from synthdet.cli import run_stage
 from synthdet.errors import warn
 from synthdet.params import Params
@@ -61,7 +61,7 @@ def run(
             iou=config.iou,
         )
         labels = [[box for box, _ in detections.yolo_boxes()] for detections in found]
-        with data.new_yolo_folder(out_dir) as folder:
+        with formats.new_yolo_folder(out_dir) as folder:
             for image, boxes in zip(pool, labels, strict=True):
                 folder.add(image.name, image, boxes)
         boxes = sum(len(image_boxes) for image_boxes in labels)
