@@ -414,10 +414,70 @@ def test_a_subject_with_images_is_enough(raw):
             "params: 'train_detector.yolo.lr0' must be a number > 0 (at 0 the detector's weights "
             "never change), got 0",
         ),
+        (
+            {"personalize.textual_inversion.num_vectors": 4},
+            "params: 'personalize.textual_inversion.num_vectors' is 4, but personalize.method "
+            "dreambooth_lora adds no placeholder token, so it would have no effect; set "
+            "personalize.method=textual_inversion, or personalize.textual_inversion.num_vectors=1",
+        ),
+        (
+            {"personalize.textual_inversion.initializer_token": "tree"},
+            "params: 'personalize.textual_inversion.initializer_token' is 'tree', but "
+            "personalize.method dreambooth_lora adds no placeholder token, so it would have no "
+            "effect; set personalize.method=textual_inversion, or "
+            "personalize.textual_inversion.initializer_token=null",
+        ),
+        (  # the default close_mosaic 2 with a 2-epoch run: mosaic is off from epoch 0
+            {"train_detector.yolo.epochs": 2},
+            "params: 'train_detector.yolo.close_mosaic' (2) is not below "
+            "train_detector.yolo.epochs (2): the last close_mosaic epochs run without mosaic, so "
+            "no epoch would use it and train_detector.yolo.mosaic (1.0) would have no effect; "
+            "lower close_mosaic to at most 1, or set train_detector.yolo.mosaic=0",
+        ),
+        (  # ultralytics: ZeroDivisionError scaling the weight decay
+            {"train_detector.yolo.nbs": 0},
+            "params: 'train_detector.yolo.nbs' must be an integer >= 1 (ultralytics divides the "
+            "weight decay by this nominal batch size), got 0; e.g. 8",
+        ),
+        (
+            {"train_detector.yolo.batch": -1},
+            "params: 'train_detector.yolo.batch' must be an integer >= 1 (below 1 ultralytics' "
+            "AutoBatch picks the batch from free GPU memory (16 on a CPU), so the variants would "
+            "train at a batch params.yaml does not say), got -1; e.g. 8",
+        ),
+        (
+            {"train_detector.yolo.time": 0.1},
+            "params: 'train_detector.yolo.time' is 0.1, but with it ultralytics trains for that "
+            "many hours and re-estimates the epochs from the first epoch's speed, so "
+            "train_detector.yolo.epochs would be ignored and each variant's epochs would depend "
+            "on the machine; remove it and set train_detector.yolo.epochs",
+        ),
+        (
+            {"train_detector.yolo.classes": [5]},
+            "params: 'train_detector.yolo.classes' holds 5, but the class ids are 0..0 "
+            "(shared.class_names ['apple']), so it would keep no label; use those ids, or remove "
+            "train_detector.yolo.classes to train on every class",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):
     assert message(changes, raw) == expected
+
+
+def test_the_fixes_those_messages_name_load(raw):
+    for changes in (
+        {"train_detector.yolo.epochs": 2, "train_detector.yolo.close_mosaic": 1},
+        {"train_detector.yolo.epochs": 2, "train_detector.yolo.mosaic": 0.0},
+        {"train_detector.preset": "genfusion", "train_detector.yolo.epochs": 1},  # no mosaic
+        {"train_detector.yolo.classes": [0]},
+        {
+            "personalize.method": "textual_inversion",
+            "class_images.count": 0,
+            "personalize.textual_inversion.num_vectors": 4,
+            "personalize.textual_inversion.initializer_token": "tree",
+        },
+    ):
+        parse_params(changed(raw, changes))
 
 
 def test_switching_the_prior_off(raw):

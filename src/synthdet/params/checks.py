@@ -115,6 +115,26 @@ def _check_base_scale(params: Params) -> None:
         )
 
 
+def _check_detector_classes(params: Params) -> None:
+    """ultralytics' `classes` keeps only the labels of those ids: one that shared.class_names
+    lacks keeps nothing, so the detectors would train on fewer (or no) boxes than the data has."""
+    classes = params.train_detector.train_args().get("classes")
+    if classes is None:
+        return
+    names = params.shared.class_names
+    ids = classes if isinstance(classes, list | tuple) else [classes]
+    for class_id in ids:
+        _require(
+            isinstance(class_id, int)
+            and not isinstance(class_id, bool)
+            and 0 <= class_id < len(names),
+            "train_detector.yolo.classes",
+            f"holds {class_id!r}, but the class ids are 0..{len(names) - 1} "
+            f"(shared.class_names {list(names)}), so it would keep no label; use those ids, or "
+            "remove train_detector.yolo.classes to train on every class",
+        )
+
+
 def check_across_sections(params: Params) -> None:
     """Checks that involve two sections; run whenever a `Params` is made (parsed, or changed with
     dataclasses.replace), so every stage, the first one included, refuses a combination that a
@@ -128,6 +148,7 @@ def check_across_sections(params: Params) -> None:
     )
     params.generate.check_subjects(list(params.shared.subjects))
     _check_base_scale(params)
+    _check_detector_classes(params)
     _check_settings_take_effect(params)
     _check_few_shot(params)
 
