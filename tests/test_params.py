@@ -458,6 +458,14 @@ def test_a_subject_with_images_is_enough(raw):
             "(shared.class_names ['apple']), so it would keep no label; use those ids, or remove "
             "train_detector.yolo.classes to train on every class",
         ),
+        (  # filters.py's DataError, but only after every image is generated
+            {"generate.filters.outliers": "realism", "generate.filters.realism_k": 8},
+            "params: 'generate.filters.realism_k' (8) is not below "
+            "shared.subjects.apple_tree.images (8): the realism filter measures generated images "
+            "against the subject's handful (generate.sources handful), and its k-NN manifold "
+            "needs more than k real images, so generate would stop after making every image; "
+            "lower realism_k (e.g. 3), or set generate.sources=train",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):
@@ -470,6 +478,7 @@ def test_the_fixes_those_messages_name_load(raw):
         {"train_detector.yolo.epochs": 2, "train_detector.yolo.mosaic": 0.0},
         {"train_detector.preset": "genfusion", "train_detector.yolo.epochs": 1},  # no mosaic
         {"train_detector.yolo.classes": [0]},
+        {"generate.filters.outliers": "realism", "generate.filters.realism_k": 7},
         {
             "personalize.method": "textual_inversion",
             "class_images.count": 0,

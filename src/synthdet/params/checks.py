@@ -67,6 +67,18 @@ def _check_settings_take_effect(params: Params) -> None:
                 "trains only that token, so nothing would be learned; add {identifier}, e.g. "
                 "'a photo of {identifier}{objects}'",
             )
+    filters = generate.filters
+    if filters.outliers == "realism" and generate.sources == "handful":
+        for name, subject in subjects.items():
+            _require(
+                filters.realism_k < subject.images,
+                "generate.filters.realism_k",
+                f"({filters.realism_k}) is not below shared.subjects.{name}.images "
+                f"({subject.images}): the realism filter measures generated images against the "
+                "subject's handful (generate.sources handful), and its k-NN manifold needs more "
+                "than k real images, so generate would stop after making every image; lower "
+                "realism_k (e.g. 3), or set generate.sources=train",
+            )
     _require(
         not params.annotate_with_baseline.source_boxes or generate.mode != "txt2img",
         "annotate_with_baseline.source_boxes",
