@@ -466,6 +466,13 @@ def test_a_subject_with_images_is_enough(raw):
             "needs more than k real images, so generate would stop after making every image; "
             "lower realism_k (e.g. 3), or set generate.sources=train",
         ),
+        (
+            {"train_detector.mix_synthetic_fractions": [0.0, 0.1]},
+            "params: 'train_detector.mix_synthetic_fractions' holds 0 with "
+            "train_detector.mix_real_shares 1.0: mix-r1.0-f0.0 is every real train image and no "
+            "generated one, the variant `real` trained again; drop the 0 (`real` is that point "
+            "of the curve), or use real shares below 1",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):
@@ -478,6 +485,7 @@ def test_the_fixes_those_messages_name_load(raw):
         {"train_detector.yolo.epochs": 2, "train_detector.yolo.mosaic": 0.0},
         {"train_detector.preset": "genfusion", "train_detector.yolo.epochs": 1},  # no mosaic
         {"train_detector.yolo.classes": [0]},
+        {"train_detector.mix_real_shares": [0.5], "train_detector.mix_synthetic_fractions": [0.0]},
         {"generate.filters.outliers": "realism", "generate.filters.realism_k": 7},
         {
             "personalize.method": "textual_inversion",

@@ -133,6 +133,13 @@ class TrainDetectorParams:
             _require(
                 0 <= fraction < 1, "train_detector.mix_synthetic_fractions", "must be in [0, 1)"
             )
+        _require(
+            not (0 in self.mix_synthetic_fractions and 1 in self.mix_real_shares),
+            "train_detector.mix_synthetic_fractions",
+            "holds 0 with train_detector.mix_real_shares 1.0: mix-r1.0-f0.0 is every real train "
+            "image and no generated one, the variant `real` trained again; drop the 0 (`real` is "
+            "that point of the curve), or use real shares below 1",
+        )
         for owned in ("data", "project", "name", "seed", "exist_ok"):
             _require(
                 owned not in self.yolo,
