@@ -473,6 +473,12 @@ def test_a_subject_with_images_is_enough(raw):
             "generated one, the variant `real` trained again; drop the 0 (`real` is that point "
             "of the curve), or use real shares below 1",
         ),
+        (  # ultralytics renames the classes; annotate's load_detector refused them after training
+            {"train_detector.yolo.single_cls": True},
+            "params: 'train_detector.yolo.single_cls' is set, but ultralytics then trains one "
+            "class 'item' instead of shared.class_names ['apple'], so annotate and evaluate would "
+            "refuse the trained detectors; remove it (shared.class_names lists the classes)",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):

@@ -128,12 +128,20 @@ def _check_base_scale(params: Params) -> None:
 
 
 def _check_detector_classes(params: Params) -> None:
-    """ultralytics' `classes` keeps only the labels of those ids: one that shared.class_names
-    lacks keeps nothing, so the detectors would train on fewer (or no) boxes than the data has."""
-    classes = params.train_detector.train_args().get("classes")
+    """The detectors' classes are shared.class_names: ultralytics' `single_cls` would make them
+    one 'item', and its `classes` keeps only the labels of those ids (one that shared.class_names
+    lacks keeps nothing)."""
+    args, names = params.train_detector.train_args(), params.shared.class_names
+    _require(
+        not args.get("single_cls"),
+        "train_detector.yolo.single_cls",
+        f"is set, but ultralytics then trains one class 'item' instead of shared.class_names "
+        f"{list(names)}, so annotate and evaluate would refuse the trained detectors; remove "
+        "it (shared.class_names lists the classes)",
+    )
+    classes = args.get("classes")
     if classes is None:
         return
-    names = params.shared.class_names
     ids = classes if isinstance(classes, list | tuple) else [classes]
     for class_id in ids:
         _require(
