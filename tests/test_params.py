@@ -414,10 +414,93 @@ def test_a_subject_with_images_is_enough(raw):
             "params: 'train_detector.yolo.lr0' must be a number > 0 (at 0 the detector's weights "
             "never change), got 0",
         ),
+        (
+            {"personalize.textual_inversion.num_vectors": 4},
+            "params: 'personalize.textual_inversion.num_vectors' is 4, but personalize.method "
+            "dreambooth_lora adds no placeholder token, so it would have no effect; set "
+            "personalize.method=textual_inversion, or personalize.textual_inversion.num_vectors=1",
+        ),
+        (
+            {"personalize.textual_inversion.initializer_token": "tree"},
+            "params: 'personalize.textual_inversion.initializer_token' is 'tree', but "
+            "personalize.method dreambooth_lora adds no placeholder token, so it would have no "
+            "effect; set personalize.method=textual_inversion, or "
+            "personalize.textual_inversion.initializer_token=null",
+        ),
+        (  # the default close_mosaic 2 with a 2-epoch run: mosaic is off from epoch 0
+            {"train_detector.yolo.epochs": 2},
+            "params: 'train_detector.yolo.close_mosaic' (2) is not below "
+            "train_detector.yolo.epochs (2): the last close_mosaic epochs run without mosaic, so "
+            "no epoch would use it and train_detector.yolo.mosaic (1.0) would have no effect; "
+            "lower close_mosaic to at most 1, or set train_detector.yolo.mosaic=0",
+        ),
+        (  # ultralytics: ZeroDivisionError scaling the weight decay
+            {"train_detector.yolo.nbs": 0},
+            "params: 'train_detector.yolo.nbs' must be an integer >= 1 (ultralytics divides the "
+            "weight decay by this nominal batch size), got 0; e.g. 8",
+        ),
+        (
+            {"train_detector.yolo.batch": -1},
+            "params: 'train_detector.yolo.batch' must be an integer >= 1 (below 1 ultralytics' "
+            "AutoBatch picks the batch from free GPU memory (16 on a CPU), so the variants would "
+            "train at a batch params.yaml does not say), got -1; e.g. 8",
+        ),
+        (
+            {"train_detector.yolo.time": 0.1},
+            "params: 'train_detector.yolo.time' is 0.1, but with it ultralytics trains for that "
+            "many hours and re-estimates the epochs from the first epoch's speed, so "
+            "train_detector.yolo.epochs would be ignored and each variant's epochs would depend "
+            "on the machine; remove it and set train_detector.yolo.epochs",
+        ),
+        (
+            {"train_detector.yolo.classes": [5]},
+            "params: 'train_detector.yolo.classes' holds 5, but the class ids are 0..0 "
+            "(shared.class_names ['apple']), so it would keep no label; use those ids, or remove "
+            "train_detector.yolo.classes to train on every class",
+        ),
+        (  # filters.py's DataError, but only after every image is generated
+            {"generate.filters.outliers": "realism", "generate.filters.realism_k": 8},
+            "params: 'generate.filters.realism_k' (8) is not below "
+            "shared.subjects.apple_tree.images (8): the realism filter measures generated images "
+            "against the subject's handful (generate.sources handful), and its k-NN manifold "
+            "needs more than k real images, so generate would stop after making every image; "
+            "lower realism_k (e.g. 3), or set generate.sources=train",
+        ),
+        (
+            {"train_detector.mix_synthetic_fractions": [0.0, 0.1]},
+            "params: 'train_detector.mix_synthetic_fractions' holds 0 with "
+            "train_detector.mix_real_shares 1.0: mix-r1.0-f0.0 is every real train image and no "
+            "generated one, the variant `real` trained again; drop the 0 (`real` is that point "
+            "of the curve), or use real shares below 1",
+        ),
+        (  # ultralytics renames the classes; annotate's load_detector refused them after training
+            {"train_detector.yolo.single_cls": True},
+            "params: 'train_detector.yolo.single_cls' is set, but ultralytics then trains one "
+            "class 'item' instead of shared.class_names ['apple'], so annotate and evaluate would "
+            "refuse the trained detectors; remove it (shared.class_names lists the classes)",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):
     assert message(changes, raw) == expected
+
+
+def test_the_fixes_those_messages_name_load(raw):
+    for changes in (
+        {"train_detector.yolo.epochs": 2, "train_detector.yolo.close_mosaic": 1},
+        {"train_detector.yolo.epochs": 2, "train_detector.yolo.mosaic": 0.0},
+        {"train_detector.preset": "genfusion", "train_detector.yolo.epochs": 1},  # no mosaic
+        {"train_detector.yolo.classes": [0]},
+        {"train_detector.mix_real_shares": [0.5], "train_detector.mix_synthetic_fractions": [0.0]},
+        {"generate.filters.outliers": "realism", "generate.filters.realism_k": 7},
+        {
+            "personalize.method": "textual_inversion",
+            "class_images.count": 0,
+            "personalize.textual_inversion.num_vectors": 4,
+            "personalize.textual_inversion.initializer_token": "tree",
+        },
+    ):
+        parse_params(changed(raw, changes))
 
 
 def test_switching_the_prior_off(raw):

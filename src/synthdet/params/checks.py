@@ -67,6 +67,18 @@ def _check_settings_take_effect(params: Params) -> None:
                 "trains only that token, so nothing would be learned; add {identifier}, e.g. "
                 "'a photo of {identifier}{objects}'",
             )
+    filters = generate.filters
+    if filters.outliers == "realism" and generate.sources == "handful":
+        for name, subject in subjects.items():
+            _require(
+                filters.realism_k < subject.images,
+                "generate.filters.realism_k",
+                f"({filters.realism_k}) is not below shared.subjects.{name}.images "
+                f"({subject.images}): the realism filter measures generated images against the "
+                "subject's handful (generate.sources handful), and its k-NN manifold needs more "
+                "than k real images, so generate would stop after making every image; lower "
+                "realism_k (e.g. 3), or set generate.sources=train",
+            )
     _require(
         not params.annotate_with_baseline.source_boxes or generate.mode != "txt2img",
         "annotate_with_baseline.source_boxes",
@@ -115,6 +127,34 @@ def _check_base_scale(params: Params) -> None:
         )
 
 
+def _check_detector_classes(params: Params) -> None:
+    """The detectors' classes are shared.class_names: ultralytics' `single_cls` would make them
+    one 'item', and its `classes` keeps only the labels of those ids (one that shared.class_names
+    lacks keeps nothing)."""
+    args, names = params.train_detector.train_args(), params.shared.class_names
+    _require(
+        not args.get("single_cls"),
+        "train_detector.yolo.single_cls",
+        f"is set, but ultralytics then trains one class 'item' instead of shared.class_names "
+        f"{list(names)}, so annotate and evaluate would refuse the trained detectors; remove "
+        "it (shared.class_names lists the classes)",
+    )
+    classes = args.get("classes")
+    if classes is None:
+        return
+    ids = classes if isinstance(classes, list | tuple) else [classes]
+    for class_id in ids:
+        _require(
+            isinstance(class_id, int)
+            and not isinstance(class_id, bool)
+            and 0 <= class_id < len(names),
+            "train_detector.yolo.classes",
+            f"holds {class_id!r}, but the class ids are 0..{len(names) - 1} "
+            f"(shared.class_names {list(names)}), so it would keep no label; use those ids, or "
+            "remove train_detector.yolo.classes to train on every class",
+        )
+
+
 def check_across_sections(params: Params) -> None:
     """Checks that involve two sections; run whenever a `Params` is made (parsed, or changed with
     dataclasses.replace), so every stage, the first one included, refuses a combination that a
@@ -128,6 +168,7 @@ def check_across_sections(params: Params) -> None:
     )
     params.generate.check_subjects(list(params.shared.subjects))
     _check_base_scale(params)
+    _check_detector_classes(params)
     _check_settings_take_effect(params)
     _check_few_shot(params)
 

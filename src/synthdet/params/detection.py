@@ -77,6 +77,7 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 ULTRALYTICS_IMGSZ = 640  # ultralytics' input size when train_detector.yolo sets none
+ULTRALYTICS_EPOCHS = 100  # and its epochs
 
 
 @dataclass(frozen=True)
@@ -132,25 +133,34 @@ class TrainDetectorParams:
             _require(
                 0 <= fraction < 1, "train_detector.mix_synthetic_fractions", "must be in [0, 1)"
             )
+        _require(
+            not (0 in self.mix_synthetic_fractions and 1 in self.mix_real_shares),
+            "train_detector.mix_synthetic_fractions",
+            "holds 0 with train_detector.mix_real_shares 1.0: mix-r1.0-f0.0 is every real train "
+            "image and no generated one, the variant `real` trained again; drop the 0 (`real` is "
+            "that point of the curve), or use real shares below 1",
+        )
         for owned in ("data", "project", "name", "seed", "exist_ok"):
             _require(
                 owned not in self.yolo,
                 f"train_detector.yolo.{owned}",
                 "is set by the stage (paths and train_detector.seeds); remove it",
             )
-        epochs = self.train_args().get("epochs", 1)
+        args = self.train_args()
+        epochs = args.get("epochs", ULTRALYTICS_EPOCHS)
         _require(
             isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
             "train_detector.yolo.epochs",
             f"must be an integer >= 1 (0 epochs trains nothing), got {epochs!r}",
         )
-        lr0 = self.train_args().get("lr0", 0.01)  # ultralytics' default
+        self._check_train_args(args, epochs)
+        lr0 = args.get("lr0", 0.01)  # ultralytics' default
         _require(
             isinstance(lr0, int | float) and not isinstance(lr0, bool) and lr0 > 0,
             "train_detector.yolo.lr0",
             f"must be a number > 0 (at 0 the detector's weights never change), got {lr0!r}",
         )
-        fraction = self.train_args().get("fraction", 1.0)
+        fraction = args.get("fraction", 1.0)
         _require(
             isinstance(fraction, int | float) and 0 < fraction <= 1,
             "train_detector.yolo.fraction",
@@ -165,6 +175,46 @@ class TrainDetectorParams:
             and imgsz % 32 == 0,
             "train_detector.yolo.imgsz",
             f"must be a positive multiple of 32, got {imgsz!r}",
+        )
+
+    def _check_train_args(self, args: dict[str, Any], epochs: int) -> None:
+        """ultralytics arguments that would crash it, be ignored, or change what params.yaml says
+        is trained (its defaults where a key is unset)."""
+        for key, default, why in (
+            (
+                "batch",
+                16,
+                "below 1 ultralytics' AutoBatch picks the batch from free GPU memory "
+                "(16 on a CPU), so the variants would train at a batch params.yaml does not say",
+            ),
+            ("nbs", 64, "ultralytics divides the weight decay by this nominal batch size"),
+        ):
+            value = args.get(key, default)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"train_detector.yolo.{key}",
+                f"must be an integer >= 1 ({why}), got {value!r}; e.g. 8",
+            )
+        _require(
+            not args.get("time"),
+            "train_detector.yolo.time",
+            f"is {args.get('time')!r}, but with it ultralytics trains for that many hours and "
+            "re-estimates the epochs from the first epoch's speed, so train_detector.yolo.epochs "
+            "would be ignored and each variant's epochs would depend on the machine; remove it "
+            "and set train_detector.yolo.epochs",
+        )
+        # Only a close_mosaic params.yaml sets: ultralytics' default 10 with a short run (the
+        # tests' 1 epoch) is its own choice. It turns mosaic off once epoch >= epochs - close.
+        close, mosaic = args.get("close_mosaic", 0), args.get("mosaic", 1.0)
+        _require(
+            not (isinstance(mosaic, int | float) and mosaic > 0)
+            or not isinstance(close, int)
+            or close < epochs,
+            "train_detector.yolo.close_mosaic",
+            f"({close}) is not below train_detector.yolo.epochs ({epochs}): the last "
+            "close_mosaic epochs run without mosaic, so no epoch would use it and "
+            f"train_detector.yolo.mosaic ({mosaic}) would have no effect; lower close_mosaic to "
+            f"at most {epochs - 1}, or set train_detector.yolo.mosaic=0",
         )
 
     @property

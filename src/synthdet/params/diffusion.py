@@ -280,7 +280,9 @@ class PersonalizeParams:
             "personalize.validation_seeds",
             "must hold at least one seed (the validation grid draws one image per prompt and seed)",
         )
-        if methods.method(self.method).new_token:
+        if not methods.method(self.method).new_token:
+            self._check_no_placeholder_settings()
+        else:
             _require(
                 not self.train_text_encoder,
                 "personalize.train_text_encoder",
@@ -294,6 +296,18 @@ class PersonalizeParams:
                 "never name the subject ({identifier}), and textual_inversion changes nothing "
                 "else, so the base and personalised images would be identical; add a prompt "
                 "with {identifier}, e.g. 'a photo of {identifier}'",
+            )
+
+    def _check_no_placeholder_settings(self) -> None:
+        """textual_inversion settings changed for a method that adds no placeholder token."""
+        for key, default, written in (("num_vectors", 1, "1"), ("initializer_token", None, "null")):
+            value = getattr(self.textual_inversion, key)
+            _require(
+                value == default,
+                f"personalize.textual_inversion.{key}",
+                f"is {value!r}, but personalize.method {self.method} adds no placeholder token, "
+                "so it would have no effect; set personalize.method=textual_inversion, or "
+                f"personalize.textual_inversion.{key}={written}",
             )
 
     def _check_lora(self) -> None:
