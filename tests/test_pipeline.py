@@ -6,9 +6,11 @@ which CI runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -225,18 +227,28 @@ OUTPUTS = ["data/prepared", "data/generated", "data/extra", "models", "data/capt
 def stage_processes(parent: int) -> list:
     import psutil
 
-    return [
-        child
-        for child in psutil.Process(parent).children(recursive=True)
-        if "synthdet.stages" in " ".join(child.cmdline())
-    ]
+    found = []
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            if "synthdet.stages" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # it ended (or is a zombie) between listing and reading
+            continue
+    return found
+
+
+def kill(processes: list) -> None:
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a stage may end first: a fast one
+            process.send_signal(signal.SIGKILL)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["prepare", "generate", "annotate-with-baseline"])
 def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project, stage):
     import random
-    import signal
     import time
 
     stage_outputs = [path for path in OUTPUTS if not path.startswith("models")]
@@ -255,8 +267,7 @@ def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project
             stderr=subprocess.DEVNULL,
         )
         time.sleep(duration * fraction)
-        for process in stage_processes(dvc.pid):
-            process.send_signal(signal.SIGKILL)
+        kill(stage_processes(dvc.pid))
         dvc.wait()
         run(["dvc", "repro"], micro_project)
         assert file_hashes(micro_project, stage_outputs) == before, f"killed at {fraction:.2f}"
@@ -267,7 +278,6 @@ def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
-    import signal
     import time
 
     out = tmp_path / "prepared"
