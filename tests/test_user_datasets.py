@@ -34,6 +34,12 @@ def read_dataset(folder, fmt, class_names):
 RED = (220, 20, 20)
 
 
+def assert_refused(folder: Path, message: str) -> None:
+    """Reading `folder` (format auto-detected, classes NAMES) stops with exactly `message`."""
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_dataset(folder, "auto", NAMES)
+
+
 def image_file(path: Path, size=(40, 20), colour=None, fmt=None, **save) -> Path:
     """An image whose pixels differ from every other name's (unless `colour` is given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +156,7 @@ def test_a_folder_of_masks_beside_the_images_says_to_move_it(tmp_path):
         "so rename one; or, if one of the folders holds no images of the dataset (masks, "
         "thumbnails, previews), move it out of prepare.raw_dir"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_label_file_matching_no_image_is_an_error(tmp_path):
@@ -163,8 +168,7 @@ def test_label_file_matching_no_image_is_an_error(tmp_path):
         "labels/ghost.txt; a label file must have its image's file stem (photo_1.jpg <-> "
         "photo_1.txt): rename them, add the images, or remove them from prepare.raw_dir"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_two_label_files_for_one_image(tmp_path):
@@ -249,8 +253,7 @@ def test_yolo_class_list_must_be_shared_class_names(tmp_path):
         "'apple'] but shared.class_names is ['apple', 'pear']; YOLO class ids index these "
         "names, so set shared.class_names to the dataset's list in params.yaml"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 @pytest.mark.parametrize(
@@ -271,8 +274,7 @@ def test_photo_in_an_unread_format_is_named_not_its_label(tmp_path):
     text_file(tmp_path / "images" / "b.heic", b"\x00\x00\x00\x18ftypheic")
     text_file(tmp_path / "labels" / "b.txt", "0 0.5 0.5 0.2 0.2\n")
     message = f"{tmp_path}: 1 image(s) in a format prepare does not read: images/b.heic"
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_coco_file_name_from_a_url_is_decoded(tmp_path):
@@ -321,8 +323,7 @@ def test_symlinked_image_folder_is_read_and_a_broken_link_named(tmp_path):
         f"{tmp_path / 'raw'}: 1 symbolic link(s) point to nothing: labels/b.txt; restore their "
         "targets (with DVC: dvc checkout or dvc pull) or remove the links"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert_refused(tmp_path / "raw", message)
 
 
 def test_images_and_labels_named_like_documentation_are_data(tmp_path):
@@ -398,8 +399,7 @@ def test_voc_stored_size_of_exif_rotated_photo_is_an_error(tmp_path):
         f"{xml}: declares the image size 40x20 but {tmp_path / 'JPEGImages' / 'r.png'} is 20x40 "
         "upright; that is the stored size: the photo has EXIF orientation 6"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(tmp_path):
@@ -418,8 +418,7 @@ def test_coco_without_size_takes_the_upright_image_and_a_wrong_size_is_an_error(
         f"{raw / 'coco.json'} image #0 (id 1): declares the image size 30x40 but "
         f"{raw / 'images' / 'r.png'} is 20x40 upright; otherwise correct the declared size"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(raw, "auto", NAMES)
+    assert_refused(raw, message)
 
 
 def test_coco_polygon_without_bbox_gives_its_enclosing_box(tmp_path):
@@ -448,8 +447,7 @@ def test_coco_polygon_without_bbox_gives_its_enclosing_box(tmp_path):
         "height], got a run-length mask; add it (pycocotools' mask.toBbox gives it for a mask) "
         "or remove the annotation"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path / "raw", "auto", NAMES)
+    assert_refused(tmp_path / "raw", message)
 
 
 def test_objects_of_classes_not_in_class_names_are_listed_at_once(tmp_path):
@@ -491,8 +489,7 @@ def test_normalised_coordinates_in_coco_or_voc_are_named(tmp_path, fmt):
         "coordinates look normalised (0-1), but COCO and Pascal VOC boxes are in pixels; "
         "multiply them by the image width and height"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_voc_negative_size_is_an_error(tmp_path):
@@ -501,8 +498,7 @@ def test_voc_negative_size_is_an_error(tmp_path):
         tmp_path / "Annotations" / "a.xml", voc_xml([("apple", 0, (10, 5, 30, 15))], (-40, 20))
     )
     message = f"{xml}: size -40x20 is not a whole number of pixels; correct it or remove <size>"
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_coco_category_ids_that_clash_are_an_error(tmp_path):
@@ -514,8 +510,7 @@ def test_coco_category_ids_that_clash_are_an_error(tmp_path):
         f"{tmp_path / 'a.json'} category #1 (id 1): category id 1 is 'pear' here but 'apple' "
         "before; give each category its own id"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 # ---------------------------------------------------------------- 3. annotation policies
@@ -548,8 +543,7 @@ def test_coco_ignore_flag_is_refused_not_kept_as_an_object(tmp_path):
         "(as detectron2): set 'iscrowd': 1 for a region to ignore (dropped, counted), or "
         "'ignore': 0 for an object"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
     annotations[1]["iscrowd"] = 1
     coco_file(tmp_path / "a.json", [{"id": 1, "file_name": "a.jpg"}], annotations)
     samples, repairs = read_dataset(tmp_path, "auto", NAMES)
@@ -636,8 +630,7 @@ def yolo_one(tmp_path: Path, label: str | bytes) -> Path:
 def test_utf16_label_file_is_named(tmp_path):
     label = yolo_one(tmp_path, "0 0.5 0.5 0.2 0.2\n".encode("utf-16"))
     message = f"{label}: not UTF-8 text (it starts with a UTF-16 byte-order mark); save it as UTF-8"
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_bom_and_float_class_ids_are_read(tmp_path):
@@ -700,8 +693,7 @@ def test_data_yaml_names_keyed_by_strings_follow_the_ids(tmp_path):
         f"{tmp_path / 'data.yaml'}: 'names' must number the classes 0-1 without a gap, got ids "
         "[0, 2]; YOLO class ids index this list, so renumber the labels and names"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_data_yaml_names_that_are_no_list_are_named(tmp_path):
@@ -711,8 +703,7 @@ def test_data_yaml_names_that_are_no_list_are_named(tmp_path):
         f"{tmp_path / 'data.yaml'}: 'names' must be a list of class names or a mapping id -> "
         "name, got 'pear'; fix it or move it out of prepare.raw_dir"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_coco_json_in_annotations_folder_with_explicit_format(tmp_path):
@@ -733,8 +724,7 @@ def test_string_category_id_says_so(tmp_path):
         f"{tmp_path / 'a.json'} annotation #0 (id 4): category_id '1' is not in 'categories' "
         "(ids [1]); it is the string '1': COCO ids are integers, write 1"
     )
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 @pytest.mark.parametrize(
@@ -1020,8 +1010,7 @@ def test_cvat_xml_is_not_voc(tmp_path):
     image_file(tmp_path / "images" / "a.jpg")
     xml = text_file(tmp_path / "annotations.xml", "<annotations><image/></annotations>")
     message = f"{xml}: not a Pascal VOC annotation (root element <annotations>, expected"
-    with pytest.raises(DataError, match=re.escape(message)):
-        read_dataset(tmp_path, "auto", NAMES)
+    assert_refused(tmp_path, message)
 
 
 def test_several_label_formats_need_prepare_format(tmp_path):
