@@ -475,3 +475,16 @@ def test_yolo_boxes_clip_and_drop_degenerate_boxes() -> None:
     ((box, score),) = found.yolo_boxes()
     assert score == 0.9
     assert box == Box(0, 0.15, 0.5, 0.3, 1.0)
+
+
+def test_ultralytics_leaves_pillow_alone(tmp_path):
+    # ultralytics patches PIL.Image.open on import to pip-install pi-heif for an unreadable file;
+    # in a stage process that imported it, a bad image must still get our message (offline).
+    from synthdet import detection
+    from synthdet.data import DataError, verify_image
+
+    detection._ultralytics()
+    bad = tmp_path / "a.jpg"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00")
+    with pytest.raises(DataError, match="not an image file Pillow can read"):
+        verify_image(bad)

@@ -54,6 +54,7 @@ TINY_OVERRIDES = {
     "personalize": {
         "method": "lora",
         "max_train_steps": 6,
+        "checkpointing_steps": 3,
         "batch_size": 2,
         "learning_rate": 0.05,
         "validation_seeds": (0,),

@@ -706,8 +706,8 @@ def test_long_prompt_is_said_and_the_text_seen_recorded(tmp_path, sd_pipeline, r
     lines = [line for line in capsys.readouterr().err.splitlines() if "tokens" in line]
     seen = "a photo of sks apple tree" + " in a green orchard" * 17 + " in"  # 75 tokens
     assert lines == [
-        f"warning: generate.prompts[1] {LONG!r} is 88 tokens for subject apple_tree, more than "
-        "the text encoder reads (77 with its start and end tokens): the model sees only "
+        f"warning: generate.prompts[1] (subject apple_tree) gives {LONG!r}, 88 tokens, more "
+        "than the text encoder reads (77 with its start and end tokens): the model sees only "
         f"{seen!r}. Shorten it; the manifest records that text as prompt_seen."
     ]
     short, long = manifest(out)
@@ -734,7 +734,7 @@ def test_long_negative_prompt_is_said_and_the_text_seen_recorded(
     run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
     seen = "blurry" + " low quality" * 37  # 75 tokens
     said = [
-        f"warning: generate.negative_prompt {negative!r} is 83 tokens, more than the text "
+        f"warning: generate.negative_prompt gives {negative!r}, 83 tokens, more than the text "
         f"encoder reads (77 with its start and end tokens): the model sees only {seen!r}. "
         "Shorten it; the manifest records that text as negative_prompt_seen."
     ]
@@ -745,7 +745,9 @@ def test_long_negative_prompt_is_said_and_the_text_seen_recorded(
     # all reused: said again from the images' provenance, without the count
     _, _, metrics = run(out, [plan(2)], s, sd_pipeline, real, PIXELS)
     lines = [line for line in capsys.readouterr().err.splitlines() if "negative" in line]
-    assert metrics["generated"] == 0 and lines == [said[0].replace("is 83 tokens", "is too long")]
+    assert metrics["generated"] == 0 and lines == [
+        said[0].replace(", 83 tokens,", ",").replace(" (77 with its start and end tokens)", "")
+    ]
 
 
 def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path, real):

@@ -45,3 +45,16 @@ def test_distinct_images_pass(tmp_path, inception):
     generated = downscaled(others, tmp_path / "generated")
     similarity = check_test_leakage(generated, test, 0.95, inception)
     assert 0.0 < similarity < 0.95
+
+
+def test_features_computed_once_give_the_same_guard(tmp_path, inception):
+    # check-images passes the generated images' FID features (computed at their own size) to
+    # the guard instead of computing them a second time: the similarities must not change.
+    test, others = real_tiles()
+    generated = downscaled([*others, test[1]], tmp_path / "generated")
+    features = metrics.inception_features(generated, inception)
+    assert check_test_leakage(generated, test[:1] + test[2:], 0.99, inception) == pytest.approx(
+        check_test_leakage(generated, test[:1] + test[2:], 0.99, inception, features), abs=1e-6
+    )
+    with pytest.raises(DataError, match=rf"near-copies.*{test[1].stem}"):
+        check_test_leakage(generated, test, 0.95, inception, features)

@@ -381,6 +381,12 @@ def test_a_subject_with_images_is_enough(raw):
             "(60): the learning rate would still be warming up when training ends; lower it",
         ),
         (
+            {"personalize.checkpointing_steps": 61},
+            "params: 'personalize.checkpointing_steps' (61) is above personalize.max_train_steps "
+            "(60), so no resumable state would ever be saved; lower it (e.g. to half the steps) "
+            "or set it to 0 to save none",
+        ),
+        (
             {"base.unet_steps": 10},
             "params: 'base.lr_warmup_steps' (20) must be below base.unet_steps (10): the "
             "learning rate would still be warming up when training ends; lower it",

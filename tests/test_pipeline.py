@@ -41,6 +41,7 @@ MICRO_OVERRIDES = {
     "class_images": {"count": 2, "num_inference_steps": 2, "batch_size": 2},
     "personalize": {
         "max_train_steps": 2,
+        "checkpointing_steps": 1,
         "batch_size": 1,
         "class_batch_size": 1,
         "validation_steps": 1,

@@ -78,9 +78,14 @@ def _ultralytics() -> ModuleType:
         (config_dir / "Ultralytics" / name).symlink_to(font)
 
     import ultralytics
-    from ultralytics.utils import SETTINGS
+    from PIL import Image
+    from ultralytics.utils import SETTINGS, patches
 
     SETTINGS.update(DISABLED_SETTINGS)
+    # ultralytics replaces PIL's Image.open with one that pip-installs pi-heif when an image is
+    # unreadable (offline: "No module named 'pi_heif'" instead of our message). prepare already
+    # re-encoded every image as JPEG or PNG, so the process keeps Pillow's own.
+    Image.open = patches._image_open
     return ultralytics
 
 

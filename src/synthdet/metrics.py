@@ -287,8 +287,16 @@ def image_realism(
         if len(images) < 2:
             raise DataError(f"FID and KID need at least 2 {name} images, got {len(images)}")
     extractor = features or FidInceptionFeatures()
-    real = inception_features(real_images, extractor, batch_size)
-    generated = inception_features(generated_images, extractor, batch_size)
+    return realism_of_features(
+        inception_features(real_images, extractor, batch_size),
+        inception_features(generated_images, extractor, batch_size),
+        seed,
+    )
+
+
+def realism_of_features(real: Tensor, generated: Tensor, seed: int = 0) -> ImageRealism:
+    """FID and KID of two (N, 2048) Inception feature sets (`inception_features`); raises
+    DataError when FID is not finite."""
     fid = frechet_distance(real.numpy(), generated.numpy())
     if fid is None or not math.isfinite(fid):
         raise DataError(f"FID is not finite ({fid}); are the images all identical?")
@@ -399,12 +407,17 @@ def nearest_by_cosine(
 
 
 def nearest_matches(
-    queries: Sequence[Path], references: Sequence[Path], size: int, features: nn.Module
+    queries: Sequence[Path],
+    references: Sequence[Path],
+    size: int,
+    features: nn.Module,
+    query_features: Tensor | None = None,
 ) -> list[NearestMatch]:
-    """For each query image, the most similar reference image."""
-    index, best = nearest_by_cosine(
-        image_embeddings(queries, size, features), image_embeddings(references, size, features)
-    )
+    """For each query image, the most similar reference image. `query_features`: the queries'
+    features if already computed at `size` (they are normalised here)."""
+    if query_features is None:
+        query_features = image_embeddings(queries, size, features)
+    index, best = nearest_by_cosine(query_features, image_embeddings(references, size, features))
     return [
         NearestMatch(query, references[int(i)], float(s))
         for query, i, s in zip(queries, index, best, strict=True)

@@ -2,20 +2,26 @@
 photos, the way Stable Diffusion is pretrained on an image corpus before anyone personalises it.
 
     python -m synthdet.pretrain --pool ../shared/datasets/applebbch81/images \\
-        --exclude data/raw/images --out models/builtin/orchard --vae-steps 3000 --unet-steps 20000
+        --exclude data/raw/images --out models/builtin/orchard --vae-steps 1200 --unet-steps 10000
+    python -m synthdet.pretrain --pool ../shared/datasets/applebbch81/images \\
+        --exclude data/raw/images --out models/builtin/orchard --init models/builtin/orchard \\
+        --decoder-steps 10000
 
 Trains `synthdet.diffusion.training.pretrain` (the `base` stage's own training, params.yaml's `base`
 section for sizes and learning rates) on every pool image whose photo (`prepare.group_pattern`)
 is not among the photos of `--exclude`, so no tile of an embedded photo (train, val or test of
-the default split) is ever seen. Labels are never read. It saves the pipeline (safetensors), the
-loss curve, the photo lists and a model card every `--save-every` UNet steps, so a run stopped
-early leaves a consistent checkpoint whose card states the steps it really made.
+the default split) is ever seen. Labels are never read. `--init` continues a checkpoint of this
+recipe; `--decoder-steps` then fine-tunes the VAE's decoder alone (`train_vae_decoder`), which
+keeps the latents the UNet learned. It saves the pipeline (safetensors), the loss curve, the
+runs so far (`recipe.json`), the photo lists and a model card every `--save-every` steps, so a
+run stopped early leaves a consistent checkpoint whose card states the steps it really made.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import re
@@ -26,13 +32,13 @@ import torch
 from diffusers.training_utils import set_seed
 from tqdm import tqdm
 
-from synthdet.data import atomic_path, group_of, list_images, write_text
-from synthdet.diffusion.builtin import build_tiny_pipeline
+from synthdet.data import DataError, atomic_path, group_of, list_images, write_text
+from synthdet.diffusion.builtin import build_tiny_pipeline, load_checkpoint
 from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch
 from synthdet.diffusion.loss_curve import LossCurve
-from synthdet.diffusion.training import pretrain
-from synthdet.params import BaseParams, load_params
+from synthdet.diffusion.training import pretrain, train_vae_decoder
+from synthdet.params import BaseParams, Params, ParamsError, load_params
 
 CARD = """# builtin:orchard: a tiny Stable-Diffusion-shaped base model of apple orchards
 
@@ -49,7 +55,8 @@ Made by `synthdet.pretrain` (this repository's own recipe). Loaded by the `base`
   train, val or test split was seen.
 
 ## Recipe
-`{command}`
+Run in this order, each run continuing the checkpoint of the one before (`recipe.json`):
+{commands}
 
 Architecture and optimiser: params.yaml `base` section at the time of training:
 ```
@@ -57,14 +64,18 @@ Architecture and optimiser: params.yaml `base` section at the time of training:
 ```
 Both networks train on random native-scale crops (VAE {vae_crop} px, UNet {unet_crop} px) of
 the tiles at {resolution} px, the scale the detector sees; horizontal flips; class prompt
-`{prompt}` with {uncond:.0%} caption dropout.
+`{prompt}` with {uncond:.0%} caption dropout. A decoder run fine-tunes the VAE's decoder alone
+(MSE, encoder frozen, as Stability AI's `sd-vae-ft-mse`): the latents, the UNet trained on them
+and the latent scaling factor stay valid.
 
 ## Training
-- Steps: VAE {vae_done} of {vae_steps}, UNet {unet_done} of {unet_steps}, batch {batch}.
-- Loss (mean of the last 10 % of steps): VAE {vae_loss}, UNet {unet_loss}; the curve is `loss.tsv`.
-- Wall time: {minutes:.1f} min on {machine}, torch {torch}, {threads} thread(s).
+- Steps: {steps}, batch {batch}.
+- Loss (mean of the last 10 % of each phase's steps): {losses}; the curve is `loss.tsv`.
+- Wall time: {minutes:.1f} min in all (per run above).
 - Latent scaling factor: {scaling:.4f}.
 """
+RECIPE = "recipe.json"  # the runs that made a checkpoint, in order
+PHASES = ("vae", "unet", "decoder")
 
 
 def pool_images(pool: Path, exclude: Path, group_pattern: str) -> tuple[list[Path], set[str]]:
@@ -75,12 +86,100 @@ def pool_images(pool: Path, exclude: Path, group_pattern: str) -> tuple[list[Pat
     return kept, excluded
 
 
+def model_card(
+    recipe: list[dict],
+    params: Params,
+    base: BaseParams,
+    images: int,
+    photos: int,
+    excluded: int,
+    curve: LossCurve,
+    scaling: float,
+) -> str:
+    """The checkpoint's README: data, the recipe's runs, steps, losses and wall time."""
+    name = {"vae": "VAE", "unet": "UNet", "decoder": "decoder"}
+    trained = [phase for phase in PHASES if curve.losses(phase)]
+    return CARD.format(
+        resolution=params.shared.resolution,
+        images=images,
+        photos=photos,
+        excluded=excluded,
+        commands="\n".join(
+            f"{number}. `{r['command']}`: {r['minutes']} min on {r['machine']}, torch "
+            f"{r['torch']}, {r['threads']} thread(s)"
+            for number, r in enumerate(recipe, 1)
+        ),
+        params="\n".join(
+            f"{k}: {v}"
+            for k, v in dataclasses.asdict(base).items()
+            if k not in ("init", "pool_dir", "vae_steps", "unet_steps")
+        ),
+        vae_crop=base.vae_crop,
+        unet_crop=base.unet_crop,
+        prompt=params.base_prompt,
+        uncond=base.unconditional_probability,
+        steps=", ".join(f"{name[p]} {len(curve.losses(p))}" for p in trained),
+        batch=base.batch_size,
+        losses=", ".join(f"{name[p]} {curve.final(p):.4f}" for p in trained),
+        minutes=sum(r["minutes"] for r in recipe),
+        scaling=scaling,
+    )
+
+
+def earlier_runs(init: Path | None) -> tuple[list[dict], list[tuple[int, str, float]]]:
+    """The recipe runs and loss-curve rows of the checkpoint `init` continues (none: scratch).
+
+    Raises DataError if `init` is not a checkpoint of this recipe (no recipe.json or loss.tsv).
+    """
+    if init is None:
+        return [], []
+    if not (init / RECIPE).is_file() or not (init / "loss.tsv").is_file():
+        raise DataError(
+            f"--init {init}: no {RECIPE} and loss.tsv, so it is not a checkpoint of this recipe; "
+            "continue a folder written by synthdet.pretrain, or train from scratch without --init"
+        )
+    rows = []
+    for line in (init / "loss.tsv").read_text().splitlines()[1:]:
+        step, phase, loss = line.split("\t")
+        rows.append((int(step), phase, float(loss)))
+    return json.loads((init / RECIPE).read_text()), rows
+
+
 def run(
-    pool: Path, exclude: Path, out: Path, vae_steps: int, unet_steps: int, save_every: int
+    pool: Path,
+    exclude: Path,
+    out: Path,
+    steps: dict[str, int],
+    save_every: int,
+    init: Path | None = None,
+    decoder_crop: int = 64,
+    decoder_learning_rate: float = 1e-3,
 ) -> None:
+    """Train (or continue, from `init`) the checkpoint `out` on the pool's images.
+
+    steps: {"vae": ..., "unet": ..., "decoder": ...}; the VAE phase trains encoder and decoder
+    (from scratch only: a new encoder would invalidate the UNet's latents), the decoder phase
+    the decoder alone. Raises ParamsError for VAE steps with `init`, DataError for an `init` that
+    this recipe did not write.
+    """
+    if init is not None and steps["vae"]:
+        raise ParamsError(
+            f"--vae-steps {steps['vae']} with --init: retraining the encoder changes the latents "
+            "the checkpoint's UNet learned; use --decoder-steps to improve the decoder alone"
+        )
     params = load_params()
+    if steps["decoder"] and decoder_crop > params.shared.resolution:
+        raise ParamsError(
+            f"--decoder-crop {decoder_crop} is above shared.resolution "
+            f"{params.shared.resolution}, the size of the images it crops; lower it"
+        )
+    runs, previous_rows = earlier_runs(init)
     base: BaseParams = dataclasses.replace(
-        params.base, init=None, vae_steps=vae_steps, unet_steps=unet_steps
+        params.base,
+        # any checkpoint name passes the "no VAE steps from scratch" check; --init is loaded
+        init=params.base.init or "builtin:orchard" if init else None,
+        vae_steps=steps["vae"],
+        unet_steps=steps["unet"],
     )
     configure_torch()
     started = time.perf_counter()
@@ -91,66 +190,88 @@ def run(
     photos = sorted({group_of(p.stem, pattern) for p in paths})
     print(f"pool: {len(paths)} tiles of {len(photos)} photos ({len(excluded)} photos excluded)")
     images = load_images(paths, params.shared.resolution)
-    pipeline = build_tiny_pipeline(base, params.shared.resolution)
-    progress = tqdm(total=vae_steps + unet_steps, desc="pretrain", unit="step")
+    if init is None:
+        pipeline = build_tiny_pipeline(base, params.shared.resolution)
+    else:
+        pipeline = load_checkpoint(f"builtin:{init.name}", init.parent, base)
+    command = (
+        f"python -m synthdet.pretrain --pool {pool} --exclude {exclude} --out {out} "
+        + (f"--init {init} " if init else "")
+        + " ".join(f"--{phase}-steps {steps[phase]}" for phase in PHASES if steps[phase])
+        + (
+            f" --decoder-crop {decoder_crop} --decoder-learning-rate {decoder_learning_rate}"
+            if steps["decoder"]
+            else ""
+        )
+    )
+    progress = tqdm(total=sum(steps.values()), desc="pretrain", unit="step")
 
     def save() -> None:
-        curve_steps = {phase: len(curve.losses(phase)) for phase in ("vae", "unet")}
+        this_run = {
+            "command": command,
+            "steps": {phase: len(curve.losses(phase)) - done[phase] for phase in PHASES},
+            "minutes": round((time.perf_counter() - started) / 60, 1),
+            "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores)"
+            if not torch.cuda.is_available()
+            else torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        recipe = [*runs, this_run]
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
             write_text(tmp / "loss.tsv", curve.tsv())
+            write_text(tmp / RECIPE, json.dumps(recipe, indent=2) + "\n")
             write_text(tmp / "photos.txt", "\n".join(photos) + "\n")
             write_text(tmp / "excluded_photos.txt", "\n".join(sorted(excluded)) + "\n")
             write_text(
                 tmp / "README.md",
-                CARD.format(
-                    resolution=params.shared.resolution,
-                    images=len(paths),
-                    photos=len(photos),
-                    excluded=len(excluded),
-                    command=f"python -m synthdet.pretrain --pool {pool} --exclude {exclude} "
-                    f"--out {out} --vae-steps {vae_steps} --unet-steps {unet_steps}",
-                    params="\n".join(
-                        f"{k}: {v}"
-                        for k, v in dataclasses.asdict(base).items()
-                        if k not in ("init", "pool_dir")
-                    ),
-                    vae_crop=base.vae_crop,
-                    unet_crop=base.unet_crop,
-                    prompt=params.base_prompt,
-                    uncond=base.unconditional_probability,
-                    vae_done=curve_steps["vae"],
-                    unet_done=curve_steps["unet"],
-                    vae_steps=vae_steps,
-                    unet_steps=unet_steps,
-                    batch=base.batch_size,
-                    vae_loss=_fmt(curve.final("vae")),
-                    unet_loss=_fmt(curve.final("unet")),
-                    minutes=(time.perf_counter() - started) / 60,
-                    machine=f"{platform.machine()} CPU ({os.cpu_count()} cores)"
-                    if not torch.cuda.is_available()
-                    else torch.cuda.get_device_name(),
-                    torch=torch.__version__,
-                    threads=torch.get_num_threads(),
-                    scaling=pipeline.vae.config.scaling_factor,
+                model_card(
+                    recipe,
+                    params,
+                    base,
+                    len(paths),
+                    len(photos),
+                    len(excluded),
+                    curve,
+                    pipeline.vae.config.scaling_factor,
                 ),
             )
 
     def on_step(step: int, phase: str, loss: float) -> None:
         progress.update(1)
         progress.set_postfix(phase=phase, loss=f"{loss:.4f}")
-        done = step - vae_steps
-        if phase == "unet" and (done % save_every == 0 or done == unet_steps):
+        if (step - first_step) % save_every == 0:
             save()
 
     curve = LossCurve(None, on_step=on_step)
-    pretrain(pipeline, images, base, params.base_prompt, generator, curve)
+    curve.rows = list(previous_rows)
+    done = {phase: len(curve.losses(phase)) for phase in PHASES}
+    first_step = len(curve.rows)  # this run's steps follow the earlier runs' in loss.tsv
+    pretrain(
+        pipeline,
+        images,
+        base,
+        params.base_prompt,
+        generator,
+        curve,
+        from_checkpoint=init is not None,
+        step_offset=first_step,
+    )
+    if steps["decoder"]:
+        train_vae_decoder(
+            pipeline.vae,
+            images,
+            base,
+            steps=steps["decoder"],
+            crop=decoder_crop,
+            learning_rate=decoder_learning_rate,
+            generator=generator,
+            on_step=curve.recorder("decoder", first_step=len(curve.rows) + 1),
+        )
+    save()
     progress.close()
     print(f"pretrain: saved {out} after {(time.perf_counter() - started) / 60:.1f} min")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main() -> None:
@@ -158,11 +279,24 @@ def main() -> None:
     parser.add_argument("--pool", type=Path, required=True, help="unlabelled image folder")
     parser.add_argument("--exclude", type=Path, required=True, help="images whose photos to skip")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    parser.add_argument("--vae-steps", type=int, required=True)
-    parser.add_argument("--unet-steps", type=int, required=True)
-    parser.add_argument("--save-every", type=int, default=500, help="UNet steps between saves")
+    parser.add_argument("--init", type=Path, help="continue this checkpoint of the recipe")
+    for phase in PHASES:
+        parser.add_argument(f"--{phase}-steps", type=int, default=0)
+    parser.add_argument("--decoder-crop", type=int, default=64, help="px, decoder fine-tuning")
+    parser.add_argument("--decoder-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=500, help="steps between saves")
     args = parser.parse_args()
-    run(args.pool, args.exclude, args.out, args.vae_steps, args.unet_steps, args.save_every)
+    steps = {phase: getattr(args, f"{phase}_steps") for phase in PHASES}
+    run(
+        args.pool,
+        args.exclude,
+        args.out,
+        steps,
+        args.save_every,
+        args.init,
+        args.decoder_crop,
+        args.decoder_learning_rate,
+    )
 
 
 if __name__ == "__main__":

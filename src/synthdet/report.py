@@ -345,17 +345,20 @@ def limits(
     found = []
     resolution = params.shared.resolution
     if params.personalize.base_model == "builtin:tiny":
-        start = (
-            f"the shipped `{params.base.init}` checkpoint (pretrained on unlabelled orchard "
-            "photos, none of this dataset's), fine-tuned on"
-            if params.base.init
-            else "trained from scratch on"
-        )
+        train = f"the {prepared.train.images or 'real'} real train images"
+        if not params.base.init:
+            origin = f"trained from scratch on {train}"
+        else:
+            origin = (
+                f"the shipped `{params.base.init}` checkpoint, pretrained on unlabelled orchard "
+                "photos, none of this dataset's"
+            )
+            if params.base.vae_steps or params.base.unet_steps:
+                origin += f", fine-tuned on {train}"
         found.append(
-            f"Offline tiny base model (`builtin:tiny`: {start} the "
-            f"{prepared.train.images or 'real'} real train images), not Stable "
-            f"Diffusion: the images are {resolution} px and low fidelity, so these numbers do not "
-            "predict what a real base model gives."
+            f"Offline tiny base model (`builtin:tiny`: {origin}), not Stable Diffusion: the "
+            f"images are {resolution} px and low fidelity, so these numbers do not predict what "
+            "a real base model gives."
         )
     if annotated.empty_label_set:
         found.append(

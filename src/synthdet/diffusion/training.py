@@ -123,23 +123,84 @@ def train_vae(
     It trains on random `base.vae_crop` px crops: the VAE is convolutional, so it works on the
     full images afterwards (SD's VAE was trained at 256 px too), at a fraction of the cost.
     """
-    vae.train().requires_grad_(True)
-    parameters = list(vae.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=base.vae_learning_rate)
+    _train_reconstruction(
+        vae,
+        list(vae.parameters()),
+        images,
+        steps=base.vae_steps,
+        crop=base.vae_crop,
+        learning_rate=base.vae_learning_rate,
+        kl_weight=base.vae_kl_weight,
+        base=base,
+        generator=generator,
+        on_step=on_step,
+    )
+
+
+def train_vae_decoder(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    base: BaseParams,
+    *,
+    steps: int,
+    crop: int,
+    learning_rate: float,
+    generator: torch.Generator,
+    on_step: StepCallback,
+) -> None:
+    """Fine-tune the VAE's decoder alone on pixel reconstruction (MSE), the encoder frozen.
+
+    The latents do not change, so the UNet trained on them and the latent scaling factor stay
+    valid: Stability AI's `sd-vae-ft-mse` improved SD 1.x's decoder the same way. images: (N, 3,
+    H, W) floats in [-1, 1]; random `crop` px crops; `base`'s batch size and LR schedule.
+    """
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    _train_reconstruction(
+        vae,
+        decoder,
+        images,
+        steps=steps,
+        crop=crop,
+        learning_rate=learning_rate,
+        kl_weight=0.0,  # the encoder does not train: its KL term has no gradient
+        base=base,
+        generator=generator,
+        on_step=on_step,
+    )
+
+
+def _train_reconstruction(
+    vae: AutoencoderKL,
+    parameters: list[torch.nn.Parameter],
+    images: torch.Tensor,
+    *,
+    steps: int,
+    crop: int,
+    learning_rate: float,
+    kl_weight: float,
+    base: BaseParams,
+    generator: torch.Generator,
+    on_step: StepCallback,
+) -> None:
+    vae.train().requires_grad_(False)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
     lr_scheduler = get_scheduler(
         base.lr_scheduler,
         optimizer,
         num_warmup_steps=base.lr_warmup_steps,
-        num_training_steps=base.vae_steps,
+        num_training_steps=steps,
     )
     batches = endless_batches(TensorDataset(with_flips(images)), base.batch_size, generator)
-    for step in range(1, base.vae_steps + 1):
+    for step in range(1, steps + 1):
         (pixels,) = next(batches)
-        pixels = random_crops(pixels, base.vae_crop, generator).to(vae.device)
+        pixels = random_crops(pixels, crop, generator).to(vae.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        # KL summed per latent like SD's VAE, averaged over the batch, weighted small.
-        loss = F.mse_loss(reconstruction, pixels) + base.vae_kl_weight * posterior.kl().mean()
+        loss = F.mse_loss(reconstruction, pixels)
+        if kl_weight:  # KL summed per latent like SD's VAE, averaged over the batch
+            loss = loss + kl_weight * posterior.kl().mean()
         _optimise(loss, parameters, optimizer, lr_scheduler)
         on_step(step, loss.item())
     vae.eval().requires_grad_(False)
@@ -218,6 +279,9 @@ def pretrain(
     prompt: str,
     generator: torch.Generator,
     curve: LossCurve,
+    *,
+    from_checkpoint: bool,
+    step_offset: int = 0,
 ) -> float:
     """Train the VAE, then the UNet on `prompt` (Params.base_prompt), on native-scale crops of
     `images`.
@@ -227,16 +291,26 @@ def pretrain(
     both networks are convolutional, so they then encode and denoise whole images, and an object
     is drawn at the size in pixels it had in training. A step count of 0 keeps that network as it
     is (fine-tuning a shipped checkpoint). Returns the latent scaling factor (1 / latent std),
-    also written to the VAE's config.
+    also written to the VAE's config; measured again only for a new or retrained VAE.
+    `from_checkpoint`: the pipeline is a trained checkpoint (`base.init`), not new weights;
+    `step_offset`: steps already in `curve` (a checkpoint's earlier runs).
     """
     pipeline.text_encoder.requires_grad_(False)
     if base.vae_steps:
-        train_vae(pipeline.vae, images, base, generator, curve.recorder("vae"))
+        train_vae(pipeline.vae, images, base, generator, curve.recorder("vae", step_offset + 1))
+    # A checkpoint's UNet learned latents scaled by the checkpoint's factor: with its encoder
+    # unchanged the factor stays (SD fine-tuning never re-measures it).
+    keeps_scaling = from_checkpoint and not base.vae_steps
+    if keeps_scaling and not base.unet_steps:
+        return pipeline.vae.config.scaling_factor
     latent_distributions = encode_latent_distributions(
         pipeline.vae, with_flips(images), base.batch_size
     )
-    scaling_factor = latent_scaling_factor(latent_distributions)
-    pipeline.vae.register_to_config(scaling_factor=scaling_factor)
+    if keeps_scaling:
+        scaling_factor = pipeline.vae.config.scaling_factor
+    else:
+        scaling_factor = latent_scaling_factor(latent_distributions)
+        pipeline.vae.register_to_config(scaling_factor=scaling_factor)
     if not base.unet_steps:
         return scaling_factor
     unet = pipeline.unet
@@ -260,7 +334,7 @@ def pretrain(
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         generator=generator,
-        on_step=curve.recorder("unet", first_step=base.vae_steps + 1),
+        on_step=curve.recorder("unet", first_step=step_offset + base.vae_steps + 1),
         unconditional_embedding=empty_embedding,
         unconditional_probability=base.unconditional_probability,
         latent_crop=base.unet_crop // latent_downsampling(pipeline.vae),

@@ -81,14 +81,31 @@ def text_seen(pipeline: Any, prompt: str) -> tuple[str, int, int]:
     return tokenizer.decode(ids[1 : limit - 1]).strip(), len(ids), limit
 
 
+def long_text_message(
+    key: str,
+    text: str,
+    seen: str,
+    record: str,
+    *,
+    tokens: int | None = None,
+    limit: int | None = None,
+    field: str = "prompt_seen",
+) -> str:
+    """The one warning for a text the text encoder reads only in part: the param `key` giving
+    `text`, what the model sees, and where (`record`, `field`) that text is recorded. `tokens`
+    and `limit` are said when known (an image reused from an earlier run has no tokenizer)."""
+    counted = f", {tokens} tokens," if tokens else ","
+    reads = f" ({limit} with its start and end tokens)" if limit else ""
+    return (
+        f"{key} gives {text!r}{counted} more than the text encoder reads{reads}: the model sees "
+        f"only {seen!r}. Shorten it; {record} records that text as {field}."
+    )
+
+
 def long_text_warning(pipeline: Any, text: str, key: str, record: str) -> tuple[str, str | None]:
     """(the text seen, a warning naming the param `key` and where the text seen is recorded
     when the text encoder reads only part of `text`, else None)."""
     seen, tokens, limit = text_seen(pipeline, text)
     if seen == text:
         return text, None
-    return seen, (
-        f"{key} gives {text!r}, {tokens} tokens, more than the text encoder reads ({limit} with "
-        f"its start and end tokens): the model sees only {seen!r}. Shorten it; {record} records "
-        "that text as prompt_seen."
-    )
+    return seen, long_text_message(key, text, seen, record, tokens=tokens, limit=limit)

@@ -15,6 +15,7 @@ from torch import nn
 from synthdet.artifacts.manifest import ManifestRow, write_manifest
 from synthdet.data import DataError
 from synthdet.diffusion.hashing import derive_seed
+from synthdet.diffusion.vocabulary import long_text_message
 from synthdet.errors import warn
 from synthdet.generation.filters import (
     FEATURES_FILE,
@@ -56,21 +57,27 @@ def _rounded(value: float | None) -> float | None:
 def truncation_warning(
     subject: SubjectPlan, template: int, tokens: int | None, limit: int | None, seen: str
 ) -> str:
-    length = f"is {tokens} tokens" if tokens else "is too long"
-    reads = f" ({limit} with its start and end tokens)" if limit else ""
-    return (
-        f"{subject.templates_key}[{template}] {subject.templates[template]!r} {length} for "
-        f"subject {subject.name}, more than the text encoder reads{reads}: the model sees only "
-        f"{seen!r}. Shorten it; the manifest records that text as prompt_seen."
+    return long_text_message(
+        f"{subject.templates_key}[{template}] (subject {subject.name})",
+        subject.templates[template],
+        seen,
+        "the manifest",
+        tokens=tokens,
+        limit=limit,
     )
 
 
-def negative_truncation_warning(negative: str, tokens: int | None, seen: str) -> str:
-    length = f"is {tokens} tokens" if tokens else "is too long"
-    return (
-        f"generate.negative_prompt {negative!r} {length}, more than the text encoder reads "
-        f"(77 with its start and end tokens): the model sees only {seen!r}. Shorten it; the "
-        "manifest records that text as negative_prompt_seen."
+def negative_truncation_warning(
+    negative: str, tokens: int | None, limit: int | None, seen: str
+) -> str:
+    return long_text_message(
+        "generate.negative_prompt",
+        negative,
+        seen,
+        "the manifest",
+        tokens=tokens,
+        limit=limit,
+        field="negative_prompt_seen",
     )
 
 
@@ -225,11 +232,11 @@ def generate_missing(
         # recorded (and said once) only when truncated: other images' provenance is unchanged
         negative = {}
         if negative_prompt:
-            seen, tokens, _ = read(negative_prompt)
+            seen, tokens, limit = read(negative_prompt)
             if seen != negative_prompt:
                 negative = {"negative_prompt_seen": seen}
                 if distribution.is_main and not stats.negative_warned:
-                    warn(negative_truncation_warning(negative_prompt, tokens, seen))
+                    warn(negative_truncation_warning(negative_prompt, tokens, limit, seen))
                     stats.negative_warned = True
         for unit, needed in subject_work:
             for spec, pixels, outcome in generate_unit(engine, unit, needed, seed, filters, stats):
@@ -329,7 +336,7 @@ def finish(
         r["negative_prompt_seen"] for r in records.values() if "negative_prompt_seen" in r
     ]
     if negative_seen and not negative_warned:
-        warn(negative_truncation_warning(settings.negative_prompt, None, negative_seen[0]))
+        warn(negative_truncation_warning(settings.negative_prompt, None, None, negative_seen[0]))
     extra = engine_record(settings, resolution)
     rows = []
     for file in sorted(records, key=lambda f: (records[f]["subject"], records[f]["index"])):

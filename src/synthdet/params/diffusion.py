@@ -260,6 +260,13 @@ class PersonalizeParams:
             f"({self.max_train_steps}): the learning rate would still be warming up when "
             "training ends; lower it",
         )
+        _require(
+            self.checkpointing_steps <= self.max_train_steps,
+            "personalize.checkpointing_steps",
+            f"({self.checkpointing_steps}) is above personalize.max_train_steps "
+            f"({self.max_train_steps}), so no resumable state would ever be saved; lower it "
+            "(e.g. to half the steps) or set it to 0 to save none",
+        )
         _require(self.prior_loss_weight >= 0, "personalize.prior_loss_weight", "must be >= 0")
         _require(self.max_grad_norm > 0, "personalize.max_grad_norm", "must be > 0")
         _require(

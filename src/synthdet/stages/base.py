@@ -70,7 +70,15 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
     }
     with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as mlflow_run:
         curve = LossCurve(mlflow_run)
-        scaling_factor = pretrain(pipeline, images, base, params.base_prompt, generator, curve)
+        scaling_factor = pretrain(
+            pipeline,
+            images,
+            base,
+            params.base_prompt,
+            generator,
+            curve,
+            from_checkpoint=bool(base.init),
+        )
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())

@@ -2,8 +2,9 @@
 
 Right after generate: the leakage guard (a generated image that is a near-copy of a test image
 fails the run, naming both files: a test photo reached personalisation, and every detector
-trained on such images would be scored on its own training data), FID and KID from one
-Inception pass per image (`metrics.image_realism`), the CLIP score of each image with its prompt
+trained on such images would be scored on its own training data), FID and KID from the
+Inception features generate cached (computed here only for images it did not see), shared with
+the leak guard (`metrics.realism_of_features`), the CLIP score of each image with its prompt
 when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the real-vs-generated
 classifier test and the subject check (`synthdet.classifiers`). Writes `metrics/images.json`.
 """
@@ -21,18 +22,25 @@ from synthdet import classifiers, metrics
 from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import DataError, list_images, read_jsonl, read_yolo_folder, write_json
+from synthdet.generation.filters import FEATURES_FILE, FeatureCache
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
 
 def check_test_leakage(
-    generated: list[Path], test: list[Path], threshold: float, inception: torch.nn.Module
+    generated: list[Path],
+    test: list[Path],
+    threshold: float,
+    inception: torch.nn.Module,
+    generated_features: torch.Tensor | None = None,
 ) -> float:
     """Raise DataError when a generated image is a near-copy (cosine similarity of Inception
-    features above `threshold`) of a test image; return the highest similarity."""
+    features above `threshold`) of a test image; return the highest similarity. The test images
+    are compared at the generated images' size, whose features (`metrics.inception_features`,
+    computed at their own size) can be passed in."""
     with Image.open(generated[0]) as first:
         size = max(first.size)
-    matches = metrics.nearest_matches(generated, test, size, inception)
+    matches = metrics.nearest_matches(generated, test, size, inception, generated_features)
     leaks = sorted((m for m in matches if m.similarity > threshold), key=lambda m: -m.similarity)
     if leaks:
         pairs = "; ".join(f"{m.image} ~ {m.match} ({m.similarity:.3f})" for m in leaks[:5])
@@ -96,13 +104,15 @@ def run(
     logged = {"evaluate": vars(config), "generated": len(generated), "test": len(test)}
     with stage_run("check-images", params.shared.mlflow_experiment, logged) as mlflow_run:
         inception = metrics.FidInceptionFeatures()
-        summary: dict = {
-            "leak_max_similarity": round(
-                check_test_leakage(generated, test, config.leak_threshold, inception), 6
-            )
-        }
+        # generate's feature cache (by file hash, read only here) already holds the generated
+        # and usually the real images' features: one Inception pass per image in the pipeline.
+        cache = FeatureCache(generated_dir / FEATURES_FILE, inception)
+        features = torch.from_numpy(cache.get(generated))
+        leak = check_test_leakage(generated, test, config.leak_threshold, inception, features)
+        summary: dict = {"leak_max_similarity": round(leak, 6)}
         real = list_images(real_images_dir)
-        realism = metrics.image_realism(real, generated, inception, seed=params.shared.seed)
+        real_features = torch.from_numpy(cache.get(real))
+        realism = metrics.realism_of_features(real_features, features, params.shared.seed)
         summary |= {
             "fid": round(realism.fid, 4),
             "kid_mean": round(realism.kid_mean, 6),
