@@ -141,33 +141,16 @@ def test_the_recipe_refuses_to_retrain_an_encoder_or_continue_a_stranger(tmp_pat
 
     tiny_params(tmp_path, monkeypatch)
     pool, embedded = tiles(tmp_path / "pool"), tiles(tmp_path / "embedded", 0)
+
+    def attempt(vae: int, decoder: int, init, **options) -> None:
+        steps = {"vae": vae, "unet": 0, "decoder": decoder}
+        pretrain.run(pool, embedded, tmp_path / "out", steps, 10, init=init, **options)
+
     with pytest.raises(ParamsError, match="--vae-steps 5 with --init: retraining the encoder"):
-        pretrain.run(
-            pool,
-            embedded,
-            tmp_path / "out",
-            {"vae": 5, "unet": 0, "decoder": 0},
-            10,
-            init=CHECKPOINT,
-        )
+        attempt(5, 0, CHECKPOINT)
     with pytest.raises(ParamsError, match="--decoder-crop 64 is above shared.resolution 32"):
-        pretrain.run(
-            pool,
-            embedded,
-            tmp_path / "out",
-            {"vae": 0, "unet": 0, "decoder": 1},
-            10,
-            init=CHECKPOINT,
-        )
+        attempt(0, 1, CHECKPOINT)
     (tmp_path / "stranger").mkdir()
     with pytest.raises(DataError, match="no recipe.json and loss.tsv, so it is not a checkpoint"):
-        pretrain.run(
-            pool,
-            embedded,
-            tmp_path / "out",
-            {"vae": 0, "unet": 0, "decoder": 1},
-            10,
-            init=tmp_path / "stranger",
-            decoder_crop=16,
-        )
+        attempt(0, 1, tmp_path / "stranger", decoder_crop=16)
     assert not (tmp_path / "out").exists()

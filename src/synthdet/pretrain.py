@@ -75,6 +75,7 @@ and the latent scaling factor stay valid.
 - Latent scaling factor: {scaling:.4f}.
 """
 RECIPE = "recipe.json"  # the runs that made a checkpoint, in order
+LOSS_FILE = "loss.tsv"
 PHASES = ("vae", "unet", "decoder")
 
 
@@ -126,23 +127,20 @@ def model_card(
     )
 
 
-def earlier_runs(init: Path | None) -> tuple[list[dict], list[tuple[int, str, float]]]:
-    """The recipe runs and loss-curve rows of the checkpoint `init` continues (none: scratch).
+def earlier_runs(init: Path | None) -> list[dict]:
+    """The recipe runs of the checkpoint `init` continues (none: from scratch).
 
     Raises DataError if `init` is not a checkpoint of this recipe (no recipe.json or loss.tsv).
     """
     if init is None:
-        return [], []
-    if not (init / RECIPE).is_file() or not (init / "loss.tsv").is_file():
+        return []
+    if not (init / RECIPE).is_file() or not (init / LOSS_FILE).is_file():
         raise DataError(
-            f"--init {init}: no {RECIPE} and loss.tsv, so it is not a checkpoint of this recipe; "
-            "continue a folder written by synthdet.pretrain, or train from scratch without --init"
+            f"--init {init}: no {RECIPE} and {LOSS_FILE}, so it is not a checkpoint of this "
+            "recipe; continue a folder written by synthdet.pretrain, or train from scratch "
+            "without --init"
         )
-    rows = []
-    for line in (init / "loss.tsv").read_text().splitlines()[1:]:
-        step, phase, loss = line.split("\t")
-        rows.append((int(step), phase, float(loss)))
-    return json.loads((init / RECIPE).read_text()), rows
+    return json.loads((init / RECIPE).read_text())
 
 
 def run(
@@ -173,7 +171,7 @@ def run(
             f"--decoder-crop {decoder_crop} is above shared.resolution "
             f"{params.shared.resolution}, the size of the images it crops; lower it"
         )
-    runs, previous_rows = earlier_runs(init)
+    runs = earlier_runs(init)
     base: BaseParams = dataclasses.replace(
         params.base,
         # any checkpoint name passes the "no VAE steps from scratch" check; --init is loaded
@@ -220,7 +218,7 @@ def run(
         recipe = [*runs, this_run]
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
-            write_text(tmp / "loss.tsv", curve.tsv())
+            write_text(tmp / LOSS_FILE, curve.tsv())
             write_text(tmp / RECIPE, json.dumps(recipe, indent=2) + "\n")
             write_text(tmp / "photos.txt", "\n".join(photos) + "\n")
             write_text(tmp / "excluded_photos.txt", "\n".join(sorted(excluded)) + "\n")
@@ -241,11 +239,14 @@ def run(
     def on_step(step: int, phase: str, loss: float) -> None:
         progress.update(1)
         progress.set_postfix(phase=phase, loss=f"{loss:.4f}")
-        if (step - first_step) % save_every == 0:
-            save()
+        if (step - first_step) % save_every == 0 and step - first_step < sum(steps.values()):
+            save()  # the last step's state is saved once, after training
 
     curve = LossCurve(None, on_step=on_step)
-    curve.rows = list(previous_rows)
+    if init is not None:  # this run's steps continue the earlier runs' curve
+        for line in (init / LOSS_FILE).read_text().splitlines()[1:]:
+            step, phase, loss = line.split("\t")
+            curve.rows.append((int(step), phase, float(loss)))
     done = {phase: len(curve.losses(phase)) for phase in PHASES}
     first_step = len(curve.rows)  # this run's steps follow the earlier runs' in loss.tsv
     pretrain(
