@@ -20,6 +20,7 @@ from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
 from synthdet.diffusion.hashing import derive_seed, files_sha256
 from synthdet.diffusion.loading import load_pipeline
+from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
 from synthdet.diffusion.vocabulary import build_clip_tokenizer
 from synthdet.errors import ModelNotAvailableError
@@ -125,6 +126,17 @@ def adapter(workdir, base_model) -> tuple[Path, dict]:
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
+
+
+def test_loss_curve_continues_the_curve_it_wrote():
+    earlier = LossCurve(None)
+    earlier.recorder("vae")(1, 0.5)
+    earlier.recorder("unet", first_step=2)(1, 0.25)
+    later = LossCurve(None)
+    later.extend_tsv(earlier.tsv())
+    later.recorder("decoder", first_step=3)(1, 0.125)
+    assert later.rows == [(1, "vae", 0.5), (2, "unet", 0.25), (3, "decoder", 0.125)]
+    assert later.tsv().startswith(earlier.tsv())
 
 
 def test_tokenizer_matches_open_clip():

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from synthdet.artifacts.adapter import AdapterInfo
@@ -198,6 +199,12 @@ def test_method_trains_saves_and_loads_into_stock_pipeline(root, models, family,
     assert info["method"] == method and info["subject"] == SUBJECT
     assert info["family"] == ("sdxl" if family == "sdxl" else "sd")
     assert info["sha256"] == files_sha256(folder, info["weight_files"])
+    if LORA_WEIGHT_NAME in info["weight_files"]:
+        # peft's set of target modules is written sorted: the bytes do not hang on PYTHONHASHSEED
+        with safe_open(folder / LORA_WEIGHT_NAME, "pt") as weights:
+            saved = json.loads(weights.metadata()["lora_adapter_metadata"])
+        modules = [value for key, value in saved.items() if key.endswith(".target_modules")]
+        assert modules and all(value == sorted(value) for value in modules), saved
     dreambooth_style = method in PRIOR_METHODS
     assert info["prior_preservation"] is dreambooth_style
     assert metrics["class_images"] == (2 if dreambooth_style else 0)

@@ -244,9 +244,7 @@ def run(
 
     curve = LossCurve(None, on_step=on_step)
     if init is not None:  # this run's steps continue the earlier runs' curve
-        for line in (init / LOSS_FILE).read_text().splitlines()[1:]:
-            step, phase, loss = line.split("\t")
-            curve.rows.append((int(step), phase, float(loss)))
+        curve.extend_tsv((init / LOSS_FILE).read_text())
     done = {phase: len(curve.losses(phase)) for phase in PHASES}
     first_step = len(curve.rows)  # this run's steps follow the earlier runs' in loss.tsv
     pretrain(

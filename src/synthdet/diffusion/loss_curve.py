@@ -58,6 +58,14 @@ class LossCurve:
     def losses(self, phase: str) -> list[float]:
         return [loss for _, row_phase, loss in self.rows if row_phase == phase]
 
+    def extend_tsv(self, text: str) -> None:
+        """Append the rows of a `tsv()` text: the curve of the earlier runs this one continues.
+
+        Raises ValueError on a row that is not `step<TAB>phase<TAB>loss`."""
+        for line in text.splitlines()[1:]:
+            step, phase, loss = line.split("\t")
+            self.rows.append((int(step), phase, float(loss)))
+
     def tsv(self) -> str:
         lines = ["step\tphase\tloss", *(f"{s}\t{p}\t{loss:.6f}" for s, p, loss in self.rows)]
         return "\n".join(lines) + "\n"

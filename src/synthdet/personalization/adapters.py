@@ -195,6 +195,13 @@ def save_adapter(
     return format_of(method).save(pipeline, trainable, folder)
 
 
+def _lora_metadata(model) -> dict:
+    """The LoRA config saved with the weights, sets as sorted lists: diffusers writes peft's
+    `target_modules` set in hash order, so the file's bytes changed with PYTHONHASHSEED."""
+    config = model.peft_config["default"].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+
 def _save_lora(pipeline, trainable, folder) -> list[str]:
     pairs = tokenizers_and_encoders(pipeline)
     layers = {
@@ -202,14 +209,14 @@ def _save_lora(pipeline, trainable, folder) -> list[str]:
             get_peft_model_state_dict(pipeline.unet)
         ),
         # The LoRA config (lora_alpha!) travels with the weights for load_lora_weights.
-        "unet_lora_adapter_metadata": pipeline.unet.peft_config["default"].to_dict(),
+        "unet_lora_adapter_metadata": _lora_metadata(pipeline.unet),
     }
     if trainable.text_trains:
         for prefix, (_, encoder) in zip(TEXT_ENCODERS, pairs, strict=False):
             layers[f"{prefix}_lora_layers"] = convert_state_dict_to_diffusers(
                 get_peft_model_state_dict(encoder)
             )
-            layers[f"{prefix}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
+            layers[f"{prefix}_lora_adapter_metadata"] = _lora_metadata(encoder)
     type(pipeline).save_lora_weights(folder, weight_name=LORA_WEIGHT_NAME, **layers)
     return [LORA_WEIGHT_NAME]
 
