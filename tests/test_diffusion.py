@@ -62,7 +62,7 @@ TINY_OVERRIDES = {
         "validation_steps": 2,
     },
     "class_images": {"count": 0},
-    "generate": {"num_images": 4, "num_inference_steps": 3, "batch_size": 4},
+    "generate": {"num_images": 4, "num_inference_steps": 3, "strength": 0.5, "batch_size": 4},
     "few_shot": {"extra_images": 4},
 }
 

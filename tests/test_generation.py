@@ -63,6 +63,7 @@ def settings(**changes):
         "num_images": 4,
         "prompts": PROMPTS,
         "num_inference_steps": 2,
+        "strength": 0.5,  # img2img: one denoising step of the two
         "batch_size": 2,
         "filters": filters,
     }

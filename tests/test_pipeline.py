@@ -47,7 +47,7 @@ MICRO_OVERRIDES = {
         "validation_steps": 1,
         "validation_seeds": [0],
     },
-    "generate": {"num_images": 3, "num_inference_steps": 2, "batch_size": 2},
+    "generate": {"num_images": 3, "num_inference_steps": 2, "strength": 0.5, "batch_size": 2},
     "annotate_with_baseline": {"confidence": 0.0},
     "train_detector": {
         # one epoch: params.yaml's close_mosaic 2 would leave mosaic off from epoch 0 anyway

@@ -122,8 +122,9 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     for samples, source in zip(linked, (personalize, generated), strict=True):  # labels along
         labels = {s.image.name: s.boxes for s in read_yolo_folder(source, 1)}
         assert all(sample.boxes == labels[sample.image.name] for sample in samples)
-    # below train_detector.min_images_per_epoch the whole set repeats: 12 images -> 2 copies
-    detector = dataclasses.replace(params.train_detector, min_images_per_epoch=20)
+    # below train_detector.min_images_per_epoch the set repeats and is topped up to exactly it:
+    # 12 images -> 2 copies + 6 of them once more = 30 an epoch
+    detector = dataclasses.replace(params.train_detector, min_images_per_epoch=30)
     repeated = variants.training_folders(
         dataclasses.replace(params, train_detector=detector),
         variants.parse("handful-synthetic", params),
@@ -132,9 +133,27 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         generated,
         tmp_path / "scratch-repeat",
     )
-    assert repeated.repeats == 2
-    assert [len(read_yolo_folder(folder, 1)) for folder in repeated.folders] == [8, 4, 8, 4]
-    assert variants.repeats(12, params) == 1 and variants.repeats(8, params) == 1
+    assert (repeated.repeats, repeated.top_up) == (2, 6)
+    folders = [read_yolo_folder(folder, 1) for folder in repeated.folders]
+    assert [len(samples) for samples in folders[:4]] == [8, 4, 8, 4]
+    topped = [[s.image.name for s in samples] for samples in folders[4:]]  # [real, extra]
+    assert sum(map(len, topped)) == 6 and all(len(set(part)) == len(part) for part in topped)
+    for part, whole in zip(topped, (composition.real, composition.extra), strict=True):
+        assert set(part) <= {p.name for p in whole}
+    assert sum(len(samples) for samples in folders) == 30
+    # the top-up is the same images for every detector seed and a part of the set, not new ones
+    again = variants.training_folders(
+        dataclasses.replace(params, train_detector=detector),
+        variants.parse("handful-synthetic", params),
+        None,
+        tmp_path / "personalize",
+        generated,
+        tmp_path / "scratch-again",
+    )
+    assert [[s.image.name for s in read_yolo_folder(f, 1)] for f in again.folders[4:]] == topped
+    assert variants.epoch_plan(12, params) == (1, 0)  # min_images_per_epoch 0: plain epochs
+    assert variants.epoch_plan(12, dataclasses.replace(params, train_detector=detector)) == (2, 6)
+    assert variants.epoch_plan(40, dataclasses.replace(params, train_detector=detector)) == (1, 0)
     with pytest.raises(DataError, match="--extra"):
         variants.training_folders(
             params, variants.parse("mixed"), real, None, None, tmp_path / "s3"

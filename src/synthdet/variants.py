@@ -24,7 +24,6 @@ Names come from dvc.yaml's matrices; `parse` reads them back (`mix-r1-f0.1` = `m
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -138,6 +137,10 @@ def seed_folder(seed: int) -> str:
 class Composition:
     real: tuple[Path, ...]  # labelled real image paths
     extra: tuple[Path, ...]  # extra image paths (of the variant's source)
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return self.real + self.extra
 
     @property
     def extra_share(self) -> float:
@@ -257,11 +260,13 @@ def subset_views(images: Sequence[Path], scratch: Path, name: str) -> list[Path]
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """What a detector variant trains on: YOLO folders (the composition, `repeats` times)."""
+    """What a detector variant trains on: YOLO folders holding its composition `repeats` whole
+    times plus `top_up` of its images once more (see `epoch_plan`)."""
 
     folders: list[Path]
     composition: Composition
     repeats: int
+    top_up: int
 
 
 def training_folders(
@@ -273,7 +278,7 @@ def training_folders(
     scratch: Path,
 ) -> TrainingSet:
     """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
-    `repeats(...)` times when the set is smaller than train_detector.min_images_per_epoch."""
+    and topped up to train_detector.min_images_per_epoch when the set is smaller (`epoch_plan`)."""
     needs = {
         "--real": real_dir is None and variant.real != "handful" and variant.real != "none",
         "--handful": handful_dir is None and variant.real not in ("all", "none"),
@@ -286,23 +291,36 @@ def training_folders(
     handful = handful_images(handful_dir) if handful_dir is not None else []
     extra = list_images(Path(extra_dir) / "images") if variant.extra else []
     composition = compose(variant, real, handful, extra, params.shared.seed)
-    copies = repeats(len(composition.real) + len(composition.extra), params)
+    copies, top_up = epoch_plan(len(composition.images), params)
+    # The top-up is a seeded part of the set, the same for every detector seed.
+    once_more = set(_shuffled(composition.images, params.shared.seed)[:top_up])
+    parts = [(composition.real, composition.extra)] * copies + [
+        tuple(
+            [p for p in chosen if p in once_more]
+            for chosen in (composition.real, composition.extra)
+        )
+    ]
     folders = [
         folder
-        for copy in range(copies)
-        for name, chosen in (("real", composition.real), ("extra", composition.extra))
+        for copy, part in enumerate(parts)
+        for name, chosen in zip(("real", "extra"), part, strict=True)
         for folder in subset_views(chosen, scratch, f"{name}-copy{copy}-")
     ]
-    return TrainingSet(folders, composition, copies)
+    return TrainingSet(folders, composition, copies, top_up)
 
 
-def repeats(images: int, params: Params) -> int:
-    """How often a training set of `images` images is repeated per epoch: enough to reach
-    train_detector.min_images_per_epoch, so every variant gets about as many optimizer steps
-    (an equal training budget; with equal epochs alone the 8-image handful would get a tenth of
-    the steps of the 116-image `real` and lose for being undertrained, not for its data)."""
+def epoch_plan(images: int, params: Params) -> tuple[int, int]:
+    """(whole copies, images seen once more) per epoch of a training set of `images` images.
+
+    A set smaller than train_detector.min_images_per_epoch is repeated and topped up with a part
+    of one more copy to exactly that many images, so every such variant gets the same optimizer
+    steps: an equal training budget (with equal epochs alone the 8-image handful would get a
+    fourteenth of the steps of the 116-image `real` and lose for being undertrained, not for its
+    data). Larger sets train on each image once an epoch."""
     wanted = params.train_detector.min_images_per_epoch
-    return max(1, math.ceil(wanted / images)) if images else 1
+    if not images or images >= wanted:
+        return 1, 0
+    return divmod(wanted, images)
 
 
 def label_boxes(images: Sequence[Path]) -> int:

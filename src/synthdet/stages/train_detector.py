@@ -104,6 +104,7 @@ def run(
             "extra_images": len(composition.extra),
             "extra_share": round(composition.extra_share, 6),
             "repeats": training.repeats,
+            "top_up_images": training.top_up,
             **boxes,
             "empty_label_set": int(empty),  # 1: no box to learn from (a number, for MLflow)
             "empty_extra_labels": int(empty_extra),  # 1: extra images, none with a box
