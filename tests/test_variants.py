@@ -107,14 +107,14 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     few_shot = dataclasses.replace(params.few_shot, extra_images=4)
     plain = dataclasses.replace(params.train_detector, min_images_per_epoch=0)
     params = dataclasses.replace(params, few_shot=few_shot, train_detector=plain)
-    training = variants.training_folders(
-        params,
-        variants.parse("handful-synthetic", params),
-        None,
-        tmp_path / "personalize",
-        generated,
-        tmp_path / "scratch",
-    )
+
+    def handful_synthetic(settings, scratch: str) -> variants.TrainingSet:
+        variant = variants.parse("handful-synthetic", settings)
+        return variants.training_folders(
+            settings, variant, None, tmp_path / "personalize", generated, tmp_path / scratch
+        )
+
+    training = handful_synthetic(params, "scratch")
     composition = training.composition
     assert (len(composition.real), len(composition.extra), training.repeats) == (8, 4, 1)
     linked = [read_yolo_folder(folder, 1) for folder in training.folders]
@@ -125,14 +125,8 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     # below train_detector.min_images_per_epoch the set repeats and is topped up to exactly it:
     # 12 images -> 2 copies + 6 of them once more = 30 an epoch
     detector = dataclasses.replace(params.train_detector, min_images_per_epoch=30)
-    repeated = variants.training_folders(
-        dataclasses.replace(params, train_detector=detector),
-        variants.parse("handful-synthetic", params),
-        None,
-        tmp_path / "personalize",
-        generated,
-        tmp_path / "scratch-repeat",
-    )
+    topping = dataclasses.replace(params, train_detector=detector)
+    repeated = handful_synthetic(topping, "scratch-repeat")
     assert (repeated.repeats, repeated.top_up) == (2, 6)
     folders = [read_yolo_folder(folder, 1) for folder in repeated.folders]
     assert [len(samples) for samples in folders[:4]] == [8, 4, 8, 4]
@@ -141,19 +135,12 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     for part, whole in zip(topped, (composition.real, composition.extra), strict=True):
         assert set(part) <= {p.name for p in whole}
     assert sum(len(samples) for samples in folders) == 30
-    # the top-up is the same images for every detector seed and a part of the set, not new ones
-    again = variants.training_folders(
-        dataclasses.replace(params, train_detector=detector),
-        variants.parse("handful-synthetic", params),
-        None,
-        tmp_path / "personalize",
-        generated,
-        tmp_path / "scratch-again",
-    )
+    # the top-up is fixed by shared.seed, not drawn anew: another call picks the same images
+    again = handful_synthetic(topping, "scratch-again")
     assert [[s.image.name for s in read_yolo_folder(f, 1)] for f in again.folders[4:]] == topped
     assert variants.epoch_plan(12, params) == (1, 0)  # min_images_per_epoch 0: plain epochs
-    assert variants.epoch_plan(12, dataclasses.replace(params, train_detector=detector)) == (2, 6)
-    assert variants.epoch_plan(40, dataclasses.replace(params, train_detector=detector)) == (1, 0)
+    assert variants.epoch_plan(12, topping) == (2, 6)
+    assert variants.epoch_plan(40, topping) == (1, 0)
     with pytest.raises(DataError, match="--extra"):
         variants.training_folders(
             params, variants.parse("mixed"), real, None, None, tmp_path / "s3"
