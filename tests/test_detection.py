@@ -488,3 +488,50 @@ def test_ultralytics_leaves_pillow_alone(tmp_path):
     bad.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00")
     with pytest.raises(DataError, match="not an image file Pillow can read"):
         verify_image(bad)
+
+
+def test_detectors_train_and_predict_with_synthdet_threads(
+    trained: dict, tmp_path: Path, monkeypatch
+) -> None:
+    # ultralytics' select_device sets torch to cpu_count - 1 threads; synthdet's rule wins.
+    monkeypatch.setenv("SYNTHDET_TORCH_THREADS", "3")
+    seen: dict[str, int] = {}
+    initial = detection._initial_detector
+
+    def observed(model: str):
+        detector = initial(model)
+        for event in ("on_train_epoch_start", "on_val_batch_start"):
+            detector.add_callback(
+                event, lambda _, event=event: seen.setdefault(event, torch.get_num_threads())
+            )
+        return detector
+
+    monkeypatch.setattr(detection, "_initial_detector", observed)
+    root = trained["root"]
+    result = detection.train_detector(
+        "yolov8n.yaml",
+        [root / "train"],
+        root / "val",
+        ("apple",),
+        0,
+        {"epochs": 2, "imgsz": SIZE, "batch": 4, "workers": 0, "plots": False, "val": False},
+        tmp_path / "detector",
+    )
+    assert seen == {"on_train_epoch_start": 3, "on_val_batch_start": 3}
+
+    detector = detection.load_detector(tmp_path / "detector", ("apple",))
+    detector.add_callback(
+        "on_predict_batch_start", lambda _: seen.setdefault("predict", torch.get_num_threads())
+    )
+    torch.set_num_threads(1)
+    detection.predict(detector, [next((root / "val" / "images").iterdir())], SIZE, 0.25, 0.7)
+    assert seen["predict"] == 3
+
+    # yolo.val false: only the last epoch validated, so only its row holds validation numbers.
+    first, last = result.epochs
+    assert "metrics/mAP50-95" not in first and "metrics/mAP50-95" in last
+    detection.write_epochs_csv(result.epochs, tmp_path / "epochs.csv")
+    with (tmp_path / "epochs.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == list(last)
+    assert rows[0]["metrics/mAP50-95"] == "" and rows[1]["metrics/mAP50-95"] != ""

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -36,6 +37,7 @@ from synthdet.data import (
     write_dataset_yaml,
 )
 from synthdet.errors import ModelNotAvailableError, SynthdetError
+from synthdet.threads import cpu_threads
 
 # A trained detector is a folder: the weights as safetensors (no pickle, so loading one cannot run
 # code) and the model's architecture as an ultralytics model yaml named after the model, so that
@@ -87,6 +89,20 @@ def _ultralytics() -> ModuleType:
     # re-encoded every image as JPEG or PNG, so the process keeps Pillow's own.
     Image.open = patches._image_open
     return ultralytics
+
+
+def _yolo(source: str, **kwargs: Any) -> Any:
+    """`ultralytics.YOLO(source)` that trains, validates and predicts with `cpu_threads()` threads.
+
+    Ultralytics' `select_device` caps torch at cpu_count - 1 threads on a CPU, keeping a core for
+    dataloader workers: on 2 cores, one thread (a detector trained 20 % slower, measured). synthdet
+    loads data in the main process (`yolo.workers: 0`), so the cap is set back once the trainer,
+    validator or predictor has chosen its device.
+    """
+    detector = _ultralytics().YOLO(source, **kwargs)
+    for event in ("on_pretrain_routine_start", "on_val_start", "on_predict_start"):
+        detector.add_callback(event, lambda _: torch.set_num_threads(cpu_threads()))
+    return detector
 
 
 def _check_model_source(model: str) -> None:
@@ -144,7 +160,7 @@ def _load_yolo(folder: Path) -> Any:
         )
     architecture_file = _architecture_file(folder)
     names = yaml.safe_load(architecture_file.read_text()).get("names")
-    detector = _ultralytics().YOLO(str(architecture_file), task="detect")
+    detector = _yolo(str(architecture_file), task="detect")
     try:
         detector.model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
     except (RuntimeError, SafetensorError) as exc:
@@ -175,7 +191,7 @@ def convert_checkpoint(checkpoint: Path, out: Path) -> list[str]:
     """
     if not Path(checkpoint).is_file():
         raise ModelNotAvailableError(f"{checkpoint}: no such checkpoint file")
-    detector = _ultralytics().YOLO(str(checkpoint))
+    detector = _yolo(str(checkpoint))
     with atomic_path(Path(out)) as staging:
         staging.mkdir()
         save_detector(detector.model, staging)
@@ -187,7 +203,7 @@ def _initial_detector(model: str) -> Any:
     _check_model_source(model)
     if model.endswith((".yaml", ".pt")):
         try:
-            return _ultralytics().YOLO(model)
+            return _yolo(model)
         except FileNotFoundError as exc:
             raise ModelNotAvailableError(
                 f"train_detector.model {model!r} is not an ultralytics model yaml: {exc}"
@@ -259,20 +275,27 @@ def train_detector(
     """
     detector = _initial_detector(model)
     rows: list[dict[str, float]] = []
-    in_training_epoch = False
+    in_training_epoch = validated = False
 
     # Ultralytics also fires on_fit_epoch_end for the final validation of best.pt; only the
     # calls that follow a training epoch are epochs.
     def mark_training_epoch(trainer: Any) -> None:
-        nonlocal in_training_epoch
-        in_training_epoch = True
+        nonlocal in_training_epoch, validated
+        in_training_epoch, validated = True, False
+
+    def mark_validated(validator: Any) -> None:
+        nonlocal validated
+        validated = True
 
     def record_epoch(trainer: Any) -> None:
         nonlocal in_training_epoch
         if not in_training_epoch:
             return
         in_training_epoch = False
-        values = {**trainer.label_loss_items(trainer.tloss), **trainer.metrics, **trainer.lr}
+        # With yolo.val false only the last epoch validates; trainer.metrics of the others
+        # still hold an earlier epoch's (or zeros), which are not this epoch's numbers.
+        val_metrics = trainer.metrics if validated else {}
+        values = {**trainer.label_loss_items(trainer.tloss), **val_metrics, **trainer.lr}
         row = {"epoch": trainer.epoch + 1}
         row.update({_metric_name(k): round(float(v), 6) for k, v in values.items()})
         rows.append(row)
@@ -284,6 +307,7 @@ def train_detector(
             Path(tmp) / "data", train_folders, val_folder, class_names
         )
         detector.add_callback("on_train_epoch_end", mark_training_epoch)
+        detector.add_callback("on_val_end", mark_validated)
         detector.add_callback("on_fit_epoch_end", record_epoch)
         metrics = detector.train(
             data=str(data_yaml),
@@ -304,11 +328,13 @@ def train_detector(
 
 
 def write_epochs_csv(rows: Sequence[dict[str, float]], path: Path) -> None:
-    """Per-epoch results as CSV (a DVC plot with x=epoch), written atomically."""
+    """Per-epoch results as CSV (a DVC plot with x=epoch), written atomically; an epoch without
+    validation (yolo.val false) leaves the validation columns empty."""
     if not rows:
         raise SynthdetError(f"no training epochs were recorded, nothing to write to {path}")
+    columns = list(dict.fromkeys(key for row in (rows[-1], *rows) for key in row))
     with atomic_path(Path(path)) as tmp, tmp.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 

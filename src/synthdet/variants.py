@@ -294,12 +294,14 @@ def training_folders(
     copies, top_up = epoch_plan(len(composition.images), params)
     # The top-up is a seeded part of the set, the same for every detector seed.
     once_more = set(_shuffled(composition.images, params.shared.seed)[:top_up])
-    parts = [(composition.real, composition.extra)] * copies + [
-        tuple(
-            [p for p in chosen if p in once_more]
-            for chosen in (composition.real, composition.extra)
+    parts = [(composition.real, composition.extra)] * copies
+    if top_up:
+        parts.append(
+            tuple(
+                [p for p in chosen if p in once_more]
+                for chosen in (composition.real, composition.extra)
+            )
         )
-    ]
     folders = [
         folder
         for copy, part in enumerate(parts)

@@ -19,13 +19,12 @@ from huggingface_hub import snapshot_download
 from synthdet.diffusion.builtin import BUILTIN_TINY
 from synthdet.diffusion.hashing import folder_sha256
 from synthdet.errors import ModelNotAvailableError
+from synthdet.threads import cpu_threads
 
 
 def configure_torch() -> torch.device:
-    """Use every CPU core this process may run on (or SYNTHDET_TORCH_THREADS, for a machine
-    shared with other jobs, where spinning threads slow each other down); return the device."""
-    threads = int(os.environ.get("SYNTHDET_TORCH_THREADS") or 0)
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    """Compute with `synthdet.threads.cpu_threads()` CPU threads; return the device."""
+    torch.set_num_threads(cpu_threads())
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -97,8 +97,8 @@ class TrainDetectorParams:
     # variants on the generated images besides the few-shot ones: synthetic (generated images
     # only) and mixed (every real train image plus every generated one); see synthdet.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
-    # small training sets are repeated up to this many images per epoch (synthdet.variants
-    # .repeats): an equal training budget in optimizer steps; 0 = plain epochs
+    # smaller training sets are repeated and topped up to exactly this many images an epoch
+    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain epochs
     min_images_per_epoch: int = 0
 
     def __post_init__(self) -> None:
