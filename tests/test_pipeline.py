@@ -278,9 +278,21 @@ def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
+def test_ctrl_c_leaves_a_message_and_no_partial_output(tmp_path):
     import time
 
+    (tmp_path / "project").mkdir()
+    project = new_micro_project(tmp_path / "project")
+    # Eight copies of the embedded photos (other stems, so other photos): writing the splits takes
+    # seconds, so the interrupt lands mid-write. With the 181 images alone the writes could end
+    # before the signal was handled, and the stage exited 0.
+    raw = tmp_path / "raw"
+    for folder in ("images", "labels"):
+        (raw / folder).mkdir(parents=True)
+        for copy in range(8):
+            for path in sorted((REPO / "data/raw" / folder).iterdir()):
+                photo, tile = path.stem.rsplit("_", 1)
+                shutil.copyfile(path, raw / folder / f"{photo}c{copy}_{tile}{path.suffix}")
     out = tmp_path / "prepared"
     stage = subprocess.Popen(
         [
@@ -288,13 +300,13 @@ def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
             "-m",
             "synthdet.stages.prepare",
             "--raw",
-            str(REPO / "data/raw"),
+            str(raw),
             "--out",
             str(out),
             "--metrics",
             str(tmp_path / "prepare.json"),
         ],
-        cwd=micro_project,
+        cwd=project,
         env=repro_env(),
         stderr=subprocess.PIPE,
         text=True,
@@ -305,7 +317,7 @@ def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
         time.sleep(0.005)
     stage.send_signal(signal.SIGINT)
     _, stderr = stage.communicate()
-    assert stage.returncode == 130
+    assert stage.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not any(out.glob(".*")), "a temporary output was left behind"
     assert not (tmp_path / "prepare.json").exists()
