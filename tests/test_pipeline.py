@@ -278,21 +278,9 @@ def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_message_and_no_partial_output(tmp_path):
+def test_ctrl_c_leaves_a_message_and_no_partial_output(micro_project, tmp_path):
     import time
 
-    (tmp_path / "project").mkdir()
-    project = new_micro_project(tmp_path / "project")
-    # Eight copies of the embedded photos (other stems, so other photos): writing the splits takes
-    # seconds, so the interrupt lands mid-write. With the 181 images alone the writes could end
-    # before the signal was handled, and the stage exited 0.
-    raw = tmp_path / "raw"
-    for folder in ("images", "labels"):
-        (raw / folder).mkdir(parents=True)
-        for copy in range(8):
-            for path in sorted((REPO / "data/raw" / folder).iterdir()):
-                photo, tile = path.stem.rsplit("_", 1)
-                shutil.copyfile(path, raw / folder / f"{photo}c{copy}_{tile}{path.suffix}")
     out = tmp_path / "prepared"
     stage = subprocess.Popen(
         [
@@ -300,16 +288,19 @@ def test_ctrl_c_leaves_a_message_and_no_partial_output(tmp_path):
             "-m",
             "synthdet.stages.prepare",
             "--raw",
-            str(raw),
+            str(REPO / "data/raw"),
             "--out",
             str(out),
             "--metrics",
             str(tmp_path / "prepare.json"),
         ],
-        cwd=project,
+        cwd=micro_project,
         env=repro_env(),
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C in a terminal: SIGINT at its default. A test run started in the background
+        # (`cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list(out.glob(".*")):
