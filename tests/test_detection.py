@@ -491,9 +491,11 @@ def test_ultralytics_leaves_pillow_alone(tmp_path):
 
 
 def test_detectors_train_and_predict_with_synthdet_threads(
-    trained: dict, tmp_path: Path, monkeypatch
+    trained: dict, tmp_path: Path, monkeypatch, request
 ) -> None:
     # ultralytics' select_device sets torch to cpu_count - 1 threads; synthdet's rule wins.
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))  # the worker's later tests
     monkeypatch.setenv("SYNTHDET_TORCH_THREADS", "3")
     seen: dict[str, int] = {}
     initial = detection._initial_detector
