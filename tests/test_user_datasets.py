@@ -6,7 +6,6 @@ import functools
 import json
 import random
 import re
-import shlex
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -1067,43 +1066,6 @@ def test_default_group_pattern_on_web_photos_says_how_to_set_it():
     )
     with pytest.raises(DataError, match=re.escape(message)):
         split_by_group(samples, r"(.+)_\d+", 2, 3, seed=0)
-
-
-def readme_overrides() -> list[list[str]]:
-    """The `-S` values of each `dvc exp run` of the README's worked example."""
-    readme = (REPO / "README.md").read_text()
-    example = readme[readme.index("**Worked example: a dataset of another class.**") :]
-    example = example[: example.index("\n## ")].replace("\\\n", " ")
-    runs = []
-    for line in example.splitlines():
-        if line.startswith("dvc exp run "):
-            words = shlex.split(line, comments=True)
-            runs.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
-    return runs
-
-
-def test_readme_set_param_spellings_pass_dvcs_override_parser(tmp_path):
-    """Each `dvc exp run -S ...` of the README's worked example, applied to params.yaml by
-    DVC's own override code (Hydra's grammar), gives params that load and say what the README
-    means; the unquoted regex is refused by the parser, as the README says."""
-    from dvc.exceptions import InvalidArgumentError
-    from dvc.utils.hydra import apply_overrides
-
-    loaded = []
-    for overrides in readme_overrides():
-        shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-        apply_overrides(tmp_path / "params.yaml", overrides)
-        loaded.append(load_params(tmp_path / "params.yaml"))
-    new_class, *regexes, noun = loaded
-    assert list(new_class.shared.subjects) == ["pear"]
-    assert new_class.shared.subjects["pear"].stem_pattern == ".*"
-    assert new_class.shared.class_names == ("pear",)
-    assert new_class.base_prompt == "a photo of pear"
-    assert (new_class.prepare.group_pattern, new_class.train_detector.imgsz) == (None, 640)
-    assert [params.prepare.group_pattern for params in regexes] == [r"(.+)-\d+"] * 2
-    assert noun.shared.subjects["apple_tree"].class_noun == "pear tree"
-    with pytest.raises(InvalidArgumentError, match="Invalid `--set-param` value"):
-        apply_overrides(tmp_path / "params.yaml", ["prepare.group_pattern=(.+)"])
 
 
 def test_default_dataset_splits_as_committed():
