@@ -155,6 +155,7 @@ def detector_params(**changes) -> TrainDetectorParams:
         "seeds": [42],
         "mix_real_shares": [1.0],
         "mix_synthetic_fractions": [0.1],
+        "min_images_per_epoch": 0,
         "variants": ["synthetic"],
         "preset": None,
         "yolo": {"epochs": 10, "optimizer": "AdamW", "lr0": 0.002, "mosaic": 1.0},

@@ -1,14 +1,17 @@
 """Typed, frozen parameters parsed from params.yaml.
 
 Every section is a frozen dataclass. Parsing rejects unknown keys (suggesting the closest name),
-missing keys, wrong types and out-of-range values with a message that names the key, so a typo in
-`dvc exp run -S ...` fails before any work starts. Library option blocks (ultralytics train args,
-peft LoraConfig) are typed `dict` and pass through unchanged.
+missing keys, wrong types and out-of-range values with a message that names the key, every such
+problem at once, so a typo in `dvc exp run -S ...` fails before any work starts. params.yaml is
+the one source of the values: a key it lacks is missing, not defaulted (the few code defaults
+equal its values). Library option blocks (ultralytics train args, peft LoraConfig) are typed
+`dict`, passed on unchanged, and their keys checked against the libraries' own schemas.
 
 The package: `parsing` (the type-checking parser, `ParamsError`, reading the YAML), one module of
 section dataclasses per phase (`data`: shared, prepare; `diffusion`: base, caption, class_images,
 personalize; `generate`; `detection`: annotate_with_baseline, train_detector, evaluate, few_shot),
-`checks` (checks across sections), and here `Params` (every section) and `load_params`.
+`libraries` (the ultralytics and peft schemas), `checks` (checks across sections), and here
+`Params` (every section) and `load_params`.
 """
 
 from __future__ import annotations

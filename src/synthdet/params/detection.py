@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from synthdet.params.parsing import _require
+from synthdet.params.libraries import device_problem, yolo_problems
+from synthdet.params.parsing import ParamsError, _check_matrix_values, _require
 
 
 @dataclass(frozen=True)
@@ -16,13 +17,13 @@ class AnnotateParams:
 
     confidence: float
     iou: float
+    # img2img / ControlNet: also propose the real boxes of the train image a generated image was
+    # made from (manifest `source`), merged with the baseline's boxes by class-wise NMS
+    source_boxes: bool
     # the detector that labels generated images and the pseudo-labelled real images: handful
     # (trained on the subjects' handful only: strict few-shot) or real (every labelled train
     # image, Genfusion's protocol: the annotator has seen labels the few-shot variants have not)
     annotator: Literal["handful", "real"] = "handful"
-    # img2img / ControlNet: also propose the real boxes of the train image a generated image was
-    # made from (manifest `source`), merged with the baseline's boxes by class-wise NMS
-    source_boxes: bool = False
     source_box_confidence: float = 0.5  # score given to a source box in the merge
     merge_iou: float = 0.5  # boxes overlapping more than this are one object; the higher score wins
 
@@ -78,6 +79,9 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
 
 ULTRALYTICS_IMGSZ = 640  # ultralytics' input size when train_detector.yolo sets none
 ULTRALYTICS_EPOCHS = 100  # and its epochs
+# train_detector.yolo keys whose values synthdet checks itself, with the reason, instead of
+# ultralytics' type and range check (TrainDetectorParams)
+OWN_VALUE_CHECKS = frozenset({"epochs", "nbs", "fraction"})
 
 
 @dataclass(frozen=True)
@@ -93,15 +97,16 @@ class TrainDetectorParams:
     mix_real_shares: tuple[float, ...]
     mix_synthetic_fractions: tuple[float, ...]
     preset: Literal["genfusion"] | None  # fixed ultralytics settings, applied over `yolo`
-    yolo: dict[str, Any] = field(default_factory=dict)  # passed to ultralytics `model.train`
+    yolo: dict[str, Any]  # passed to ultralytics `model.train`
+    # smaller training sets are repeated and topped up to exactly this many images an epoch
+    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain epochs
+    min_images_per_epoch: int
     # variants on the generated images besides the few-shot ones: synthetic (generated images
     # only) and mixed (every real train image plus every generated one); see synthdet.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
-    # smaller training sets are repeated and topped up to exactly this many images an epoch
-    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain epochs
-    min_images_per_epoch: int = 0
 
     def __post_init__(self) -> None:
+        self._check_library_args()
         if self.model is not None and self.model.endswith((".yaml", ".pt")):
             name = Path(self.model).name
             _require(
@@ -111,14 +116,10 @@ class TrainDetectorParams:
                 f"({self.family}{self.size}); set them to the model's",
             )
         _require(len(self.seeds) >= 1, "train_detector.seeds", "must hold at least one seed")
-        _require(len(set(self.seeds)) == len(self.seeds), "train_detector.seeds", "has a duplicate")
+        for key in ("seeds", "variants", "mix_real_shares", "mix_synthetic_fractions"):
+            _check_matrix_values(getattr(self, key), f"train_detector.{key}")
         _require(
             self.min_images_per_epoch >= 0, "train_detector.min_images_per_epoch", "must be >= 0"
-        )
-        _require(
-            len(set(self.variants)) == len(self.variants),
-            "train_detector.variants",
-            "has a duplicate",
         )
         _require(
             bool(self.mix_real_shares) or not self.mix_synthetic_fractions,
@@ -177,6 +178,18 @@ class TrainDetectorParams:
             f"must be a positive multiple of 32, got {imgsz!r}",
         )
 
+    def _check_library_args(self) -> None:
+        """`yolo` and the preset against ultralytics' own schema (every unknown key and
+        ill-typed value at once), and a `device` this machine lacks."""
+        problems = yolo_problems(self.yolo, "train_detector.yolo", OWN_VALUE_CHECKS)
+        if self.preset:
+            preset = DETECTOR_PRESETS[self.preset]
+            problems += yolo_problems(preset, f"train_detector.preset.{self.preset}", frozenset())
+        if problem := device_problem(self.yolo.get("device"), "train_detector.yolo.device"):
+            problems.append(problem)
+        if problems:
+            raise ParamsError("\n".join(problems))
+
     def _check_train_args(self, args: dict[str, Any], epochs: int) -> None:
         """ultralytics arguments that would crash it, be ignored, or change what params.yaml says
         is trained (its defaults where a key is unset)."""
@@ -202,6 +215,25 @@ class TrainDetectorParams:
             "re-estimates the epochs from the first epoch's speed, so train_detector.yolo.epochs "
             "would be ignored and each variant's epochs would depend on the machine; remove it "
             "and set train_detector.yolo.epochs",
+        )
+        optimizer = args.get("optimizer", "auto")  # ultralytics' default
+        ignored = [key for key in ("lr0", "momentum") if key in args]
+        _require(
+            optimizer != "auto" or not ignored,
+            "train_detector.yolo.optimizer",
+            f"is auto (ultralytics' default when unset), which picks its own optimizer and "
+            f"learning rate and ignores train_detector.yolo.{' and '.join(ignored)} "
+            "(ultralytics#8400), so params.yaml would not say how the detectors train; set "
+            "train_detector.yolo.optimizer (e.g. AdamW or SGD), or remove "
+            f"{' and '.join(ignored)}",
+        )
+        _require(
+            not args.get("resume"),
+            "train_detector.yolo.resume",
+            f"is {args.get('resume')!r}, but synthdet trains every detector from scratch, in a "
+            "new folder each stage run (a stopped stage reruns whole): ultralytics would find "
+            "no checkpoint there to resume, or, given a path, continue another run with that "
+            "run's arguments instead of params.yaml's; remove it",
         )
         # Only a close_mosaic params.yaml sets: ultralytics' default 10 with a short run (the
         # tests' 1 epoch) is its own choice. It turns mosaic off once epoch >= epochs - close.
@@ -330,7 +362,8 @@ class FewShotParams:
 
     def __post_init__(self) -> None:
         _require(self.extra_images >= 1, "few_shot.extra_images", "must be >= 1")
-        _require(len(set(self.sources)) == len(self.sources), "few_shot.sources", "has a duplicate")
+        for key in ("sources", "real_image_counts"):
+            _check_matrix_values(getattr(self, key), f"few_shot.{key}")
         counts = self.real_image_counts
         _require(
             list(counts) == sorted(set(counts)) and all(c >= 1 for c in counts),

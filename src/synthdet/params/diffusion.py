@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from synthdet import methods
+from synthdet.params.libraries import lora_problems
 from synthdet.params.parsing import ParamsError, _check_prompt_templates, _fields, _require
 
 # Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
@@ -228,13 +229,15 @@ class PersonalizeParams:
     validation_prompts: tuple[str, ...]  # templates with {identifier} and {class_noun}
     validation_seeds: tuple[int, ...]
     validation_steps: int  # denoising steps of the validation images
-    lora: dict[str, Any] = field(default_factory=dict)  # passed to peft.LoraConfig (UNet)
+    lora: dict[str, Any]  # passed to peft.LoraConfig (UNet)
     text_encoder_lora_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     textual_inversion: TextualInversionParams = field(
         default_factory=lambda: TextualInversionParams(1, None)
     )
 
     def __post_init__(self) -> None:
+        if problems := lora_problems(self.lora):
+            raise ParamsError("\n".join(problems))
         for key in (
             "max_train_steps",
             "batch_size",

@@ -11,6 +11,7 @@ import math
 import string
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from ruamel.yaml import YAML
@@ -25,6 +26,19 @@ class ParamsError(SynthdetError):
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ParamsError(f"params: '{key}' {message}")
+
+
+def _check_matrix_values(values: tuple, key: str) -> None:
+    """A list dvc.yaml turns into one matrix stage per value: a value listed twice (1 and 1.0
+    too, both 1.0 once parsed) would train the same detectors twice under two stage names."""
+    repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+    _require(
+        not repeated,
+        key,
+        f"holds {', '.join(map(repr, repeated))} more than once (as read: {list(values)}): "
+        "dvc.yaml makes one matrix stage per value, so the same detectors would be trained "
+        "twice; list each value once",
+    )
 
 
 def _fields(template: str) -> set[str]:
@@ -65,13 +79,13 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return value
     if origin is tuple:
         _require(isinstance(value, list | tuple), key, f"must be a list, got {_describe(value)}")
-        return tuple(_convert(item, args[0], f"{key}[{i}]") for i, item in enumerate(value))
+        items = {i: (item, args[0], f"{key}[{i}]") for i, item in enumerate(value)}
+        return tuple(_collect(_convert, items).values())
     if origin is dict:
         _require(isinstance(value, dict), key, f"must be a mapping, got {_describe(value)}")
         if args and dataclasses.is_dataclass(args[1]):  # dict[str, Section]: each value parsed
-            return {
-                name: parse_section(args[1], item, f"{key}.{name}") for name, item in value.items()
-            }
+            sections = {name: (args[1], item, f"{key}.{name}") for name, item in value.items()}
+            return _collect(parse_section, sections)
         return dict(value)
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -87,32 +101,62 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
 
 
 def parse_section(cls: type, raw: Any, where: str = "") -> Any:
-    """Build dataclass `cls` from mapping `raw`; `where` is the dotted key prefix for messages."""
+    """Build dataclass `cls` from mapping `raw`; `where` is the dotted key prefix for messages.
+    Every unknown, missing and ill-typed key of the section and its subsections is reported at
+    once, each on its own line."""
     _require(
         isinstance(raw, dict), where or "params.yaml", f"must be a mapping, got {_describe(raw)}"
     )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{where}." if where else ""
+    problems = []
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ParamsError(
+            problems.append(
                 f"params: unknown key '{prefix}{key}'{hint}; known keys: {', '.join(fields)}"
             )
-    values = {}
-    for name, spec in fields.items():
-        key = prefix + name
-        if name not in raw:
-            has_default = (
-                spec.default is not dataclasses.MISSING
-                or spec.default_factory is not dataclasses.MISSING
-            )
-            _require(has_default, key, "is missing")
-            continue
-        values[name] = _convert(raw[name], hints[name], key)
+    # A key params.yaml lacks (e.g. removed with `-S '~key'`) is an error: params.yaml is the one
+    # source of the values. The few code defaults equal the committed params.yaml's values
+    # (tests/test_params_defaults.py), so taking one changes nothing.
+    missing = [
+        prefix + name
+        for name, spec in fields.items()
+        if name not in raw
+        and spec.default is dataclasses.MISSING
+        and spec.default_factory is dataclasses.MISSING
+    ]
+    problems += [
+        f"params: '{key}' is missing; params.yaml sets every value: restore it there (e.g. from "
+        f"git), or set it with -S '{key}=<value>'"
+        for key in missing
+    ]
+    try:
+        values = _collect(
+            _convert,
+            {name: (raw[name], hints[name], prefix + name) for name in fields if name in raw},
+        )
+    except ParamsError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ParamsError("\n".join(problems))
     return cls(**values)
+
+
+def _collect(parse: Callable[..., Any], calls: dict[Any, tuple]) -> dict[Any, Any]:
+    """`parse(*arguments)` for each name -> arguments of `calls`: the results by name, or one
+    ParamsError holding every failure's message, so one run reports every bad key."""
+    results, problems = {}, []
+    for name, arguments in calls.items():
+        try:
+            results[name] = parse(*arguments)
+        except ParamsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return results
 
 
 def read_yaml(text: str) -> Any:
