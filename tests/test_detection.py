@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from synthdet import annotation, detection
+from synthdet.artifacts.evaluation import Evaluation
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params, load_params
@@ -325,19 +326,22 @@ def test_evaluate_scores_every_variant_with_paired_statistics(
     (tmp_path / "images.json").write_text(json.dumps({"fid": 100.0, "kid_mean": 0.2}))
     out = tmp_path / "metrics"
     summary = evaluate.run(params, folders, tmp_path / "images.json", out)
+    assert Evaluation.read(out / "evaluation.json").to_flat() == summary.to_flat()
     # same weights everywhere: every paired difference is exactly 0, with no spread
-    assert summary["handful-synthetic-vs-handful.diff_map50_95"] == 0
-    assert summary["handful-synthetic-vs-handful.diff_low"] == 0
-    assert summary["mixed-vs-real.diff_map50_95"] == 0 and summary["real.map50_95_std"] == 0
-    assert summary["handful-synthetic-vs-handful.p_value"] is None  # no spread: no test
-    assert summary["real.seeds"] == 2 and summary["test_images"] == 4
-    assert summary["real.margin_over_chance"] == pytest.approx(
-        summary["real.map50_95"] - summary["chance.map50_95"], abs=1e-6
+    compared = summary.comparison("handful-synthetic", "handful")
+    assert compared.diff_map50_95 == 0 and compared.diff_low == 0
+    assert summary.comparison("mixed", "real").diff_map50_95 == 0
+    assert compared.p_value is None  # no spread: no test
+    real = summary.variant("real")
+    assert real.map50_95.std == 0 and real.seeds == 2 and summary.test_images == 4
+    assert real.margin_over_chance == pytest.approx(
+        real.map50_95.mean - summary.chance.map50_95, abs=1e-6
     )
-    assert summary["handful-synthetic.train_boxes"] > 0
+    assert summary.variant("handful-synthetic").train_boxes > 0
     headline = json.loads((out / "evaluate.json").read_text())
     assert len(headline) <= 12 and headline["fid"] == 100.0
-    assert headline["handful-synthetic.map50_95"] == summary["handful-synthetic.map50_95"]
+    few_shot = summary.variant("handful-synthetic")
+    assert headline["handful-synthetic.map50_95"] == few_shot.map50_95.mean
     with (out / "detection_table.csv").open() as file:
         assert [row["variant"] for row in csv.DictReader(file)] == names
     with (out / "real_image_curve.csv").open() as file:

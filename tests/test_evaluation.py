@@ -56,15 +56,48 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
         "handful-synthetic": runs({1: 0.14, 2: 0.18}, confidence=0.1),
     }
     curve = [("handful", 8), ("real-n16", 16), ("real", 116)]
-    summary = evaluation.summarise(scored, chance, curve, annotate_confidence=0.25)
-    key = "handful-synthetic-vs-handful"
-    assert summary[f"{key}.diff_map50_95"] == pytest.approx(0.05)
-    assert summary[f"{key}.seeds"] == 2 and summary[f"{key}.p_holm"] is not None
+    test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
+    # no label file next to these images: every variant trained on no box
+    compositions = {name: variants.Composition((image,), ()) for name in scored}
+    compositions["handful-synthetic"] = variants.Composition((image,), (image,))
+    summary = evaluation.summarise(scored, chance, curve, 0.25, compositions, test)
+    compared = summary.comparison("handful-synthetic", "handful")
+    assert compared.diff_map50_95 == pytest.approx(0.05)
+    assert compared.seeds == 2 and compared.p_holm is not None
     # mean 0.16 lies between handful (0.11 at 8) and real-n16 (0.21 at 16): 8 + 0.5 * 8 = 12
-    assert summary["handful-synthetic.real_image_equivalent"] == pytest.approx(12.0)
-    assert summary["handful-synthetic.below_annotation_confidence"] == 1
-    assert summary["real.below_annotation_confidence"] == 0
-    assert summary["real.margin_over_chance"] == pytest.approx(0.31)
+    synthetic = summary.variant("handful-synthetic")
+    assert synthetic.real_image_equivalent.images == pytest.approx(12.0)
+    assert synthetic.below_annotation_confidence
+    assert synthetic.empty_label_set and synthetic.empty_extra_labels
+    real = summary.variant("real")
+    assert not real.below_annotation_confidence and not real.empty_extra_labels
+    assert real.margin_over_chance == pytest.approx(0.31)
+    assert real.map50_95.std == pytest.approx(0.014142)
+    assert real.map_small == evaluation.MeanStd(None, None)  # no size scores in these runs
+    assert (summary.test_images, summary.test_boxes) == (1, 1)
+    # what evaluate writes reads back as the same record
+    assert evaluation.Evaluation.from_flat(summary.to_flat()).variant("real") == real
     headline = evaluation.headline(summary, {"fid": 90.0, "kid_mean": 0.1})
     assert headline["handful-synthetic.real_image_equivalent"] == pytest.approx(12.0)
+    assert headline["handful-synthetic-vs-handful.diff_map50_95"] == pytest.approx(0.05)
     assert headline["fid"] == 90.0 and len(headline) <= 12
+
+
+def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
+    scores = evaluation.metrics.DetectionMetrics(0.2, 0.4, 0.1, (), ())
+    runs = {"real": {42: evaluation.Run(scores, 0.9)}}
+    summary = evaluation.summarise(
+        runs,
+        evaluation.chance_baseline(test),
+        [("real", 116)],
+        0.25,
+        {"real": variants.Composition((image,), ())},
+        test,
+    )
+    record = summary.variant("real")
+    assert record.real_image_equivalent is None and record.map50_95.std is None
+    assert "real.real_image_equivalent" not in summary.to_flat()
+    assert "handful-synthetic.real_image_equivalent" not in evaluation.headline(summary, {})

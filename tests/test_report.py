@@ -1,69 +1,56 @@
-"""The report: tables, comparisons, the real-image equivalent, settings and limits."""
+"""The report: tables, comparisons, the real-image equivalent, settings and limits, rendered
+from the typed metrics files (the committed ones, and variations of them)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from synthdet import report, variants
-from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
-from synthdet.params import load_params
+from synthdet.artifacts.evaluation import EVALUATION, Evaluation
+from synthdet.artifacts.metrics import (
+    ANNOTATE_METRICS,
+    COPY_PASTE_METRICS,
+    PREPARE_METRICS,
+    PSEUDO_METRICS,
+    AnnotateMetrics,
+    ExtraImagesMetrics,
+    PrepareMetrics,
+    read_annotate_metrics,
+    read_extra_images_metrics,
+    read_metrics_json,
+    read_prepare_metrics,
+)
+from synthdet.data import DataError
+from synthdet.params import Params, load_params
 from tests.conftest import REPO
 
-EVALUATION = {
+METRICS = REPO / "metrics"
+# the committed evaluation with three seeds' worth of spread, intervals and p-values
+THREE_SEEDS = {
+    "real.seeds": 3,
     "real.map50_95": 0.25,
     "real.map50": 0.5,
     "real.map75": 0.2,
     "real.map50_95_std": 0.02,
     "real.map_small": 0.12,
-    "real.seeds": 3,
     "real.margin_over_chance": 0.25,
-    "handful.map50_95": 0.05,
-    "handful.seeds": 3,
-    "handful-synthetic.map50_95": 0.11,
-    "handful-synthetic.seeds": 3,
     "handful-synthetic.below_annotation_confidence": 1,
+    "handful-synthetic-vs-handful.seeds": 3,
     "handful-synthetic-vs-handful.diff_map50_95": 0.06,
     "handful-synthetic-vs-handful.diff_low": 0.01,
     "handful-synthetic-vs-handful.diff_high": 0.11,
-    "handful-synthetic-vs-handful.seeds": 3,
     "handful-synthetic-vs-handful.p_value": 0.03,
     "handful-synthetic-vs-handful.p_holm": 0.06,
     "handful-synthetic-vs-handful.mdd": 0.031,
     "handful-synthetic.real_image_equivalent": 12.4,
     "handful-synthetic.real_image_equivalent_low": 10.0,
     "handful-synthetic.real_image_equivalent_high": 15.0,
-    "synthetic.map50_95": 0.1,
-    "synthetic.map50": 0.3,
-    "synthetic.map75": 0.05,
-    "synthetic.seeds": 3,
     "synthetic.empty_label_set": 1,
     "synthetic-vs-real.diff_map50_95": -0.15,
-    "synthetic-vs-real.seeds": 3,
-    "chance.map50_95": 0.0,
     "chance.map50": 0.01,
-    "chance.map75": 0.0,
-    "test_images": 40,
-    "test_boxes": 351,
-}
-IMAGES = {
-    "clip_score": None,
-    "clip_score_reason": "no CLIP model configured",
-    "real_vs_generated.accuracy": 0.55,
-    "real_vs_generated.tested": 64,
-    "real_vs_generated.correct": 35,
-    "real_vs_generated.p_value": 0.2557,
-    "real_vs_generated.train_accuracy": 0.9,
-    "real_vs_generated.folds": 4,
-    "subject.generated_share": 0.0625,
-    "subject.generated_images": 32,
-    "subject.reference_share": 1.0,
-    "subject.reference_images": 25,
-    "fid": 123.456,
-    "kid_mean": 0.1234,
-    "kid_std": 0.01,
-    "kid_subset_size": 32,
-    "fid_real_images": 116,
-    "fid_generated_images": 32,
 }
 PREPARED = PrepareMetrics.from_dict(
     {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
@@ -75,20 +62,61 @@ EXTRAS = {"copy-paste (handful crops)": ExtraImagesMetrics(64, 700)}
 VARIANTS = ["real", "handful", "handful-synthetic", "synthetic"]
 
 
-def render(seeds: tuple[int, ...], annotated: AnnotateMetrics = ANNOTATED) -> str:
+def params_with_seeds(seeds: tuple[int, ...]) -> Params:
     params = load_params(REPO / "params.yaml")
-    detector = dataclasses.replace(params.train_detector, seeds=seeds)
-    params = dataclasses.replace(params, train_detector=detector, shared=params.shared)
+    return dataclasses.replace(
+        params, train_detector=dataclasses.replace(params.train_detector, seeds=seeds)
+    )
+
+
+def committed_flat() -> dict:
+    return json.loads((METRICS / EVALUATION).read_text())
+
+
+def render(
+    seeds: tuple[int, ...],
+    annotated: AnnotateMetrics = ANNOTATED,
+    evaluation: Evaluation | None = None,
+    names: list[str] = VARIANTS,
+) -> str:
     return report.render(
-        params,
-        EVALUATION,
-        IMAGES,
+        params_with_seeds(seeds),
+        evaluation or Evaluation.from_flat(committed_flat() | THREE_SEEDS),
+        read_metrics_json(METRICS / "images.json"),
         PREPARED,
         annotated,
         EXTRAS,
-        VARIANTS,
-        variants.comparisons(VARIANTS),
+        names,
+        variants.comparisons(names),
     )
+
+
+def test_the_report_renders_from_the_committed_metrics_files() -> None:
+    names = ["real", "handful", "real-n64", "handful-synthetic", "handful-copy-paste"]
+    names += ["handful-pseudo", "synthetic"]
+    page = report.render(
+        load_params(REPO / "params.yaml"),
+        Evaluation.read(METRICS / EVALUATION),
+        read_metrics_json(METRICS / "images.json"),
+        read_prepare_metrics(METRICS / PREPARE_METRICS),
+        read_annotate_metrics(METRICS / ANNOTATE_METRICS),
+        {
+            "copy-paste (handful crops)": read_extra_images_metrics(METRICS / COPY_PASTE_METRICS),
+            "pseudo-labelled real": read_extra_images_metrics(METRICS / PSEUDO_METRICS),
+        },
+        names,
+        variants.comparisons(names),
+    )
+    assert "Real test split: 40 images, 351 boxes." in page
+    assert "| `handful-synthetic` | 1 | 0.201 | 0.468 | 0.145 | +0.201 |" in page
+    assert (
+        "| `handful-pseudo` − `handful` | 1 | -0.066 | n/a (one seed) | n/a | n/a | n/a |" in page
+    )
+    assert "- `handful-synthetic` scores like **9 labelled real images**." in page
+    assert "- `handful-copy-paste` scores fewer than the handful of the labelled real" in page
+    assert "| real | 0.114 | 0.328 | n/a |" in page  # no large test box
+    assert "(n/a: the test split has no box of that size)" in page
+    assert "**One seed per variant (42" in page and "n/a" not in page.split("## Limits")[1]
 
 
 def test_report_answers_the_few_shot_question_with_intervals() -> None:
@@ -101,15 +129,15 @@ def test_report_answers_the_few_shot_question_with_intervals() -> None:
         "| 0.031 |" in page
     )
     assert "`handful-synthetic` scores like **12 labelled real images** (10-15" in page
-    assert "| `synthetic` − `real` | 3 | -0.150 | n/a (one seed) |" in page
+    assert "| `synthetic` − `real` | 1 | -0.150 | n/a (one seed) |" in page
     assert "**⚠ trained on an empty label set**" in page
-    assert "| real | 0.120 | n/a | n/a |" in page  # mAP by object size
+    assert "| real | 0.120 | 0.328 | n/a |" in page  # mAP by object size
     assert "| copy-paste (handful crops) | 64 | 700 |" in page
     assert "`dreambooth_lora` personalisation" in page and "img2img of the handful images" in page
     assert "the `handful` detector of seed 42 (trained on the handful only" in page
-    assert "CLIP score: n/a (no CLIP model configured)" in page
-    assert "held-out accuracy 0.550 on 64 images" in page and "p = 0.26" in page
-    assert "FID 123.46 and KID 0.1234 ± 0.0100" in page
+    assert "CLIP score: n/a (evaluate.clip_model is null" in page
+    assert "held-out accuracy 1.000 on 128 images" in page and "p = 2.9e-39" in page
+    assert "FID 184.82 and KID 0.1820 ± 0.0096" in page
     assert "(synthetic_grid.png)" in page and "(real_image_curve.csv)" in page
     assert "3 seeds per variant" in page and "0.031-0.031 mAP@[.5:.95] is the smallest" in page
     assert "handful-synthetic: no test box scored above the annotation confidence" in page
@@ -121,3 +149,17 @@ def test_report_limits_name_one_seed_and_an_empty_label_set() -> None:
     assert "No box in any generated image" not in page
     page = render((42,), dataclasses.replace(ANNOTATED, boxes=0, empty_label_set=True))
     assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
+
+
+def test_without_a_real_image_curve_the_report_says_so() -> None:
+    flat = {k: v for k, v in committed_flat().items() if ".real_image_equivalent" not in k}
+    page = render((42,), evaluation=Evaluation.from_flat(flat))
+    assert (
+        "- `handful-synthetic` has no real-image equivalent: fewer than two points of the curve"
+        in page
+    )
+
+
+def test_a_variant_the_evaluation_lacks_is_an_error_not_a_blank() -> None:
+    with pytest.raises(DataError, match=r"evaluation.json has no variant 'mixed'"):
+        render((42,), names=[*VARIANTS, "mixed"])

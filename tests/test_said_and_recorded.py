@@ -15,6 +15,7 @@ from PIL import Image
 
 from synthdet import detection, report
 from synthdet.artifacts.class_images import ClassImagesInfo
+from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     AnnotateMetrics,
     ExtraImagesMetrics,
@@ -26,7 +27,7 @@ from synthdet.data import DataError
 from synthdet.diffusion.vocabulary import long_text_warning
 from synthdet.personalization.examples import captions_seen
 from synthdet.stages import annotate_with_baseline, class_images, pseudo_label, train_detector
-from tests.conftest import write_tiny_yolo_folder
+from tests.conftest import REPO, write_tiny_yolo_folder
 from tests.tiny_models import tiny_sd_pipeline
 
 
@@ -161,15 +162,19 @@ def test_a_pseudo_label_pass_without_boxes_is_said_flagged_and_reported(
     # the report reads the flag through the typed artifact
     extra = read_extra_images_metrics(metrics_file)
     assert extra == ExtraImagesMetrics(images=2, boxes=0, empty_label_set=True)
+    evaluation = Evaluation.read(REPO / "metrics" / EVALUATION)
     lines = report.limits(
-        params, {}, {}, PrepareMetrics.from_dict({}), AnnotateMetrics(), {"pseudo": extra}
+        params, evaluation, {}, PrepareMetrics.from_dict({}), AnnotateMetrics(), {"pseudo": extra}
     )
     assert (
         "**No box in any of the 2 pseudo images** (`empty_label_set` in their metrics): the "
         "annotator found nothing at annotate_with_baseline.confidence 0.25, so the variant "
         "trained on them learned their objects as background."
     ) in lines
-    flagged = {"handful-pseudo.empty_extra_labels": 1, "handful.empty_extra_labels": 0}
+    pseudo = dataclasses.replace(evaluation.variant("handful-pseudo"), empty_extra_labels=True)
+    flagged = dataclasses.replace(
+        evaluation, variants={**evaluation.variants, "handful-pseudo": pseudo}
+    )
     table = report.detection_table(flagged, ["handful", "handful-pseudo"])
     assert [row.split(" | ")[0] for row in table[2:4]] == [
         "| `handful`",

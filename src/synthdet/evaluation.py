@@ -1,9 +1,12 @@
-"""Detector scores summarised: per-variant mean and spread over seeds, paired comparisons with
-Holm's correction, the chance baseline, the real-image equivalent and sanity flags.
+"""Detector scores summarised into the typed `Evaluation` (synthdet.artifacts.evaluation):
+per-variant mean and spread over seeds, paired comparisons with Holm's correction, the chance
+baseline, the real-image equivalent and sanity flags; and the CSV tables and headline numbers
+drawn from it.
 
-Comparisons (`COMPARISONS`): each few-shot variant (`handful-<source>`, `real-n<count>`, `real`)
-against `handful`, the question a user with a handful of labels asks; every other variant
-against `real` (Genfusion's table). Holm's correction runs over all comparisons of one run.
+Comparisons (`variants.comparisons`): each `handful-<source>` against `handful`, the question a
+user with a handful of labels asks, and `handful-synthetic` against each cheap alternative;
+every generated-data variant against `real` (Genfusion's table). Holm's correction runs over
+all comparisons of one run.
 """
 
 from __future__ import annotations
@@ -15,11 +18,19 @@ from typing import Any
 import torch
 
 from synthdet import metrics, stats, variants
+from synthdet.artifacts.evaluation import (
+    CHANCE,
+    MAP_KEYS,
+    SIZE_KEYS,
+    VERSUS,
+    ChanceScores,
+    Comparison,
+    Evaluation,
+    MeanStd,
+    RealImageEquivalent,
+    VariantRecord,
+)
 from synthdet.data import Sample, verify_image
-
-MAP_KEYS = ("map50_95", "map50", "map75")
-SIZE_KEYS = ("map_small", "map_medium", "map_large")
-CHANCE = "chance"  # one whole-image box per test image, score 1
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -55,68 +66,112 @@ def summarise(
     chance: metrics.DetectionMetrics,
     real_curve: Sequence[tuple[str, int]],
     annotate_confidence: float,
-) -> dict[str, float | int | str | None]:
-    """Flat metrics: `<variant>.<key>` mean/std over seeds, margin over chance, real-image
-    equivalent (with the curve's inverse of mean -/+ std) and the flag
-    `below_annotation_confidence`; `<variant>-vs-<reference>.*` the paired difference (95 % t
-    interval, raw and Holm-adjusted p, minimum detectable difference); and `chance.*`.
+    compositions: Mapping[str, variants.Composition],
+    test: Sequence[Sample],
+) -> Evaluation:
+    """Every number of the run: per variant the mAP mean/std over seeds (rounded to 6 digits),
+    margin over chance, real-image equivalent (with the curve's inverse of mean -/+ std), the
+    flag `below_annotation_confidence` and its training labels' box count and flags; per
+    comparison (`variants.comparisons`) the paired difference (95 % t interval, raw and
+    Holm-adjusted p, minimum detectable difference); the chance baseline; the test split's size.
 
-    `real_curve`: (variant, labelled images) from `handful` to `real`, increasing."""
-    summary: dict[str, float | int | str | None] = {}
-    for key in MAP_KEYS:
-        summary[f"{CHANCE}.{key}"] = _round(getattr(chance, key))
+    `real_curve`: (variant, labelled images) from `handful` to `real`, increasing;
+    `compositions`: every variant's training images (for the label counts); `test`: the test
+    split the runs were scored on."""
     by_seed = {
         name: {s: r.scores.map50_95 for s, r in seeds.items()} for name, seeds in runs.items()
     }
+    scores: dict[str, dict[str, MeanStd]] = {}
     for name, seeds in runs.items():
-        summary[f"{name}.seeds"] = len(seeds)
+        scores[name] = {}
         for key in MAP_KEYS + SIZE_KEYS:
             values = [getattr(r.scores, key) for r in seeds.values()]
             values = [v for v in values if v is not None]
             spread = metrics.spread(values) if values else None
-            summary[f"{name}.{key}"] = _round(spread.mean) if spread else None
-            summary[f"{name}.{key}_std"] = _round(spread.std) if spread else None
-        summary[f"{name}.margin_over_chance"] = _round(
-            summary[f"{name}.map50_95"] - chance.map50_95
+            scores[name][key] = MeanStd(
+                _round(spread.mean) if spread else None, _round(spread.std) if spread else None
+            )
+    equivalents = _equivalents(runs, scores, real_curve)
+    records = {}
+    for name, seeds in runs.items():
+        composition = compositions[name]
+        extra_boxes = variants.label_boxes(composition.extra)
+        train_boxes = variants.label_boxes(composition.real) + extra_boxes
+        records[name] = VariantRecord(
+            seeds=len(seeds),
+            **scores[name],
+            margin_over_chance=_round(scores[name]["map50_95"].mean - chance.map50_95),
+            below_annotation_confidence=max(r.max_confidence for r in seeds.values())
+            < annotate_confidence,
+            train_boxes=train_boxes,
+            empty_label_set=train_boxes == 0,
+            empty_extra_labels=bool(composition.extra) and not extra_boxes,
+            real_image_equivalent=equivalents.get(name),
         )
-        best = max(r.max_confidence for r in seeds.values())
-        summary[f"{name}.below_annotation_confidence"] = int(best < annotate_confidence)
-    p_values = {}
+    tested = []
     for name, reference in variants.comparisons(list(runs)):
-        key = f"{name}-vs-{reference}"
         diff = stats.paired_difference(by_seed[name], by_seed[reference])
-        summary[f"{key}.diff_map50_95"] = _round(diff.mean)
-        summary[f"{key}.diff_std"] = _round(diff.std)
-        summary[f"{key}.diff_low"] = _round(diff.low)
-        summary[f"{key}.diff_high"] = _round(diff.high)
-        summary[f"{key}.seeds"] = diff.seeds
-        summary[f"{key}.p_value"] = _round(diff.p_value)
-        summary[f"{key}.mdd"] = _round(stats.minimum_detectable_difference(diff.std, diff.seeds))
-        p_values[key] = diff.p_value
-    for key, adjusted in stats.holm(p_values).items():
-        summary[f"{key}.p_holm"] = _round(adjusted)
+        tested.append((name, reference, diff))
+    # keyed by the flat prefix, as Holm breaks ties of equal p-values by key
+    adjusted = stats.holm({f"{a}{VERSUS}{b}": diff.p_value for a, b, diff in tested})
+    comparisons = tuple(
+        Comparison(
+            name,
+            reference,
+            diff_map50_95=_round(diff.mean),
+            diff_std=_round(diff.std),
+            diff_low=_round(diff.low),
+            diff_high=_round(diff.high),
+            seeds=diff.seeds,
+            p_value=_round(diff.p_value),
+            p_holm=_round(adjusted[f"{name}{VERSUS}{reference}"]),
+            mdd=_round(stats.minimum_detectable_difference(diff.std, diff.seeds)),
+        )
+        for name, reference, diff in tested
+    )
+    return Evaluation(
+        ChanceScores(*(_round(getattr(chance, key)) for key in MAP_KEYS)),
+        records,
+        comparisons,
+        test_images=len(test),
+        test_boxes=sum(len(sample.boxes) for sample in test),
+    )
+
+
+def _equivalents(
+    runs: Mapping[str, Mapping[int, Run]],
+    scores: Mapping[str, Mapping[str, MeanStd]],
+    real_curve: Sequence[tuple[str, int]],
+) -> dict[str, RealImageEquivalent]:
+    """Each variant's real-image equivalent; none when fewer than two curve points trained."""
     curve = [(name, count) for name, count in real_curve if name in runs]
-    if len(curve) >= 2:
-        counts = [count for _, count in curve]
-        means = [summary[f"{name}.map50_95"] for name, _ in curve]
-        for name in runs:
-            mean, std = summary[f"{name}.map50_95"], summary[f"{name}.map50_95_std"] or 0.0
-            for suffix, score in (("", mean), ("_low", mean - std), ("_high", mean + std)):
-                found = stats.real_image_equivalent(counts, means, score)
-                summary[f"{name}.real_image_equivalent{suffix}"] = _round(found.images, 2)
-                if not suffix:
-                    summary[f"{name}.real_image_equivalent_bound"] = found.bound
-    return summary
+    if len(curve) < 2:
+        return {}
+    counts = [count for _, count in curve]
+    means = [scores[name]["map50_95"].mean for name, _ in curve]
+    found = {}
+    for name in runs:
+        mean, std = scores[name]["map50_95"].mean, scores[name]["map50_95"].std or 0.0
+        at_mean, low, high = (
+            stats.real_image_equivalent(counts, means, score)
+            for score in (mean, mean - std, mean + std)
+        )
+        found[name] = RealImageEquivalent(
+            _round(at_mean.images, 2), _round(low.images, 2), _round(high.images, 2), at_mean.bound
+        )
+    return found
 
 
-def _bounds(mean: float | None, std: float | None) -> tuple[float | None, float | None]:
-    if mean is None:
+def _bounds(scores: MeanStd) -> tuple[float | None, float | None]:
+    """mean -/+ std (std 0 with one seed); None without a mean."""
+    if scores.mean is None:
         return None, None
-    return round(mean - (std or 0.0), 6), round(mean + (std or 0.0), 6)
+    std = scores.std or 0.0
+    return round(scores.mean - std, 6), round(scores.mean + std, 6)
 
 
 def tables(
-    summary: Mapping[str, Any],
+    evaluation: Evaluation,
     runs: Mapping[str, Mapping[int, Run]],
     compositions: Mapping[str, variants.Composition],
 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -136,24 +191,26 @@ def tables(
     )
     table = []
     for name in runs:
-        mean, std = summary[f"{name}.map50_95"], summary[f"{name}.map50_95_std"]
+        record = evaluation.variant(name)
         composition = compositions[name]
+        lower, upper = _bounds(record.map50_95)
+        equivalent = record.real_image_equivalent
         table.append(
             {
                 "variant": name,
-                "seeds": summary[f"{name}.seeds"],
-                "map50_95": mean,
-                "std": std,
-                "lower": _bounds(mean, std)[0],
-                "upper": _bounds(mean, std)[1],
-                "map50": summary[f"{name}.map50"],
-                "map75": summary[f"{name}.map75"],
-                "margin_over_chance": summary[f"{name}.margin_over_chance"],
+                "seeds": record.seeds,
+                "map50_95": record.map50_95.mean,
+                "std": record.map50_95.std,
+                "lower": lower,
+                "upper": upper,
+                "map50": record.map50.mean,
+                "map75": record.map75.mean,
+                "margin_over_chance": record.margin_over_chance,
                 "real_images": len(composition.real),
                 "extra": variants.parse(name).extra or "",
                 "extra_images": len(composition.extra),
                 "extra_share": round(composition.extra_share, 6),
-                "real_image_equivalent": summary.get(f"{name}.real_image_equivalent"),
+                "real_image_equivalent": equivalent.images if equivalent else None,
             }
         )
     header = list(table[0])
@@ -185,7 +242,7 @@ def tables(
 
 
 # The numbers `dvc exp show` and `dvc metrics show` print (metrics/evaluate.json); the rest are
-# ordinary outputs (metrics/evaluation.json) that the report and MLflow read.
+# in metrics/evaluation.json, which the report and MLflow read.
 HEADLINE_VARIANTS = (
     variants.BASELINE,
     variants.HANDFUL,
@@ -197,21 +254,23 @@ HEADLINE_VARIANTS = (
 HEADLINE_IMAGE_KEYS = ("fid", "kid_mean")
 
 
-def headline(summary: Mapping[str, Any], images: Mapping[str, Any]) -> dict[str, Any]:
-    """About ten numbers: mAP@[.5:.95] of the main variants, the generated images' gain over the
-    handful and their real-image equivalent, chance, FID and KID."""
+def headline(evaluation: Evaluation, images: Mapping[str, Any]) -> dict[str, Any]:
+    """About ten numbers, as flat keys of evaluation.json: mAP@[.5:.95] of the main variants
+    present, the generated images' gain over the handful and their real-image equivalent,
+    chance; FID and KID from `images` (check-images' metrics)."""
+    records = evaluation.variants
     numbers: dict[str, Any] = {
-        f"{name}.map50_95": summary[f"{name}.map50_95"]
+        f"{name}.map50_95": records[name].map50_95.mean
         for name in HEADLINE_VARIANTS
-        if f"{name}.map50_95" in summary
+        if name in records
     }
     generated = variants.few_shot_name(variants.SYNTHETIC)
-    for key in (
-        f"{generated}-vs-{variants.HANDFUL}.diff_map50_95",
-        f"{generated}.real_image_equivalent",
-    ):
-        if key in summary:
-            numbers[key] = summary[key]
-    numbers[f"{CHANCE}.map50_95"] = summary[f"{CHANCE}.map50_95"]
+    for comparison in evaluation.comparisons:
+        if (comparison.variant, comparison.reference) == (generated, variants.HANDFUL):
+            numbers[f"{comparison.key}.diff_map50_95"] = comparison.diff_map50_95
+    if generated in records and records[generated].real_image_equivalent is not None:
+        equivalent = records[generated].real_image_equivalent.images
+        numbers[f"{generated}.real_image_equivalent"] = equivalent
+    numbers[f"{CHANCE}.map50_95"] = evaluation.chance.map50_95
     numbers |= {key: images.get(key) for key in HEADLINE_IMAGE_KEYS}
     return numbers

@@ -1,6 +1,9 @@
-"""The one-page Markdown report of a pipeline run (`metrics/report.md`, written by `evaluate`).
+"""The one-page Markdown report of a pipeline run (`metrics/report.md`, the report stage).
 
-Everything in it is read from the run's metrics files and params; nothing is computed here.
+Everything in it is read from the run's metrics files (evaluate's as the typed `Evaluation`) and
+params; nothing is computed here. A number the evaluation lacks is an error, never a blank: "n/a"
+stands only for a value that is undefined, and the text says why (one seed, no test box of a
+size).
 """
 
 from __future__ import annotations
@@ -8,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from synthdet.artifacts.evaluation import Evaluation, MeanStd
 from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import Params
 
 
-def _number(value: Any, digits: int = 3, signed: bool = False) -> str:
+def _number(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table cell; "n/a" for a value that is undefined (the table says why)."""
     if value is None:
         return "n/a"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -20,157 +25,161 @@ def _number(value: Any, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _mean_std(evaluation: Mapping[str, Any], key: str, signed: bool = False) -> str:
-    mean, std = evaluation.get(key), evaluation.get(f"{key}_std")
-    text = _number(mean, signed=signed)
-    return text if std is None or mean is None else f"{text} ± {std:.3f}"
+def _mean_std(scores: MeanStd) -> str:
+    """mean ± std; the mean alone with one seed (no std)."""
+    text = _number(scores.mean)
+    return text if scores.std is None or scores.mean is None else f"{text} ± {scores.std:.3f}"
 
 
-def detection_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
-    """Rows shaped like Genfusion's Table 1: mean ± std over seeds; the gap is the variant's
-    mAP@[.5:.95] minus real's at the same seed, averaged over seeds (± its std)."""
+def detection_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
+    """Rows shaped like Genfusion's Table 1: mean ± std over seeds, the margin over the chance
+    baseline and the warnings evaluate flagged; raises DataError for a variant it did not score."""
     rows = [
         "| variant | seeds | mAP@[.5:.95] | mAP@.5 | mAP@.75 | margin over chance |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for variant in variants:
+        record = evaluation.variant(variant)
         flags = []
-        if evaluation.get(f"{variant}.below_annotation_confidence"):
+        if record.below_annotation_confidence:
             flags.append("**⚠ no test box scored above the annotation confidence**")
-        if evaluation.get(f"{variant}.empty_label_set"):
+        if record.empty_label_set:
             flags.append("**⚠ trained on an empty label set**")
-        elif evaluation.get(f"{variant}.empty_extra_labels"):
+        elif record.empty_extra_labels:
             flags.append("**⚠ its extra images hold no box**")
         cells = [
             " ".join([f"`{variant}`", *flags]),
-            _number(evaluation.get(f"{variant}.seeds")),
-            _mean_std(evaluation, f"{variant}.map50_95"),
-            _mean_std(evaluation, f"{variant}.map50"),
-            _mean_std(evaluation, f"{variant}.map75"),
-            _number(evaluation.get(f"{variant}.margin_over_chance"), signed=True),
+            _number(record.seeds),
+            _mean_std(record.map50_95),
+            _mean_std(record.map50),
+            _mean_std(record.map75),
+            _number(record.margin_over_chance, signed=True),
         ]
         rows.append("| " + " | ".join(cells) + " |")
+    chance = evaluation.chance
     rows.append(
-        f"| chance (one whole-image box per image) | - | "
-        f"{_number(evaluation.get('chance.map50_95'))} | {_number(evaluation.get('chance.map50'))} "
-        f"| {_number(evaluation.get('chance.map75'))} | - |"
+        f"| chance (one whole-image box per image) | - | {_number(chance.map50_95)} | "
+        f"{_number(chance.map50)} | {_number(chance.map75)} | - |"
     )
     return rows
 
 
-def comparison_table(
-    evaluation: Mapping[str, Any], comparisons: Sequence[tuple[str, str]]
-) -> list[str]:
+def comparison_table(evaluation: Evaluation, comparisons: Sequence[tuple[str, str]]) -> list[str]:
     """Paired differences (variant - reference, same seed) with the 95 % t interval, the raw and
-    Holm-adjusted p-values and the minimum detectable difference (80 % power)."""
+    Holm-adjusted p-values and the minimum detectable difference (80 % power); with one seed
+    only the difference is defined. Raises DataError for a pair evaluate did not compare."""
     rows = [
         "| comparison | seeds | difference in mAP@[.5:.95] | 95 % interval | p | p (Holm) "
         "| detectable at 80 % power |",
         "|---|---:|---:|---|---:|---:|---:|",
     ]
     for variant, reference in comparisons:
-        key = f"{variant}-vs-{reference}"
-        low, high = evaluation.get(f"{key}.diff_low"), evaluation.get(f"{key}.diff_high")
-        interval = "n/a (one seed)" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        found = evaluation.comparison(variant, reference)
+        low, high = found.diff_low, found.diff_high
+        # no interval (nor p, nor MDD) from one seed: no spread of the differences
+        interval = "n/a (one seed)" if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
         cells = [
             f"`{variant}` − `{reference}`",
-            _number(evaluation.get(f"{key}.seeds")),
-            _number(evaluation.get(f"{key}.diff_map50_95"), signed=True),
+            _number(found.seeds),
+            _number(found.diff_map50_95, signed=True),
             interval,
-            _number(evaluation.get(f"{key}.p_value")),
-            _number(evaluation.get(f"{key}.p_holm")),
-            _number(evaluation.get(f"{key}.mdd")),
+            _number(found.p_value),
+            _number(found.p_holm),
+            _number(found.mdd),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
-def equivalent_lines(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
+def equivalent_lines(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
     """What each few-shot variant is worth in labelled real images (the real curve inverted)."""
     lines = []
     for variant in variants:
         if not variant.startswith("handful-"):
             continue
-        images = evaluation.get(f"{variant}.real_image_equivalent")
-        bound = evaluation.get(f"{variant}.real_image_equivalent_bound")
-        if images is None:
-            where = "fewer than the handful" if bound == "below" else "more than all of them"
-            text = f"scores {where} on the curve"
+        equivalent = evaluation.variant(variant).real_image_equivalent
+        if equivalent is None:
+            text = (
+                "has no real-image equivalent: fewer than two points of the curve (`handful`, "
+                "`real-n…`, `real`) were trained"
+            )
+        elif equivalent.images is None:
+            where = "fewer than the handful" if equivalent.bound == "below" else "more than all"
+            text = f"scores {where} of the labelled real images on the curve"
         else:
-            low = evaluation.get(f"{variant}.real_image_equivalent_low")
-            high = evaluation.get(f"{variant}.real_image_equivalent_high")
+            low, high = equivalent.low, equivalent.high
             spread = (
                 ""
                 if low is None or high is None or low == high
                 else f" ({low:.0f}-{high:.0f} for its mean ∓ std)"
             )
-            text = f"scores like **{images:.0f} labelled real images**{spread}"
+            text = f"scores like **{equivalent.images:.0f} labelled real images**{spread}"
         lines.append(f"- `{variant}` {text}.")
     return lines
 
 
-def size_table(evaluation: Mapping[str, Any], variants: Sequence[str]) -> list[str]:
-    """mAP@[.5:.95] by COCO object size (mean over seeds); n/a: no test box of that size."""
+def size_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
+    """mAP@[.5:.95] by COCO object size (mean ± std over seeds); n/a: no test box of that size."""
     rows = [
         "| variant | small (< 32² px) | medium | large (> 96² px) |",
         "|---|---:|---:|---:|",
     ]
     for variant in variants:
-        cells = [variant] + [
-            _mean_std(evaluation, f"{variant}.map_{size}") for size in ("small", "medium", "large")
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
+        record = evaluation.variant(variant)
+        sizes = (record.map_small, record.map_medium, record.map_large)
+        rows.append("| " + " | ".join([variant, *map(_mean_std, sizes)]) + " |")
     return rows
 
 
-def image_quality(params: Params, evaluation: Mapping[str, Any]) -> list[str]:
+def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
+    """The generated images' checks, from check-images' metrics (`metrics/images.json`)."""
     lines = [
-        f"- FID {_number(evaluation.get('fid'), 2)} and KID "
-        f"{_number(evaluation.get('kid_mean'), 4)} ± {_number(evaluation.get('kid_std'), 4)} "
-        f"(std over KID subsets of {evaluation.get('kid_subset_size')} images) between "
-        f"{evaluation.get('fid_generated_images')} generated and "
-        f"{evaluation.get('fid_real_images')} real {params.evaluate.fid_real_split} images.",
+        f"- FID {_number(images.get('fid'), 2)} and KID "
+        f"{_number(images.get('kid_mean'), 4)} ± {_number(images.get('kid_std'), 4)} "
+        f"(std over KID subsets of {images.get('kid_subset_size')} images) between "
+        f"{images.get('fid_generated_images')} generated and "
+        f"{images.get('fid_real_images')} real {params.evaluate.fid_real_split} images.",
     ]
-    if evaluation.get("clip_score") is not None:
+    if images.get("clip_score") is not None:
         lines.append(
             f"- CLIP score (image vs its prompt, `{params.evaluate.clip_model}`): "
-            f"{_number(evaluation['clip_score'], 2)}."
+            f"{_number(images['clip_score'], 2)}."
         )
     else:
-        lines.append(f"- CLIP score: n/a ({evaluation.get('clip_score_reason', 'not computed')}).")
-    if "real_vs_generated.accuracy" in evaluation:
+        lines.append(f"- CLIP score: n/a ({images.get('clip_score_reason', 'not computed')}).")
+    if "real_vs_generated.accuracy" in images:
         lines.append(
             "- Real vs generated (a `{model}` trained from scratch to tell them apart, "
             "{folds}-fold): held-out accuracy {acc} on {tested} images ({correct} right; "
             "0.5 = indistinguishable; one-sided binomial p = {p}); accuracy on its own training "
             "images {fit}.".format(
                 model=params.evaluate.classifier_model,
-                folds=evaluation.get("real_vs_generated.folds"),
-                acc=_number(evaluation["real_vs_generated.accuracy"]),
-                tested=evaluation.get("real_vs_generated.tested"),
-                correct=evaluation.get("real_vs_generated.correct"),
-                p=f"{evaluation.get('real_vs_generated.p_value', float('nan')):.2g}",
-                fit=_number(evaluation.get("real_vs_generated.train_accuracy")),
+                folds=images.get("real_vs_generated.folds"),
+                acc=_number(images["real_vs_generated.accuracy"]),
+                tested=images.get("real_vs_generated.tested"),
+                correct=images.get("real_vs_generated.correct"),
+                p=f"{images.get('real_vs_generated.p_value', float('nan')):.2g}",
+                fit=_number(images.get("real_vs_generated.train_accuracy")),
             )
         )
-    if "subject.generated_share" in evaluation:
+    if "subject.generated_share" in images:
         lines.append(
             "- Subject check (a classifier of real subject crops vs box-free background, "
             "held-out crop accuracy {crop} on {crops} crops, {fp} of background crops taken for "
             "the subject): the subject is found in {gen} of the {n_gen} generated images, and in "
             "{ref} of the {n_ref} real val images (the reference).".format(
-                crop=_number(evaluation.get("subject.crop_accuracy")),
-                crops=evaluation.get("subject.crop_tested"),
-                fp=_number(evaluation.get("subject.background_false_positive_rate")),
-                gen=_number(evaluation["subject.generated_share"]),
-                n_gen=evaluation.get("subject.generated_images"),
-                ref=_number(evaluation.get("subject.reference_share")),
-                n_ref=evaluation.get("subject.reference_images"),
+                crop=_number(images.get("subject.crop_accuracy")),
+                crops=images.get("subject.crop_tested"),
+                fp=_number(images.get("subject.background_false_positive_rate")),
+                gen=_number(images["subject.generated_share"]),
+                n_gen=images.get("subject.generated_images"),
+                ref=_number(images.get("subject.reference_share")),
+                n_ref=images.get("subject.reference_images"),
             )
         )
-    if "leak_max_similarity" in evaluation:
+    if "leak_max_similarity" in images:
         lines.append(
-            f"- Closest generated-to-test similarity {_number(evaluation['leak_max_similarity'])}"
+            f"- Closest generated-to-test similarity {_number(images['leak_max_similarity'])}"
             f" (the run fails above evaluate.leak_threshold = {params.evaluate.leak_threshold})."
         )
     return lines
@@ -232,7 +241,7 @@ def _data(
 
 def render(
     params: Params,
-    evaluation: Mapping[str, Any],
+    evaluation: Evaluation,
     images: Mapping[str, Any],
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
@@ -252,8 +261,8 @@ def render(
         f"## The few-shot question: {_number(prepared.personalize.images)} labelled "
         f"images, and {params.few_shot.extra_images} more of each kind",
         "",
-        f"Real test split: {evaluation.get('test_images')} images, "
-        f"{evaluation.get('test_boxes')} boxes. Mean ± sample std over seeds (no ± with one "
+        f"Real test split: {evaluation.test_images} images, "
+        f"{evaluation.test_boxes} boxes. Mean ± sample std over seeds (no ± with one "
         "seed).",
         "",
         *detection_table(evaluation, few_shot),
@@ -278,7 +287,8 @@ def render(
             "",
         ]
     lines += [
-        "By COCO object size (box area in test-image pixels), mAP@[.5:.95]:",
+        "By COCO object size (box area in test-image pixels), mAP@[.5:.95] (n/a: the test split "
+        "has no box of that size):",
         "",
         *size_table(evaluation, variants),
         "",
@@ -336,7 +346,7 @@ def render(
 
 def limits(
     params: Params,
-    evaluation: Mapping[str, Any],
+    evaluation: Evaluation,
     images: Mapping[str, Any],
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
@@ -375,9 +385,7 @@ def limits(
                 "so the variant trained on them learned their objects as background."
             )
     flagged = sorted(
-        key.split(".")[0]
-        for key, value in evaluation.items()
-        if key.endswith(".below_annotation_confidence") and value
+        name for name, record in evaluation.variants.items() if record.below_annotation_confidence
     )
     if flagged:
         found.append(
@@ -407,15 +415,11 @@ def limits(
             "itself is uncertain."
         )
     found.append(
-        f"The test split has {evaluation.get('test_images')} tiles cut from "
+        f"The test split has {evaluation.test_images} tiles cut from "
         f"{params.prepare.test_groups} photos; tiles of one photo are correlated, so the test "
         "set is smaller than its tile count suggests."
     )
-    mdd = [
-        evaluation[key]
-        for key in evaluation
-        if key.endswith(".mdd") and evaluation[key] is not None
-    ]
+    mdd = [c.mdd for c in evaluation.comparisons if c.mdd is not None]
     if mdd:
         found.append(
             f"With {len(seeds)} seeds a paired difference of {min(mdd):.3f}-{max(mdd):.3f} "

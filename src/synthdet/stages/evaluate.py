@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 from synthdet import detection, evaluation, metrics, plots, variants
+from synthdet.artifacts.evaluation import EVALUATION, HEADLINE_METRICS, Evaluation
+from synthdet.artifacts.metrics import read_metrics_json
 from synthdet.cli import run_stage
 from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_json
 from synthdet.params import Params
@@ -62,11 +63,13 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(["" if cell is None else cell for cell in row] for row in rows)
 
 
-def run(params: Params, folders: dict[str, Path], images_metrics: Path, out_dir: Path) -> dict:
+def run(
+    params: Params, folders: dict[str, Path], images_metrics: Path, out_dir: Path
+) -> Evaluation:
     """Score the detectors of `folders['detectors']` on `folders['test']`; `folders` also names
     `real` (train), `handful` (personalize) and `extra` (one YOLO folder per extra source) for
-    the variants' compositions. Writes into `out_dir`; returns every number. Raises DataError
-    for a missing detector or an unreadable test split."""
+    the variants' compositions. Writes into `out_dir`; returns every number (the typed
+    evaluation.json). Raises DataError for a missing detector or an unreadable test split."""
     config, class_names = params.evaluate, params.shared.class_names
     detectors = find_detectors(folders["detectors"], params)
     test = read_yolo_folder(folders["test"], len(class_names))
@@ -112,15 +115,9 @@ def run(params: Params, folders: dict[str, Path], images_metrics: Path, out_dir:
             evaluation.chance_baseline(test),
             curve,
             params.annotate_with_baseline.confidence,
+            compositions,
+            test,
         )
-        for name, composition in compositions.items():
-            boxes = variants.label_boxes(composition.real) + variants.label_boxes(composition.extra)
-            summary[f"{name}.train_boxes"] = boxes
-            summary[f"{name}.empty_label_set"] = int(boxes == 0)
-            extra_boxes = variants.label_boxes(composition.extra)
-            summary[f"{name}.empty_extra_labels"] = int(bool(composition.extra) and not extra_boxes)
-        summary["test_images"] = len(test)
-        summary["test_boxes"] = sum(len(sample.boxes) for sample in test)
         for file, (header, rows) in evaluation.tables(summary, runs, compositions).items():
             _write_csv(out_dir / file, header, rows)
         synthetic = read_yolo_folder(extra_root / variants.SYNTHETIC, len(class_names))
@@ -128,11 +125,10 @@ def run(params: Params, folders: dict[str, Path], images_metrics: Path, out_dir:
         plots.comparison_grid(
             [sample.image for sample in test[:GRID_TEST_IMAGES]], grid, out_dir / "test_grid.png"
         )
-        images = json.loads(Path(images_metrics).read_text())
-        headline = evaluation.headline(summary, images)
-        write_json(out_dir / "evaluation.json", summary)
-        write_json(out_dir / "evaluate.json", headline)
-        mlflow_run.log_metrics(summary)
+        headline = evaluation.headline(summary, read_metrics_json(images_metrics))
+        summary.write(out_dir / EVALUATION)
+        write_json(out_dir / HEADLINE_METRICS, headline)
+        mlflow_run.log_metrics(summary.to_flat())
     print("evaluate: " + ", ".join(f"{k} {v}" for k, v in headline.items()))
     return summary
 

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from synthdet import report, tracking, variants
+from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
     COPY_PASTE_METRICS,
@@ -37,7 +38,7 @@ def run(params: Params, metrics_dir: Path) -> str:
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
-            read_metrics_json(metrics_dir / "evaluation.json"),
+            Evaluation.read(metrics_dir / EVALUATION),
             read_metrics_json(metrics_dir / "images.json"),
             read_prepare_metrics(metrics_dir / PREPARE_METRICS),
             read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
