@@ -2,8 +2,9 @@
 
 Reads only metrics files of earlier stages (prepare, generate, annotate-with-baseline,
 copy-paste, pseudo-label, check-images, evaluate) and params, so a change of wording reruns
-this stage alone. Also writes `metrics/environment.json`: package versions, Python, threads and
-device of the run.
+this stage alone. Also writes `metrics/environment.json`, what the run's float bits depend on
+besides code, data and params (`tracking.environment`: package versions, Python, threads, device,
+CPU model and vector extensions, torch's and numpy's kernel builds, kernel-switching variables).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run(params: Params, metrics_dir: Path) -> str:
         "copy-paste (handful crops)": read_extra_images_metrics(metrics_dir / COPY_PASTE_METRICS),
         "pseudo-labelled real": read_extra_images_metrics(metrics_dir / PSEUDO_METRICS),
     }
-    names = [v.name for v in variants.configured(params)]
+    configured = variants.configured(params)
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
@@ -43,8 +44,8 @@ def run(params: Params, metrics_dir: Path) -> str:
             read_prepare_metrics(metrics_dir / PREPARE_METRICS),
             read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
             extras,
-            names,
-            variants.comparisons(names),
+            configured,
+            variants.comparisons(configured),
         )
         write_text(metrics_dir / "report.md", page)
         write_json(metrics_dir / "environment.json", tracking.environment())
