@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
+from synthdet import detection
 from synthdet.params import DETECTOR_PRESETS, ParamsError, parse_params
-from synthdet.params.libraries import (
+from synthdet.params.parsing import (
     ULTRALYTICS_KEY_SETS,
     lora_config_fields,
     ultralytics_schema,
@@ -38,6 +39,8 @@ def message(raw: dict) -> str:
 def test_schemas_read_without_importing_are_the_libraries_own():
     """What synthdet reads from the installed files is what the imported libraries hold."""
     import peft
+
+    detection._ultralytics()  # ultralytics imported only as synthdet configures it
     import ultralytics.cfg as cfg
     from ultralytics.utils import DEFAULT_CFG_DICT
 

@@ -7,11 +7,11 @@ the one source of the values: a key it lacks is missing, not defaulted (the few 
 equal its values). Library option blocks (ultralytics train args, peft LoraConfig) are typed
 `dict`, passed on unchanged, and their keys checked against the libraries' own schemas.
 
-The package: `parsing` (the type-checking parser, `ParamsError`, reading the YAML), one module of
-section dataclasses per phase (`data`: shared, prepare; `diffusion`: base, caption, class_images,
-personalize; `generate`; `detection`: annotate_with_baseline, train_detector, evaluate, few_shot),
-`libraries` (the ultralytics and peft schemas), `checks` (checks across sections), and here
-`Params` (every section) and `load_params`.
+The package: `parsing` (the type-checking parser, `ParamsError`, reading the YAML, the library
+blocks' schemas), one module of section dataclasses per phase (`data`: shared, prepare;
+`diffusion`: base, caption, class_images, personalize; `generate`; `detection`:
+annotate_with_baseline, train_detector, evaluate, few_shot), `checks` (checks across sections),
+and here `Params` (every section) and `load_params`.
 """
 
 from __future__ import annotations

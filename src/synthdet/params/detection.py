@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from synthdet.params.libraries import device_problem, yolo_problems
-from synthdet.params.parsing import ParamsError, _check_matrix_values, _require
+from synthdet.params.parsing import (
+    ParamsError,
+    _check_matrix_values,
+    _require,
+    device_problem,
+    yolo_problems,
+)
 
 
 @dataclass(frozen=True)

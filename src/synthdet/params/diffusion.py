@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from synthdet import methods
-from synthdet.params.libraries import lora_problems
-from synthdet.params.parsing import ParamsError, _check_prompt_templates, _fields, _require
+from synthdet.params.parsing import (
+    ParamsError,
+    _check_prompt_templates,
+    _fields,
+    _require,
+    lora_problems,
+)
 
 # Checkpoints shipped in the repository (models/builtin/<name>), made by synthdet.pretrain.
 BUILTIN_CHECKPOINTS = ("builtin:orchard",)
