@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 from synthdet import reproduce, tracking
@@ -82,22 +84,74 @@ def test_run_state_keys_are_not_compared():
     assert kept.key == "kept"
 
 
-def test_run_compares_the_working_tree_with_a_git_revision(tmp_path, monkeypatch):
+def _repo_with_metrics(tmp_path, environment: dict) -> None:
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
     git("init", "-q")
     (tmp_path / "metrics" / "bench").mkdir(parents=True)
-    (tmp_path / "metrics" / "evaluate.json").write_text('{"map": 0.2, "seconds": 3}')
+    (tmp_path / "metrics" / "evaluate.json").write_text('{"real.map50_95": 0.2, "seconds": 3}')
     (tmp_path / "metrics" / "bench" / "generate.json").write_text('{"images_per_second": 1}')
+    (tmp_path / "metrics" / "environment.json").write_text(json.dumps(environment))
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m")
+
+
+def test_run_compares_the_working_tree_with_a_git_revision(tmp_path, monkeypatch):
+    environment = {key: "same" for key in tracking.BIT_KEYS}
+    _repo_with_metrics(tmp_path, environment)
     monkeypatch.chdir(tmp_path)
-    assert reproduce.run("HEAD", tmp_path / "none.yaml") == []
-    (tmp_path / "metrics" / "evaluate.json").write_text('{"map": 0.3, "seconds": 4}')
+    outcome = reproduce.run("HEAD", tmp_path / "none.yaml")
+    assert (outcome.mode, outcome.differences, outcome.files) == ("exact", [], 1)
+    (tmp_path / "metrics" / "evaluate.json").write_text('{"real.map50_95": 0.3, "seconds": 4}')
     (tmp_path / "metrics" / "bench" / "generate.json").write_text('{"images_per_second": 2}')
-    (difference,) = reproduce.run("HEAD", tmp_path / "none.yaml")
-    assert (difference.file, difference.key) == ("metrics/evaluate.json", "map")
+    (difference,) = reproduce.run("HEAD", tmp_path / "none.yaml").differences
+    assert (difference.file, difference.key) == ("metrics/evaluate.json", "real.map50_95")
+
+
+def test_another_cpu_switches_to_the_measured_cross_machine_tolerances(tmp_path, monkeypatch):
+    """With another CPU in environment.json the committed reproducibility.yaml applies its
+    cross-machine rules: seed-like drift passes, a planted regression beyond it fails, and what
+    cannot be reproduced there is skipped with its reason."""
+    environment = {key: "same" for key in tracking.BIT_KEYS}
+    _repo_with_metrics(tmp_path, environment)
+    monkeypatch.chdir(tmp_path)
+    rules = ROOT / "reproducibility.yaml"
+    moved = dict(environment, cpu_model="Another CPU", cpu_flags="avx,avx2,fma")
+    (tmp_path / "metrics" / "environment.json").write_text(json.dumps(moved))
+    drift = '{"real.map50_95": 0.226, "real.p_value": 0.4, "seconds": 4}'
+    (tmp_path / "metrics" / "evaluate.json").write_text(drift)
+    outcome = reproduce.run("HEAD", rules)
+    assert outcome.mode == "cross-machine"
+    assert [key for key, _, _ in outcome.environment] == ["cpu_model", "cpu_flags"]
+    assert outcome.differences == []
+    assert sum(outcome.skipped.values()) == 1  # the p-value: skipped, with its reason
+    regression = '{"real.map50_95": 0.05, "seconds": 4}'
+    (tmp_path / "metrics" / "evaluate.json").write_text(regression)
+    (difference,) = reproduce.run("HEAD", rules).differences
+    assert (difference.key, difference.committed, difference.reproduced) == (
+        "real.map50_95",
+        0.2,
+        0.05,
+    )
+    # The same drift on the same machine is a difference: exact mode.
+    (tmp_path / "metrics" / "environment.json").write_text(json.dumps(environment))
+    (tmp_path / "metrics" / "evaluate.json").write_text(drift)
+    exact = reproduce.run("HEAD", rules)
+    assert exact.mode == "exact"
+    assert {d.key for d in exact.differences} == {"real.map50_95", "real.p_value"}
+
+
+def test_cross_machine_rules_need_a_reason():
+    with pytest.raises(ValueError, match=r"cross_machine\[0\].*why"):
+        reproduce.cross_machine_rules({"cross_machine": [{"files": "metrics/*", "abs": 1}]})
+    (rule,) = reproduce.cross_machine_rules(
+        {"cross_machine": [{"files": "metrics/*.json", "keys": "fid", "rel": 0.01, "why": "x"}]}
+    )
+    committed, close, far = {"fid": 100.0}, {"fid": 100.9}, {"fid": 101.1}
+    assert reproduce.compare_across_machines("metrics/a.json", committed, close, [rule]) == ([], {})
+    (difference,), _ = reproduce.compare_across_machines("metrics/a.json", committed, far, [rule])
+    assert difference.tolerance == 1.0
 
 
 def test_environment_names_versions_threads_and_device():
