@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from synthdet import annotation, detection
+from synthdet import annotation, detection, variants
+from synthdet.artifacts.detector import DetectorVariant
 from synthdet.artifacts.evaluation import Evaluation
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
@@ -100,7 +101,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         metrics = train_detector.run(
             tiny_params(),
             "train-real@42",
-            "real",
+            variants.REAL,
             42,
             {"real": root / "train"},
             root / "val",
@@ -116,9 +117,11 @@ def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> 
         assert snapshot(root / name) == trained["before"][name], f"{name} folder was modified"
     assert sorted(p.name for p in (root / "models" / "real").iterdir()) == [
         "args.yaml",
+        "variant.json",
         "weights.safetensors",
         "yolov8n.yaml",
     ]
+    assert DetectorVariant.read(root / "models" / "real") == DetectorVariant(variants.REAL, 42)
     assert trained["metrics"]["train_images"] == 8
     assert (trained["metrics"]["real_images"], trained["metrics"]["extra_images"]) == (8, 0)
     with (root / "metrics" / "train" / "real.csv").open() as file:
@@ -317,12 +320,16 @@ def test_evaluate_scores_every_variant_with_paired_statistics(
     folders = few_shot_project(root, tmp_path)
     names = ["real", "handful", "real-n4", "handful-synthetic", "handful-copy-paste"]
     names += ["handful-pseudo", "synthetic", "mixed"]
-    for variant in names:
+    assert [variant.name for variant in variants.configured(params)] == names
+    for variant in variants.configured(params):
         for seed in (42, 7):
-            shutil.copytree(
-                root / "models" / "real", folders["detectors"] / variant / f"seed{seed}"
-            )
-    shutil.copytree(root / "models" / "real", folders["detectors"] / "stale-variant" / "seed42")
+            folder = folders["detectors"] / variant.name / f"seed{seed}"
+            shutil.copytree(root / "models" / "real", folder)
+            DetectorVariant(variant, seed).write(folder)  # the copied real one's, replaced
+    stale = folders["detectors"] / "stale-variant" / "seed42"  # a variant params no longer ask for
+    shutil.copytree(root / "models" / "real", stale)
+    count = variants.RealImages(variants.RealKind.COUNT, count=2)
+    DetectorVariant(variants.Variant(count), 42).write(stale)
     (tmp_path / "images.json").write_text(json.dumps({"fid": 100.0, "kid_mean": 0.2}))
     out = tmp_path / "metrics"
     summary = evaluate.run(params, folders, tmp_path / "images.json", out)

@@ -13,9 +13,11 @@ from synthdet.data import Box, Sample
 
 
 def test_comparisons_ask_the_few_shot_question_then_genfusions() -> None:
-    names = ["real", "handful", "real-n16", "handful-synthetic", "handful-copy-paste"]
-    names += ["handful-pseudo", "synthetic", "mixed"]
-    assert variants.comparisons(names) == [
+    count = variants.RealImages(variants.RealKind.COUNT, count=16)
+    few_shot = [variants.few_shot(source, 64) for source in ("synthetic", "copy-paste", "pseudo")]
+    trained = [variants.REAL, variants.HANDFUL, variants.Variant(count), *few_shot]
+    trained += [variants.generated("synthetic"), variants.generated("mixed")]
+    assert variants.comparisons(trained) == [
         ("handful-synthetic", "handful"),
         ("handful-copy-paste", "handful"),
         ("handful-pseudo", "handful"),
@@ -24,9 +26,10 @@ def test_comparisons_ask_the_few_shot_question_then_genfusions() -> None:
         ("synthetic", "real"),
         ("mixed", "real"),
     ]
-    assert variants.comparisons(["real", "handful", "handful-pseudo"]) == [
+    assert variants.comparisons([variants.REAL, variants.HANDFUL, few_shot[2]]) == [
         ("handful-pseudo", "handful")
     ]
+    assert variants.comparisons([variants.HANDFUL, variants.generated("mixed")]) == []
 
 
 def test_chance_is_one_whole_image_box(tmp_path: Path) -> None:
@@ -60,7 +63,8 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     # no label file next to these images: every variant trained on no box
     compositions = {name: variants.Composition((image,), ()) for name in scored}
     compositions["handful-synthetic"] = variants.Composition((image,), (image,))
-    summary = evaluation.summarise(scored, chance, curve, 0.25, compositions, test)
+    pairs = [("handful-synthetic", "handful"), ("real", "handful-synthetic")]
+    summary = evaluation.summarise(scored, chance, curve, pairs, 0.25, compositions, test)
     compared = summary.comparison("handful-synthetic", "handful")
     assert compared.diff_map50_95 == pytest.approx(0.05)
     assert compared.seeds == 2 and compared.p_holm is not None
@@ -77,7 +81,12 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     assert (summary.test_images, summary.test_boxes) == (1, 1)
     # what evaluate writes reads back as the same record
     assert evaluation.Evaluation.from_flat(summary.to_flat()).variant("real") == real
-    headline = evaluation.headline(summary, {"fid": 90.0, "kid_mean": 0.1})
+    assert [c.key for c in summary.comparisons] == [
+        "handful-synthetic-vs-handful",
+        "real-vs-handful-synthetic",
+    ]
+    trained = [variants.REAL, variants.HANDFUL, variants.few_shot("synthetic", 4)]
+    headline = evaluation.headline(summary, trained, {"fid": 90.0, "kid_mean": 0.1})
     assert headline["handful-synthetic.real_image_equivalent"] == pytest.approx(12.0)
     assert headline["handful-synthetic-vs-handful.diff_map50_95"] == pytest.approx(0.05)
     assert headline["fid"] == 90.0 and len(headline) <= 12
@@ -93,6 +102,7 @@ def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
         runs,
         evaluation.chance_baseline(test),
         [("real", 116)],
+        [],
         0.25,
         {"real": variants.Composition((image,), ())},
         test,
@@ -100,4 +110,9 @@ def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
     record = summary.variant("real")
     assert record.real_image_equivalent is None and record.map50_95.std is None
     assert "real.real_image_equivalent" not in summary.to_flat()
-    assert "handful-synthetic.real_image_equivalent" not in evaluation.headline(summary, {})
+    assert set(evaluation.headline(summary, [variants.REAL], {})) == {
+        "real.map50_95",
+        "chance.map50_95",
+        "fid",
+        "kid_mean",
+    }

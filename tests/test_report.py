@@ -59,7 +59,12 @@ ANNOTATED = AnnotateMetrics.from_dict(
     {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
 )
 EXTRAS = {"copy-paste (handful crops)": ExtraImagesMetrics(64, 700)}
-VARIANTS = ["real", "handful", "handful-synthetic", "synthetic"]
+VARIANTS = [
+    variants.REAL,
+    variants.HANDFUL,
+    variants.few_shot("synthetic", 64),
+    variants.generated("synthetic"),
+]
 
 
 def params_with_seeds(seeds: tuple[int, ...]) -> Params:
@@ -77,7 +82,7 @@ def render(
     seeds: tuple[int, ...],
     annotated: AnnotateMetrics = ANNOTATED,
     evaluation: Evaluation | None = None,
-    names: list[str] = VARIANTS,
+    trained: list[variants.Variant] = VARIANTS,
 ) -> str:
     return report.render(
         params_with_seeds(seeds),
@@ -86,16 +91,16 @@ def render(
         PREPARED,
         annotated,
         EXTRAS,
-        names,
-        variants.comparisons(names),
+        trained,
+        variants.comparisons(trained),
     )
 
 
 def test_the_report_renders_from_the_committed_metrics_files() -> None:
-    names = ["real", "handful", "real-n64", "handful-synthetic", "handful-copy-paste"]
-    names += ["handful-pseudo", "synthetic"]
+    params = load_params(REPO / "params.yaml")
+    configured = variants.configured(params)
     page = report.render(
-        load_params(REPO / "params.yaml"),
+        params,
         Evaluation.read(METRICS / EVALUATION),
         read_metrics_json(METRICS / "images.json"),
         read_prepare_metrics(METRICS / PREPARE_METRICS),
@@ -104,8 +109,8 @@ def test_the_report_renders_from_the_committed_metrics_files() -> None:
             "copy-paste (handful crops)": read_extra_images_metrics(METRICS / COPY_PASTE_METRICS),
             "pseudo-labelled real": read_extra_images_metrics(METRICS / PSEUDO_METRICS),
         },
-        names,
-        variants.comparisons(names),
+        configured,
+        variants.comparisons(configured),
     )
     assert "Real test split: 40 images, 351 boxes." in page
     assert "| `handful-synthetic` | 1 | 0.201 | 0.468 | 0.145 | +0.201 |" in page
@@ -113,7 +118,7 @@ def test_the_report_renders_from_the_committed_metrics_files() -> None:
         "| `handful-pseudo` − `handful` | 1 | -0.066 | n/a (one seed) | n/a | n/a | n/a |" in page
     )
     assert "- `handful-synthetic` scores like **9 labelled real images**." in page
-    assert "- `handful-copy-paste` scores fewer than the handful of the labelled real" in page
+    assert "- `handful-copy-paste` scores fewer than the handful on the curve." in page
     assert "| real | 0.114 | 0.328 | n/a |" in page  # no large test box
     assert "(n/a: the test split has no box of that size)" in page
     assert "**One seed per variant (42" in page and "n/a" not in page.split("## Limits")[1]
@@ -162,4 +167,4 @@ def test_without_a_real_image_curve_the_report_says_so() -> None:
 
 def test_a_variant_the_evaluation_lacks_is_an_error_not_a_blank() -> None:
     with pytest.raises(DataError, match=r"evaluation.json has no variant 'mixed'"):
-        render((42,), names=[*VARIANTS, "mixed"])
+        render((42,), trained=[*VARIANTS, variants.generated("mixed")])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import detection, report
+from synthdet import detection, report, variants
 from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
@@ -93,13 +93,14 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
     for label in (synthetic / "labels").iterdir():
         label.write_text("")  # the annotator found nothing
 
-    def run(variant: str) -> dict:
+    def run(variant: variants.Variant) -> dict:
         folders = {"real": real, "extra": synthetic}
+        out = tmp_path / variant.name
         return train_detector.run(
-            params, "train", variant, 42, folders, real, tmp_path / variant, tmp_path / "r.csv"
+            params, "train", variant, 42, folders, real, out, tmp_path / "r.csv"
         )
 
-    metrics = run("synthetic")
+    metrics = run(variants.generated("synthetic"))
     assert (metrics["extra_boxes"], metrics["real_boxes"]) == (0, 0)
     assert metrics["empty_label_set"] == 1
     assert warnings(capsys) == [
@@ -110,7 +111,7 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         "annotate_with_baseline.source_boxes=true."
     ]
     # With the real images' boxes the set is not empty, but the extra images teach background.
-    metrics = run("mixed")
+    metrics = run(variants.generated("mixed"))
     real_boxes = sum(len(p.read_text().splitlines()) for p in (real / "labels").iterdir())
     assert (metrics["real_boxes"], metrics["extra_boxes"]) == (real_boxes, 0)
     assert (metrics["empty_label_set"], metrics["empty_extra_labels"]) == (0, 1)
@@ -128,7 +129,7 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         "or drop pseudo from few_shot.sources."
     )
     # Real images only: nothing to say.
-    metrics = run("real")
+    metrics = run(variants.REAL)
     assert (metrics["empty_label_set"], metrics["empty_extra_labels"]) == (0, 0)
     assert warnings(capsys) == []
     assert len(no_training) == 3
@@ -223,7 +224,9 @@ def test_a_preset_over_yolo_values_is_said(params, tmp_path, no_training, capsys
     params = dataclasses.replace(params, train_detector=config)
     real = write_tiny_yolo_folder(tmp_path / "real", photos=2, tiles=2)
     folders = {"real": real}
-    train_detector.run(params, "t", "real", 42, folders, real, tmp_path / "d", tmp_path / "r.csv")
+    train_detector.run(
+        params, "t", variants.REAL, 42, folders, real, tmp_path / "d", tmp_path / "r.csv"
+    )
     assert warnings(capsys) == [
         "warning: train_detector.preset=genfusion overrides train_detector.yolo (optimizer: "
         "'AdamW' -> 'SGD'; lr0: 0.002 -> 0.01; close_mosaic: 2 -> 0); the MLflow run's yolo "

@@ -18,23 +18,56 @@ def images(count: int, prefix: str) -> list[Path]:
     return [Path(f"{prefix}/images/{prefix}_{index:03d}.png") for index in range(count)]
 
 
-def test_names_round_trip_and_dvc_spellings_match(params) -> None:
-    assert variants.parse("real") == variants.Variant("real", "all")
-    assert variants.parse("handful") == variants.Variant("handful", "handful")
-    assert variants.parse("real-n16") == variants.Variant("real-n16", 16)
-    assert variants.parse("handful-copy-paste", params) == variants.Variant(
-        "handful-copy-paste", "handful", "copy-paste", params.few_shot.extra_images
+def count(n: int) -> variants.Variant:
+    return variants.Variant(variants.RealImages(variants.RealKind.COUNT, count=n))
+
+
+def named(name: str, params) -> variants.Variant:
+    """The configured variant called `name` (the params here ask for every kind but mix)."""
+    config = dataclasses.replace(
+        params.train_detector,
+        variants=("synthetic", "mixed"),
+        mix_real_shares=(1.0, 0.5),
+        mix_synthetic_fractions=(0.1, 0.2, 0.5),
     )
-    assert variants.parse("synthetic") == variants.Variant("synthetic", "none", "synthetic")
-    assert variants.parse("mixed") == variants.Variant("mixed", "all", "synthetic")
-    # DVC writes the params' numbers with str(): an integer share must mean the same variant.
-    assert variants.parse("mix-r1-f0.1") == variants.parse("mix-r1.0-f0.1")
-    assert variants.parse("mix-r0.5-f0.25") == variants.Variant(
-        "mix-r0.5-f0.25", 0.5, "synthetic", 0.25
+    few_shot = dataclasses.replace(params.few_shot, real_image_counts=(16, 32, 64, 200))
+    configured = variants.configured(
+        dataclasses.replace(params, train_detector=config, few_shot=few_shot)
     )
-    for bad in ("realistic", "mix-r0-f0.1", "mix-r1.0-f1.0", "mix-r1.0-fx", "handful-gan"):
-        with pytest.raises(ParamsError):
-            variants.parse(bad)
+    return {variant.name: variant for variant in configured}[name]
+
+
+def test_names_are_derived_from_the_typed_fields(params) -> None:
+    assert variants.REAL.name == "real" and variants.HANDFUL.name == "handful"
+    assert count(16).name == "real-n16"
+    assert variants.few_shot("copy-paste", 64).name == "handful-copy-paste"
+    assert variants.generated("synthetic") == variants.Variant(variants.NO_REAL, "synthetic")
+    assert variants.generated("synthetic").name == "synthetic"
+    assert variants.generated("mixed").name == "mixed"
+    assert variants.mix(0.5, 0.25).name == "mix-r0.5-f0.25"
+    # DVC passes the share 1.0 as "1" (--real-share 1): the same variant, the same name
+    assert variants.mix(float("1"), 0.1) == variants.mix(1.0, 0.1)
+    assert variants.mix(1, 0.1).name == "mix-r1.0-f0.1"
+    assert variants.RealImages.from_arg("16") == count(16).real
+    assert variants.RealImages.from_arg("handful") == variants.HANDFUL_ONLY
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: variants.mix(0.0, 0.1), r"real share must be in \(0, 1\]"),
+        (lambda: variants.mix(1.0, 1.0), r"synthetic fraction must be in \[0, 1\)"),
+        (lambda: variants.few_shot("gan", 4), r"unknown extra source 'gan'"),
+        (lambda: variants.Variant(variants.NO_REAL), "is none of real, handful"),
+        (lambda: variants.Variant(variants.ALL, "pseudo"), "is none of real, handful"),
+        (lambda: variants.generated("handful"), r"train_detector.variants: 'handful'"),
+        (lambda: variants.RealImages.from_arg("realistic"), r"--real 'realistic': expected"),
+        (lambda: variants.RealImages.from_arg("0"), "count of real images must be >= 1"),
+    ],
+)
+def test_a_variant_no_stage_trains_is_refused(make, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        make()
 
 
 def test_configured_variants_cover_the_few_shot_question_and_the_mixes(params) -> None:
@@ -64,7 +97,7 @@ def test_compositions_nest_the_handful_first_and_ignore_the_detector_seed(params
     handful = [real[i] for i in (3, 50, 7, 90, 11, 12, 13, 100)]
 
     def compose(name: str):
-        return variants.compose(variants.parse(name, params), real, handful, generated, 42)
+        return variants.compose(named(name, params), real, handful, generated, 42)
 
     assert compose("handful").real == tuple(sorted(handful))
     curve = [compose(name).real for name in ("real-n16", "real-n32", "real-n64", "real")]
@@ -85,13 +118,13 @@ def test_compositions_nest_the_handful_first_and_ignore_the_detector_seed(params
 def test_asking_for_more_images_than_exist_names_the_keys(params) -> None:
     real, handful = images(116, "r"), images(116, "r")[:8]
     with pytest.raises(DataError, match=r"needs 116 synthetic.*generate\.num_images"):
-        variants.compose(variants.parse("mix-r1.0-f0.5"), real, handful, images(32, "g"), 0)
+        variants.compose(variants.mix(1.0, 0.5), real, handful, images(32, "g"), 0)
     with pytest.raises(DataError, match=r"needs 64 pseudo.*few_shot\.extra_images"):
-        variants.compose(variants.parse("handful-pseudo", params), real, handful, images(9, "p"), 0)
+        variants.compose(named("handful-pseudo", params), real, handful, images(9, "p"), 0)
     with pytest.raises(DataError, match=r"200 labelled images.*few_shot\.real_image_counts"):
-        variants.compose(variants.parse("real-n200"), real, handful, [], 0)
+        variants.compose(count(200), real, handful, [], 0)
     with pytest.raises(DataError, match=r"handful images x\.png are not among"):
-        variants.compose(variants.parse("real-n16"), real, [Path("p/images/x.png")], [], 0)
+        variants.compose(count(16), real, [Path("p/images/x.png")], [], 0)
 
 
 def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -> None:
@@ -109,7 +142,7 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     params = dataclasses.replace(params, few_shot=few_shot, train_detector=plain)
 
     def handful_synthetic(settings, scratch: str) -> variants.TrainingSet:
-        variant = variants.parse("handful-synthetic", settings)
+        variant = variants.few_shot("synthetic", settings.few_shot.extra_images)
         return variants.training_folders(
             settings, variant, None, tmp_path / "personalize", generated, tmp_path / scratch
         )
@@ -141,9 +174,9 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     assert variants.epoch_plan(12, params) == (1, 0)  # min_images_per_epoch 0: plain epochs
     assert variants.epoch_plan(12, topping) == (2, 6)
     assert variants.epoch_plan(40, topping) == (1, 0)
-    with pytest.raises(DataError, match="--extra"):
+    with pytest.raises(DataError, match="--extra-folder"):
         variants.training_folders(
-            params, variants.parse("mixed"), real, None, None, tmp_path / "s3"
+            params, variants.generated("mixed"), real, None, None, tmp_path / "s3"
         )
 
 

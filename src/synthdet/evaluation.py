@@ -65,6 +65,7 @@ def summarise(
     runs: Mapping[str, Mapping[int, Run]],
     chance: metrics.DetectionMetrics,
     real_curve: Sequence[tuple[str, int]],
+    pairs: Sequence[tuple[str, str]],
     annotate_confidence: float,
     compositions: Mapping[str, variants.Composition],
     test: Sequence[Sample],
@@ -72,12 +73,13 @@ def summarise(
     """Every number of the run: per variant the mAP mean/std over seeds (rounded to 6 digits),
     margin over chance, real-image equivalent (with the curve's inverse of mean -/+ std), the
     flag `below_annotation_confidence` and its training labels' box count and flags; per
-    comparison (`variants.comparisons`) the paired difference (95 % t interval, raw and
-    Holm-adjusted p, minimum detectable difference); the chance baseline; the test split's size.
+    (variant, reference) of `pairs` (`variants.comparisons`) the paired difference (95 % t
+    interval, raw and Holm-adjusted p, minimum detectable difference); the chance baseline; the
+    test split's size.
 
-    `real_curve`: (variant, labelled images) from `handful` to `real`, increasing;
-    `compositions`: every variant's training images (for the label counts); `test`: the test
-    split the runs were scored on."""
+    `runs` by variant name; `real_curve`: (variant, labelled images) from `handful` to `real`,
+    increasing; `compositions`: every variant's training images (for the label counts); `test`:
+    the test split the runs were scored on."""
     by_seed = {
         name: {s: r.scores.map50_95 for s, r in seeds.items()} for name, seeds in runs.items()
     }
@@ -109,7 +111,7 @@ def summarise(
             real_image_equivalent=equivalents.get(name),
         )
     tested = []
-    for name, reference in variants.comparisons(list(runs)):
+    for name, reference in pairs:
         diff = stats.paired_difference(by_seed[name], by_seed[reference])
         tested.append((name, reference, diff))
     # keyed by the flat prefix, as Holm breaks ties of equal p-values by key
@@ -173,12 +175,15 @@ def _bounds(scores: MeanStd) -> tuple[float | None, float | None]:
 def tables(
     evaluation: Evaluation,
     runs: Mapping[str, Mapping[int, Run]],
+    trained: Sequence[variants.Variant],
     compositions: Mapping[str, variants.Composition],
 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """{file name: (header, rows)}: one row per detector (detection_runs.csv), per variant
-    (detection_table.csv: the mAP bars), the real-image curve with every variant at the
+    (detection_table.csv: the mAP bars), the real-image curve with every few-shot variant at the
     labelled images it used (real_image_curve.csv), mAP against the extra share
-    (ratio_curve.csv) and the precision-recall curves (pr_curve.csv, mean over seeds)."""
+    (ratio_curve.csv) and the precision-recall curves (pr_curve.csv, mean over seeds).
+
+    `runs` and `compositions` by variant name, in the order of `trained` (the variants)."""
     keys = MAP_KEYS + SIZE_KEYS
     result: dict[str, tuple[list[str], list[list[Any]]]] = {}
     result["detection_runs.csv"] = (
@@ -190,7 +195,8 @@ def tables(
         ],
     )
     table = []
-    for name in runs:
+    for variant in trained:
+        name = variant.name
         record = evaluation.variant(name)
         composition = compositions[name]
         lower, upper = _bounds(record.map50_95)
@@ -207,7 +213,7 @@ def tables(
                 "map75": record.map75.mean,
                 "margin_over_chance": record.margin_over_chance,
                 "real_images": len(composition.real),
-                "extra": variants.parse(name).extra or "",
+                "extra": variant.extra or "",
                 "extra_images": len(composition.extra),
                 "extra_share": round(composition.extra_share, 6),
                 "real_image_equivalent": equivalent.images if equivalent else None,
@@ -218,10 +224,8 @@ def tables(
     curve_keys = ["variant", "real_images", "extra", "map50_95", "std", "lower", "upper"]
     few_shot = [
         row
-        for row in table
-        if row["variant"] in (variants.BASELINE, variants.HANDFUL)
-        or row["variant"].startswith("real-n")
-        or variants.is_few_shot(row["variant"])
+        for row, variant in zip(table, trained, strict=True)
+        if variant.on_real_image_curve or variant.is_few_shot
     ]
     result["real_image_curve.csv"] = (
         curve_keys,
@@ -243,34 +247,33 @@ def tables(
 
 # The numbers `dvc exp show` and `dvc metrics show` print (metrics/evaluate.json); the rest are
 # in metrics/evaluation.json, which the report and MLflow read.
-HEADLINE_VARIANTS = (
-    variants.BASELINE,
-    variants.HANDFUL,
-    variants.few_shot_name(variants.SYNTHETIC),
-    variants.few_shot_name("copy-paste"),
-    variants.few_shot_name("pseudo"),
-    variants.SYNTHETIC,
-)
 HEADLINE_IMAGE_KEYS = ("fid", "kid_mean")
 
 
-def headline(evaluation: Evaluation, images: Mapping[str, Any]) -> dict[str, Any]:
-    """About ten numbers, as flat keys of evaluation.json: mAP@[.5:.95] of the main variants
-    present, the generated images' gain over the handful and their real-image equivalent,
-    chance; FID and KID from `images` (check-images' metrics)."""
-    records = evaluation.variants
+def headline(
+    evaluation: Evaluation, trained: Sequence[variants.Variant], images: Mapping[str, Any]
+) -> dict[str, Any]:
+    """About ten numbers, as flat keys of evaluation.json: mAP@[.5:.95] of `real`, `handful`,
+    each `handful-<source>` and `synthetic` (of those in `trained`), the generated images' gain
+    over the handful and their real-image equivalent, chance; FID and KID from `images`
+    (check-images' metrics)."""
+    shown = [
+        v
+        for v in trained
+        if v in (variants.REAL, variants.HANDFUL, variants.generated(variants.SYNTHETIC))
+        or v.is_few_shot
+    ]
     numbers: dict[str, Any] = {
-        f"{name}.map50_95": records[name].map50_95.mean
-        for name in HEADLINE_VARIANTS
-        if name in records
+        f"{v.name}.map50_95": evaluation.variant(v.name).map50_95.mean for v in shown
     }
-    generated = variants.few_shot_name(variants.SYNTHETIC)
-    for comparison in evaluation.comparisons:
-        if (comparison.variant, comparison.reference) == (generated, variants.HANDFUL):
-            numbers[f"{comparison.key}.diff_map50_95"] = comparison.diff_map50_95
-    if generated in records and records[generated].real_image_equivalent is not None:
-        equivalent = records[generated].real_image_equivalent.images
-        numbers[f"{generated}.real_image_equivalent"] = equivalent
+    for variant in trained:
+        if not (variant.is_few_shot and variant.extra == variants.SYNTHETIC):
+            continue
+        compared = evaluation.comparison(variant.name, variants.HANDFUL.name)
+        numbers[f"{compared.key}.diff_map50_95"] = compared.diff_map50_95
+        equivalent = evaluation.variant(variant.name).real_image_equivalent
+        if equivalent is not None:
+            numbers[f"{variant.name}.real_image_equivalent"] = equivalent.images
     numbers[f"{CHANCE}.map50_95"] = evaluation.chance.map50_95
     numbers |= {key: images.get(key) for key in HEADLINE_IMAGE_KEYS}
     return numbers

@@ -14,6 +14,7 @@ from typing import Any
 from synthdet.artifacts.evaluation import Evaluation, MeanStd
 from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import Params
+from synthdet.variants import REAL, Variant
 
 
 def _number(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -91,12 +92,11 @@ def comparison_table(evaluation: Evaluation, comparisons: Sequence[tuple[str, st
     return rows
 
 
-def equivalent_lines(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
-    """What each few-shot variant is worth in labelled real images (the real curve inverted)."""
+def equivalent_lines(evaluation: Evaluation, variants: Sequence[Variant]) -> list[str]:
+    """What each `handful-<source>` variant is worth in labelled real images (the real curve
+    inverted)."""
     lines = []
-    for variant in variants:
-        if not variant.startswith("handful-"):
-            continue
+    for variant in (v.name for v in variants if v.is_few_shot):
         equivalent = evaluation.variant(variant).real_image_equivalent
         if equivalent is None:
             text = (
@@ -104,8 +104,10 @@ def equivalent_lines(evaluation: Evaluation, variants: Sequence[str]) -> list[st
                 "`real-n…`, `real`) were trained"
             )
         elif equivalent.images is None:
-            where = "fewer than the handful" if equivalent.bound == "below" else "more than all"
-            text = f"scores {where} of the labelled real images on the curve"
+            where = (
+                "fewer than the handful" if equivalent.bound == "below" else "more than all of them"
+            )
+            text = f"scores {where} on the curve"
         else:
             low, high = equivalent.low, equivalent.high
             spread = (
@@ -246,14 +248,16 @@ def render(
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
     extras: Mapping[str, ExtraImagesMetrics],
-    variants: Sequence[str],
+    variants: Sequence[Variant],
     comparisons: Sequence[tuple[str, str]],
 ) -> str:
     """The report as Markdown: `evaluation` (evaluate's evaluation.json), `images`
     (check-images), `prepared`, `annotated` and `extras` (copy-paste and pseudo-label metrics,
     by row name) are the run's metrics files; the tables and grids it links lie next to it."""
-    few_shot = [v for v in variants if v == "handful" or v.startswith(("handful-", "real-n"))]
-    few_shot = ["real", *few_shot] if "real" in variants else few_shot
+    # the few-shot question: the real-image curve (real, handful, real-n…) and handful-<source>
+    few_shot = [v.name for v in variants if v.on_real_image_curve or v.is_few_shot]
+    others = [v.name for v in variants if v.name not in few_shot]
+    few_shot_pairs = [c for c in comparisons if c[0] in few_shot]
     lines = ["# synthdet run report", "", "## Data", "", *_data(prepared, annotated, extras)]
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
@@ -267,7 +271,7 @@ def render(
         "",
         *detection_table(evaluation, few_shot),
         "",
-        *comparison_table(evaluation, [c for c in comparisons if c[0].startswith("handful-")]),
+        *comparison_table(evaluation, few_shot_pairs),
         "",
         "What the extra images are worth, read off the curve of mAP against labelled real "
         "images (`handful` → `real-n…` → `real`, linear interpolation, the curve made "
@@ -276,21 +280,20 @@ def render(
         *equivalent_lines(evaluation, variants),
         "",
     ]
-    others = [v for v in variants if v not in few_shot]
     if others:
         lines += [
             "## Generated data against all real labels (Genfusion's table)",
             "",
-            *detection_table(evaluation, ["real", *others]),
+            *detection_table(evaluation, [REAL.name, *others]),
             "",
-            *comparison_table(evaluation, [c for c in comparisons if c[1] == "real"]),
+            *comparison_table(evaluation, [c for c in comparisons if c[0] in others]),
             "",
         ]
     lines += [
         "By COCO object size (box area in test-image pixels), mAP@[.5:.95] (n/a: the test split "
         "has no box of that size):",
         "",
-        *size_table(evaluation, variants),
+        *size_table(evaluation, [v.name for v in variants]),
         "",
         "Per detector: [detection_runs.csv](detection_runs.csv); every number: "
         "`metrics/evaluation.json`.",

@@ -1,6 +1,9 @@
 """Detector training-data variants: which labelled real images and which extra images each uses.
 
-One registry of variant kinds (`KINDS`), each a name pattern and the composition it stands for:
+A variant is one typed value, `Variant`: its labelled real images (`RealImages`: all, the
+handful, none, the first <count> or the first <share> of the train images) and its extra images
+(a source and how many). Its name, which the flat metrics keys, the tables and the detector
+folders use, is derived from the fields in one place, `Variant.name`; it is never parsed back.
 
 - `real`: every labelled real train image. Trained once per seed; the reference.
 - `handful`: the subjects' handful (`shared.subjects.*.images` personalisation images) alone.
@@ -11,7 +14,8 @@ One registry of variant kinds (`KINDS`), each a name pattern and the composition
   source: `synthetic` (generated and auto-labelled), `copy-paste` (composites of the handful's
   object crops, synthdet.copy_paste) or `pseudo` (real train images outside the handful, labels
   withheld, labelled by the annotator).
-- `synthetic`: every generated image, no real one; `mixed`: every real and every generated one.
+- `synthetic`: every generated image, no real one; `mixed`: every real and every generated one
+  (train_detector.variants).
 - `mix-r<share>-f<fraction>` (train_detector.mix_*): the first `share` of the real train images
   plus as many generated images as make up `fraction` of the set,
   n_synthetic = round(fraction / (1 - fraction) * n_real).
@@ -19,114 +23,181 @@ One registry of variant kinds (`KINDS`), each a name pattern and the composition
 Subsets are nested and do not depend on the detector's seed: real images are ordered once (the
 handful first, then the rest shuffled with shared.seed), extra images by a shuffle seeded with
 shared.seed, and each variant takes a prefix. Seeds of one variant differ in training only.
-Names come from dvc.yaml's matrices; `parse` reads them back (`mix-r1-f0.1` = `mix-r1.0-f0.1`).
+The train stages get the fields as arguments and write them next to the detector
+(synthdet.artifacts.detector), where evaluate reads them.
 """
 
 from __future__ import annotations
 
+import enum
 import random
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from synthdet.data import DataError, label_file, link_yolo_folder, list_images
 from synthdet.params import FEW_SHOT_SOURCES, Params, ParamsError
 
-BASELINE = "real"
-HANDFUL = "handful"
 SYNTHETIC = "synthetic"  # the extra source made by generate + annotate-with-baseline
+
+
+class RealKind(enum.Enum):
+    """Which labelled real train images a variant uses."""
+
+    ALL = "all"  # every one
+    HANDFUL = "handful"  # the subjects' handful
+    NONE = "none"
+    COUNT = "count"  # the first `count` of the real order (the handful first)
+    SHARE = "share"  # the first round(share * n) of the real order
+
+
+@dataclass(frozen=True)
+class RealImages:
+    """A variant's labelled real images; ParamsError for a count or share out of range."""
+
+    kind: RealKind
+    count: int | None = None  # with RealKind.COUNT: >= 1
+    share: float | None = None  # with RealKind.SHARE: in (0, 1]
+
+    def __post_init__(self) -> None:
+        if (self.kind is RealKind.COUNT) != (self.count is not None) or (
+            self.kind is RealKind.SHARE
+        ) != (self.share is not None):
+            raise ParamsError(f"{self}: a count goes with kind COUNT, a share with kind SHARE")
+        if self.count is not None and self.count < 1:
+            raise ParamsError(f"{self}: the count of real images must be >= 1")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise ParamsError(
+                f"{self}: the real share must be in (0, 1] (train_detector.mix_real_shares)"
+            )
+
+    @classmethod
+    def from_arg(cls, text: str) -> RealImages:
+        """`all`, `handful`, `none` or a count (the train stages' --real)."""
+        if text.isdigit():
+            return cls(RealKind.COUNT, count=int(text))
+        try:
+            kind = RealKind(text)
+        except ValueError:
+            kind = None
+        if kind not in (RealKind.ALL, RealKind.HANDFUL, RealKind.NONE):
+            raise ParamsError(f"--real {text!r}: expected all, handful, none or a count")
+        return cls(kind)
+
+
+ALL = RealImages(RealKind.ALL)
+HANDFUL_ONLY = RealImages(RealKind.HANDFUL)
+NO_REAL = RealImages(RealKind.NONE)
 
 
 @dataclass(frozen=True)
 class Variant:
-    name: str
-    # labelled real images: "all", "handful", "none", a count (int, nested, handful first) or a
-    # share of the train images (float, mix-*)
-    real: str | int | float
-    extra: str | None = None  # synthetic | copy-paste | pseudo
-    # how many extra images: None = all of the source, an int = that many, a float = the share
-    # of the training set they make up (mix-*)
-    extra_amount: int | float | None = None
+    """What one detector trains on; `extra_images` and `extra_fraction` both None: every image
+    of the `extra` source. Raises ParamsError for a combination no train stage makes."""
 
+    real: RealImages
+    extra: str | None = None  # the extra source: synthetic | copy-paste | pseudo
+    extra_images: int | None = None  # this many of them
+    extra_fraction: float | None = None  # as many as make up this share of the training set
 
-def few_shot_name(source: str) -> str:
-    """The variant of the handful plus the images of `source`: `handful-<source>`."""
-    return f"{HANDFUL}-{source}"
+    def __post_init__(self) -> None:
+        if self.extra is not None and self.extra not in FEW_SHOT_SOURCES:
+            raise ParamsError(
+                f"detector variant {self}: unknown extra source {self.extra!r}; expected one of "
+                f"{list(FEW_SHOT_SOURCES)} (few_shot.sources)"
+            )
+        if self.extra_images is not None and self.extra_images < 0:
+            raise ParamsError(f"detector variant {self}: extra_images must be >= 0")
+        if self.extra_fraction is not None and not 0 <= self.extra_fraction < 1:
+            raise ParamsError(
+                f"detector variant {self}: the synthetic fraction must be in [0, 1) "
+                "(train_detector.mix_synthetic_fractions)"
+            )
+        self._name()  # refuses a combination no train stage makes
 
+    @property
+    def name(self) -> str:
+        """`real`, `handful`, `real-n<count>`, `handful-<source>`, `synthetic`, `mixed` or
+        `mix-r<share>-f<fraction>`: the flat metrics keys, tables and MLflow use it; dvc.yaml's
+        folders spell the same name (DVC may write a share 1.0 as `1`, evaluate does not care)."""
+        return self._name()
 
-def is_few_shot(name: str) -> bool:
-    """A `handful-<source>` variant."""
-    return name.startswith(f"{HANDFUL}-")
-
-
-def mix_name(real_share: float, synthetic_fraction: float) -> str:
-    return f"mix-r{real_share}-f{synthetic_fraction}"
-
-
-def _mix(match: re.Match[str], _: Params | None) -> Variant:
-    name = match.string
-    try:
-        share, fraction = float(match["real"]), float(match["fraction"])
-    except ValueError as exc:
-        raise ParamsError(f"detector variant {name!r}: {exc}") from exc
-    if not (0 < share <= 1 and 0 <= fraction < 1):
+    def _name(self) -> str:
+        kind, extra = self.real.kind, self.extra
+        amount = (self.extra_images is not None, self.extra_fraction is not None)
+        if extra is None and amount == (False, False):
+            if kind is RealKind.ALL:
+                return "real"
+            if kind is RealKind.HANDFUL:
+                return "handful"
+            if kind is RealKind.COUNT:
+                return f"real-n{self.real.count}"
+        elif kind is RealKind.HANDFUL and amount == (True, False):
+            return f"handful-{extra}"
+        elif extra == SYNTHETIC and amount == (False, False) and kind is RealKind.NONE:
+            return "synthetic"
+        elif extra == SYNTHETIC and amount == (False, False) and kind is RealKind.ALL:
+            return "mixed"
+        elif extra == SYNTHETIC and amount == (False, True) and kind is RealKind.SHARE:
+            # float(): an int share or fraction is the same variant, so it gets the same name
+            return f"mix-r{float(self.real.share)}-f{float(self.extra_fraction)}"
         raise ParamsError(
-            f"detector variant {name!r}: the real share must be in (0, 1] "
-            "(train_detector.mix_real_shares) and the synthetic fraction in [0, 1) "
-            "(train_detector.mix_synthetic_fractions)"
+            f"detector variant {self!r} is none of real, handful, real-n<count>, "
+            "handful-<source> (with extra_images), synthetic, mixed or mix-r<share>-f<fraction>"
         )
-    return Variant(mix_name(share, fraction), share, SYNTHETIC, fraction)
+
+    @property
+    def is_few_shot(self) -> bool:
+        """The handful plus extra images (`handful-<source>`)."""
+        return self.real.kind is RealKind.HANDFUL and self.extra is not None
+
+    @property
+    def on_real_image_curve(self) -> bool:
+        """Labelled real images only, nested from the handful to all (`handful`, `real-n…`,
+        `real`): the curve evaluate inverts."""
+        kinds = (RealKind.HANDFUL, RealKind.COUNT, RealKind.ALL)
+        return self.extra is None and self.real.kind in kinds
 
 
-def _few_shot(match: re.Match[str], params: Params | None) -> Variant:
-    source = match["source"]
-    if source not in FEW_SHOT_SOURCES:
-        raise ParamsError(
-            f"detector variant {match.string!r}: unknown source {source!r}; expected one of "
-            f"{list(FEW_SHOT_SOURCES)} (few_shot.sources)"
-        )
-    amount = params.few_shot.extra_images if params is not None else None
-    return Variant(match.string, "handful", source, amount)
+REAL = Variant(ALL)  # the reference
+HANDFUL = Variant(HANDFUL_ONLY)
 
 
-# name pattern -> the variant it stands for (params give few_shot.extra_images)
-KINDS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], Params | None], Variant]], ...] = (
-    (re.compile(BASELINE), lambda m, _: Variant(BASELINE, "all")),
-    (re.compile(HANDFUL), lambda m, _: Variant(HANDFUL, "handful")),
-    (re.compile(r"real-n(?P<count>[1-9][0-9]*)"), lambda m, _: Variant(m[0], int(m["count"]))),
-    (re.compile(r"handful-(?P<source>[a-z-]+)"), _few_shot),
-    (re.compile(SYNTHETIC), lambda m, _: Variant(SYNTHETIC, "none", SYNTHETIC)),
-    (re.compile("mixed"), lambda m, _: Variant("mixed", "all", SYNTHETIC)),
-    (re.compile(r"mix-r(?P<real>[0-9.eE+-]+)-f(?P<fraction>[0-9.eE+-]+)"), _mix),
-)
+def few_shot(source: str, extra_images: int) -> Variant:
+    """The handful plus `extra_images` images of `source` (few_shot.sources)."""
+    return Variant(HANDFUL_ONLY, source, extra_images=extra_images)
 
 
-def parse(name: str, params: Params | None = None) -> Variant:
-    """The variant a name (as dvc.yaml writes it) stands for; raises ParamsError if none."""
-    for pattern, make in KINDS:
-        match = pattern.fullmatch(name)
-        if match is not None:
-            return make(match, params)
-    raise ParamsError(
-        f"unknown detector variant {name!r}: expected real, handful, real-n<count>, "
-        "handful-<source>, synthetic, mixed or mix-r<real share>-f<synthetic fraction>"
+def generated(kind: str) -> Variant:
+    """A train_detector.variants value as its variant: `synthetic` (every generated image, no
+    real one) or `mixed` (every real and every generated image)."""
+    reals = {"synthetic": NO_REAL, "mixed": ALL}
+    if kind not in reals:
+        raise ParamsError(f"train_detector.variants: {kind!r} is not one of {list(reals)}")
+    return Variant(reals[kind], SYNTHETIC)
+
+
+def mix(real_share: float, synthetic_fraction: float) -> Variant:
+    """The first `real_share` of the real images plus generated ones making up
+    `synthetic_fraction` of the set (train_detector.mix_*)."""
+    return Variant(
+        RealImages(RealKind.SHARE, share=real_share), SYNTHETIC, None, synthetic_fraction
     )
 
 
 def configured(params: Params) -> list[Variant]:
     """Every variant params ask for: the baseline, the few-shot ones, then the generated ones."""
-    config, few_shot = params.train_detector, params.few_shot
-    names = [BASELINE, HANDFUL]
-    names += [f"real-n{count}" for count in few_shot.real_image_counts]
-    names += [few_shot_name(source) for source in few_shot.sources]
-    names += list(config.variants)
-    names += [
-        mix_name(share, fraction)
+    config, few = params.train_detector, params.few_shot
+    found = [REAL, HANDFUL]
+    found += [Variant(RealImages(RealKind.COUNT, count=n)) for n in few.real_image_counts]
+    found += [few_shot(source, few.extra_images) for source in few.sources]
+    found += [generated(kind) for kind in config.variants]
+    found += [
+        mix(share, fraction)
         for share in config.mix_real_shares
         for fraction in config.mix_synthetic_fractions
     ]
-    return [parse(name, params) for name in names]
+    return found
 
 
 def seed_folder(seed: int) -> str:
@@ -181,35 +252,36 @@ def compose(
     `real_images`: the labelled train images; `handful`: the handful (a subset of them, by file
     name); `extra_images`: the images of the variant's source. Raises DataError when a variant
     asks for more images than exist."""
-    ordered = real_order(real_images, handful, seed) if variant.real != "handful" else []
-    if variant.real == "all":
+    kind, wanted_real = variant.real.kind, variant.real
+    ordered = real_order(real_images, handful, seed) if kind is not RealKind.HANDFUL else []
+    if kind is RealKind.ALL:
         real = ordered
-    elif variant.real == "handful":
+    elif kind is RealKind.HANDFUL:
         real = sorted(Path(p) for p in handful)
-    elif variant.real == "none":
+    elif kind is RealKind.NONE:
         real = []
-    elif isinstance(variant.real, int):
-        if variant.real > len(ordered):
+    elif kind is RealKind.COUNT:
+        if wanted_real.count > len(ordered):
             raise DataError(
-                f"variant {variant.name}: {variant.real} labelled images asked for, but there "
-                f"are {len(ordered)} train images; lower few_shot.real_image_counts"
+                f"variant {variant.name}: {wanted_real.count} labelled images asked for, but "
+                f"there are {len(ordered)} train images; lower few_shot.real_image_counts"
             )
-        real = ordered[: variant.real]
+        real = ordered[: wanted_real.count]
     else:
-        real = ordered[: round(variant.real * len(ordered))]
+        real = ordered[: round(wanted_real.share * len(ordered))]
         if not real:
             raise DataError(
-                f"variant {variant.name}: {variant.real} of {len(ordered)} real train images is "
-                "no image; raise train_detector.mix_real_shares"
+                f"variant {variant.name}: {wanted_real.share} of {len(ordered)} real train "
+                "images is no image; raise train_detector.mix_real_shares"
             )
     extra = _shuffled(extra_images, seed) if variant.extra else []
-    amount = variant.extra_amount
     wanted = None
-    if isinstance(amount, float):
-        wanted = round(amount / (1 - amount) * len(real))
+    if variant.extra_fraction is not None:
+        fraction = variant.extra_fraction
+        wanted = round(fraction / (1 - fraction) * len(real))
         fix = "lower train_detector.mix_synthetic_fractions / mix_real_shares"
-    elif isinstance(amount, int):
-        wanted, fix = amount, "lower few_shot.extra_images"
+    elif variant.extra_images is not None:
+        wanted, fix = variant.extra_images, "lower few_shot.extra_images"
     if wanted is not None:
         if wanted > len(extra):
             raise DataError(
@@ -224,18 +296,18 @@ def compose(
 
 
 def compositions(
-    params: Params,
+    variants: Sequence[Variant],
     real_images: Sequence[Path],
     handful: Sequence[Path],
     extra_images: Mapping[str, Sequence[Path]],
-    names: Sequence[str],
+    seed: int,
 ) -> dict[str, Composition]:
-    """{variant name: composition} for `names`, each with its source's images."""
+    """{variant name: composition} for `variants`, each with its source's images
+    (`extra_images`: {source: images}); `seed`: shared.seed, which orders the images."""
     result = {}
-    for name in names:
-        variant = parse(name, params)
+    for variant in variants:
         extra = extra_images.get(variant.extra, ()) if variant.extra else ()
-        result[name] = compose(variant, real_images, handful, extra, params.shared.seed)
+        result[variant.name] = compose(variant, real_images, handful, extra, seed)
     return result
 
 
@@ -279,10 +351,11 @@ def training_folders(
 ) -> TrainingSet:
     """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
     and topped up to train_detector.min_images_per_epoch when the set is smaller (`epoch_plan`)."""
+    kind = variant.real.kind
     needs = {
-        "--real": real_dir is None and variant.real != "handful" and variant.real != "none",
-        "--handful": handful_dir is None and variant.real not in ("all", "none"),
-        "--extra": extra_dir is None and variant.extra is not None,
+        "--train": real_dir is None and kind not in (RealKind.HANDFUL, RealKind.NONE),
+        "--handful": handful_dir is None and kind not in (RealKind.ALL, RealKind.NONE),
+        "--extra-folder": extra_dir is None and variant.extra is not None,
     }
     missing = [flag for flag, lacking in needs.items() if lacking]
     if missing:
@@ -335,20 +408,15 @@ def label_boxes(images: Sequence[Path]) -> int:
     return total
 
 
-def comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
-    """(variant, reference) pairs: each `handful-<source>` against `handful`, then
+def comparisons(variants: Sequence[Variant]) -> list[tuple[str, str]]:
+    """(variant, reference) name pairs: each `handful-<source>` against `handful`, then
     `handful-synthetic` against each cheap alternative, then the generated-data variants
-    (synthetic, mixed, mix-*) against `real`; only pairs of variants in `names`."""
-    pairs = []
-    few_shot = [n for n in names if is_few_shot(n)]
-    pairs += [(name, HANDFUL) for name in few_shot]
-    generated = few_shot_name(SYNTHETIC)
-    if generated in names:
-        pairs += [(generated, name) for name in few_shot if name != generated]
-    others = [
-        n
-        for n in names
-        if n not in few_shot and n not in (BASELINE, HANDFUL) and not n.startswith("real-n")
-    ]
-    pairs += [(name, BASELINE) for name in others]
+    (synthetic, mixed, mix-*) against `real`; only pairs of variants in `variants`."""
+    names = [variant.name for variant in variants]
+    few = [v.name for v in variants if v.is_few_shot]
+    pairs = [(name, HANDFUL.name) for name in few]
+    generated_few = [v.name for v in variants if v.is_few_shot and v.extra == SYNTHETIC]
+    pairs += [(a, b) for a in generated_few for b in few if b != a]
+    others = [v.name for v in variants if not v.is_few_shot and not v.on_real_image_curve]
+    pairs += [(name, REAL.name) for name in others]
     return [(a, b) for a, b in pairs if a in names and b in names]

@@ -19,6 +19,7 @@ import csv
 from pathlib import Path
 
 from synthdet import detection, evaluation, metrics, plots, variants
+from synthdet.artifacts.detector import VARIANT_INFO, DetectorVariant
 from synthdet.artifacts.evaluation import EVALUATION, HEADLINE_METRICS, Evaluation
 from synthdet.artifacts.metrics import read_metrics_json
 from synthdet.cli import run_stage
@@ -29,28 +30,41 @@ from synthdet.tracking import stage_run
 GRID_TEST_IMAGES = 4
 
 
-def find_detectors(detectors_dir: Path, params: Params) -> dict[str, dict[int, Path]]:
-    """{variant: {seed: folder}} for every variant and seed params ask for, the baseline first;
-    raises DataError naming the missing ones. Folders of other variants are ignored."""
-    found: dict[str, dict[int, Path]] = {}
+def find_detectors(detectors_dir: Path, params: Params) -> dict[variants.Variant, dict[int, Path]]:
+    """{variant: {seed: folder}} for every variant and seed params ask for, the baseline first,
+    found by the `variant.json` each train stage writes next to its weights (folder names are
+    not read: DVC spells a share 1.0 as `1`). Folders of other variants are ignored. Raises
+    DataError naming the missing detectors, and two folders holding the same one."""
+    by_key: dict[tuple[variants.Variant, int], Path] = {}
+    unrecorded = []
+    for folder in sorted(Path(detectors_dir).glob("*/seed*")):
+        if not (folder / VARIANT_INFO).is_file():
+            unrecorded.append(str(folder.relative_to(detectors_dir)))
+            continue
+        info = DetectorVariant.read(folder)
+        key = (info.variant, info.seed)
+        if key in by_key:
+            raise DataError(
+                f"{by_key[key]} and {folder} both hold {info.variant.name} seed {info.seed}; "
+                "remove the stale one (a variant whose stage no longer exists)"
+            )
+        by_key[key] = folder
+    found: dict[variants.Variant, dict[int, Path]] = {}
     missing = []
     for variant in variants.configured(params):
         for seed in params.train_detector.seeds:
-            path = Path(detectors_dir) / variant.name / variants.seed_folder(seed)
-            if variant.name.startswith("mix-"):  # DVC writes mix-r1-f0.1 for the share 1.0
-                matches = [
-                    p / variants.seed_folder(seed)
-                    for p in Path(detectors_dir).glob("mix-*")
-                    if variants.parse(p.name) == variant
-                ]
-                path = matches[0] if matches else path
-            if path.is_dir():
-                found.setdefault(variant.name, {})[seed] = path
+            if (variant, seed) in by_key:
+                found.setdefault(variant, {})[seed] = by_key[variant, seed]
             else:
-                missing.append(f"{variant.name}/{variants.seed_folder(seed)}")
+                missing.append(f"{variant.name} seed {seed}")
     if missing:
+        hint = (
+            f" ({', '.join(unrecorded)} hold no {VARIANT_INFO}: trained by an older synthdet)"
+            if unrecorded
+            else ""
+        )
         raise DataError(
-            f"{detectors_dir}: no detector for {', '.join(missing)}; train them first "
+            f"{detectors_dir}: no detector for {', '.join(missing)}{hint}; train them "
             "(dvc repro; the train-* stages)"
         )
     return found
@@ -78,7 +92,8 @@ def run(
         targets = [metrics.target_boxes(sample) for sample in test]
         grid = {"ground truth": [sample.boxes for sample in test[:GRID_TEST_IMAGES]]}
         runs: dict[str, dict[int, evaluation.Run]] = {}
-        for name, by_seed in detectors.items():
+        for variant, by_seed in detectors.items():
+            name = variant.name
             for seed, folder in by_seed.items():
                 found = detection.predict(
                     detection.load_detector(folder, class_names),
@@ -98,34 +113,36 @@ def run(
                         for image in found[:GRID_TEST_IMAGES]
                     ]
         extra_root = Path(folders["extra"])
+        trained = list(detectors)
         compositions = variants.compositions(
-            params,
+            trained,
             list_images(Path(folders["real"]) / "images"),
             variants.handful_images(folders["handful"]),
             {p.name: list_images(p / "images") for p in extra_root.iterdir() if p.is_dir()},
-            list(runs),
+            params.shared.seed,
         )
         curve = sorted(
-            ((name, len(c.real)) for name, c in compositions.items() if not c.extra),
+            ((v.name, len(compositions[v.name].real)) for v in trained if v.on_real_image_curve),
             key=lambda item: item[1],
         )
-        curve = [(n, c) for n, c in curve if n == variants.HANDFUL or n.startswith("real")]
         summary = evaluation.summarise(
             runs,
             evaluation.chance_baseline(test),
             curve,
+            variants.comparisons(trained),
             params.annotate_with_baseline.confidence,
             compositions,
             test,
         )
-        for file, (header, rows) in evaluation.tables(summary, runs, compositions).items():
+        tables = evaluation.tables(summary, runs, trained, compositions)
+        for file, (header, rows) in tables.items():
             _write_csv(out_dir / file, header, rows)
         synthetic = read_yolo_folder(extra_root / variants.SYNTHETIC, len(class_names))
         plots.box_grid(synthetic[: config.grid_images], out_dir / "synthetic_grid.png")
         plots.comparison_grid(
             [sample.image for sample in test[:GRID_TEST_IMAGES]], grid, out_dir / "test_grid.png"
         )
-        headline = evaluation.headline(summary, read_metrics_json(images_metrics))
+        headline = evaluation.headline(summary, trained, read_metrics_json(images_metrics))
         summary.write(out_dir / EVALUATION)
         write_json(out_dir / HEADLINE_METRICS, headline)
         mlflow_run.log_metrics(summary.to_flat())
@@ -137,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, what in (
         ("test", "real test YOLO folder"),
-        ("detectors", "folder of <variant>/seed<seed> detectors"),
+        ("detectors", "folder of <variant>/seed<seed> detectors, each with its variant.json"),
         ("real", "real train YOLO folder"),
         ("handful", "prepare's personalize folder"),
         ("extra", "folder of extra-image YOLO folders (synthetic, copy-paste, pseudo)"),

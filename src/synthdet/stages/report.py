@@ -35,7 +35,7 @@ def run(params: Params, metrics_dir: Path) -> str:
         "copy-paste (handful crops)": read_extra_images_metrics(metrics_dir / COPY_PASTE_METRICS),
         "pseudo-labelled real": read_extra_images_metrics(metrics_dir / PSEUDO_METRICS),
     }
-    names = [v.name for v in variants.configured(params)]
+    configured = variants.configured(params)
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
@@ -44,8 +44,8 @@ def run(params: Params, metrics_dir: Path) -> str:
             read_prepare_metrics(metrics_dir / PREPARE_METRICS),
             read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
             extras,
-            names,
-            variants.comparisons(names),
+            configured,
+            variants.comparisons(configured),
         )
         write_text(metrics_dir / "report.md", page)
         write_json(metrics_dir / "environment.json", tracking.environment())

@@ -2,8 +2,9 @@
 
 Every variant and seed trains with the same `train_detector` params (`train_args()`: the `yolo`
 block, overridden by the `preset` if one is set); only the training images (`synthdet.variants`)
-and the seed differ. The `real` detector of shared.seed is also the baseline that annotates the
-synthetic images.
+and the seed differ. The stage gets the variant's fields (`--real`, `--extra`, ...), not its
+name, and writes them next to the weights (`variant.json`, synthdet.artifacts.detector). The
+`real` detector of shared.seed is also the baseline that annotates the synthetic images.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from synthdet import detection, variants
+from synthdet.artifacts.detector import DetectorVariant
 from synthdet.cli import run_stage
 from synthdet.errors import warn
-from synthdet.params import Params
+from synthdet.params import Params, ParamsError
 from synthdet.tracking import stage_run
 
 
 def run(
     params: Params,
     stage: str,
-    variant_name: str,
+    variant: variants.Variant,
     seed: int,
     folders: Mapping[str, Path | None],
     val_folder: Path,
@@ -35,11 +37,11 @@ def run(
     `folders`: `real` (labelled train YOLO folder), `handful` (prepare's personalize folder,
     one YOLO folder per subject) and `extra` (the variant's extra source), each None when the
     variant does not use it. Writes the detector to `out_dir` and its per-epoch validation
-    metrics to `results_csv`. Raises DataError when a folder the variant needs is missing or
-    holds too few images; warns (and sets `empty_label_set`) when no training label has a box.
+    metrics to `results_csv` and the variant and seed to `out_dir/variant.json`. Raises
+    DataError when a folder the variant needs is missing or holds too few images; warns (and
+    sets `empty_label_set`) when no training label has a box.
     """
     config = params.train_detector
-    variant = variants.parse(variant_name, params)
     train_args = config.train_args()
     if overridden := config.overridden_by_preset():
         warn(
@@ -48,9 +50,12 @@ def run(
         )
     logged_params = {
         "variant": variant.name,
-        "real": str(variant.real),
+        "real": variant.real.kind.value,
+        "real_count": variant.real.count,
+        "real_share": variant.real.share,
         "extra": variant.extra,
-        "extra_amount": variant.extra_amount,
+        "extra_images": variant.extra_images,
+        "extra_fraction": variant.extra_fraction,
         "model": config.model_source,
         "preset": config.preset,
         "seed": seed,
@@ -98,6 +103,7 @@ def run(
             on_epoch=lambda row: mlflow_run.log_metrics(row, step=int(row["epoch"])),
         )
         detection.write_epochs_csv(result.epochs, results_csv)
+        DetectorVariant(variant, seed).write(out_dir)
         metrics = {
             "train_images": result.train_images,
             "real_images": len(composition.real),
@@ -122,26 +128,69 @@ def run(
     return metrics
 
 
+def variant_from_args(args: argparse.Namespace) -> variants.Variant:
+    """The variant the command line describes; ParamsError naming the flags if none."""
+    if args.generated is not None:
+        if args.real is not None or args.real_share is not None or args.extra is not None:
+            raise ParamsError("--generated stands for the whole variant: drop --real and --extra")
+        return variants.generated(args.generated)
+    if (args.real is None) == (args.real_share is None):
+        raise ParamsError("give one of --real (all, handful, none or a count) and --real-share")
+    real = (
+        variants.RealImages.from_arg(args.real)
+        if args.real is not None
+        else variants.RealImages(variants.RealKind.SHARE, share=args.real_share)
+    )
+    return variants.Variant(real, args.extra, args.extra_images, args.extra_fraction)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
-    parser.add_argument("--variant", required=True, help="a synthdet.variants name, e.g. handful")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
-    parser.add_argument("--real", type=Path, default=None, help="labelled real train YOLO folder")
+    what = parser.add_argument_group("the variant (synthdet.variants.Variant)")
+    what.add_argument(
+        "--real", default=None, help="labelled real train images: all, handful, none or a count"
+    )
+    what.add_argument(
+        "--real-share", type=float, default=None, help="or the first share of them, in (0, 1]"
+    )
+    what.add_argument("--extra", default=None, help="extra images' source, e.g. synthetic")
+    what.add_argument("--extra-images", type=int, default=None, help="this many extra images")
+    what.add_argument(
+        "--extra-fraction",
+        type=float,
+        default=None,
+        help="or as many as make up this share of the training set (default: all of them)",
+    )
+    what.add_argument(
+        "--generated",
+        default=None,
+        help="a train_detector.variants value instead: synthetic (generated images only) or "
+        "mixed (every real train image too)",
+    )
+    parser.add_argument("--train", type=Path, default=None, help="labelled real train YOLO folder")
     parser.add_argument(
         "--handful", type=Path, default=None, help="prepare's personalize folder (the handful)"
     )
     parser.add_argument(
-        "--extra", type=Path, default=None, help="YOLO folder of the variant's extra images"
+        "--extra-folder", type=Path, default=None, help="YOLO folder of the extra images"
     )
     parser.add_argument("--val", type=Path, required=True, help="YOLO folder to validate on")
     parser.add_argument("--out", type=Path, required=True, help="output detector folder")
     parser.add_argument("--results", type=Path, required=True, help="per-epoch results CSV")
     args = parser.parse_args()
-    folders = {"real": args.real, "handful": args.handful, "extra": args.extra}
+    folders = {"real": args.train, "handful": args.handful, "extra": args.extra_folder}
     run_stage(
         lambda params: run(
-            params, args.stage, args.variant, args.seed, folders, args.val, args.out, args.results
+            params,
+            args.stage,
+            variant_from_args(args),
+            args.seed,
+            folders,
+            args.val,
+            args.out,
+            args.results,
         )
     )
 
