@@ -35,6 +35,7 @@ def test_two_sample_test_separates_different_sets_and_not_equal_ones(tmp_path: P
     assert different.tested == 20 and different.folds == 2
     assert different.accuracy >= 0.9 and different.p_value < 0.01
     assert different.train_accuracy >= 0.9
+    assert different.valid and different.summary()["valid"] == 1
     alike = classifiers.two_sample_test(real, same, MODEL, 16, 30, 2, seed=0)
     assert alike.accuracy <= 0.75 and alike.p_value > 0.01
     # equal numbers of each: the larger set is subsampled
@@ -73,6 +74,51 @@ def test_subject_check_finds_the_subject_only_where_it_is(tmp_path: Path) -> Non
     assert result.crop_accuracy >= 0.9
     assert result.generated_share == 1.0  # every image with an apple is found
     assert result.reference_share <= 1 / 6  # the images without one are not
+    assert result.valid and result.crop_p_value < classifiers.ALPHA
+    assert result.summary()["valid"] == 1 and result.summary()["invalid_reason"] is None
+
+
+def test_subject_check_at_chance_is_invalid_with_null_shares(tmp_path: Path) -> None:
+    # boxes on plain noise, with nothing drawn in them: subject and background crops are the same
+    # kind of picture, so no classifier can beat chance on held-out crops
+    rng = np.random.default_rng(1)
+    train = []
+    for i in range(20):
+        empty = scene(tmp_path / "train" / f"t{i}.png", [])
+        corners = [tuple(int(v) for v in rng.integers(0, 56, 2)) for _ in range(2)]
+        boxes = tuple(Box(0, (x + 4) / 64, (y + 4) / 64, 8 / 64, 8 / 64) for x, y in corners)
+        train.append(Sample(empty.image, boxes))
+    generated = [scene(tmp_path / "gen" / f"g{i}.png", []).image for i in range(3)]
+    val = [scene(tmp_path / "val" / f"v{i}.png", []) for i in range(3)]
+    result = classifiers.subject_check(train, val, generated, MODEL, 16, 5, seed=0)
+    summary = result.summary()
+    assert summary["valid"] == 0 and not result.valid
+    assert "chance" in result.invalid_reason or "background" in result.invalid_reason
+    assert summary["invalid_reason"] == result.invalid_reason
+    assert summary["generated_share"] is None and summary["reference_share"] is None
+    assert summary["crop_tested"] > 0
+
+
+def test_subject_invalid_reason_names_each_cause() -> None:
+    assert classifiers.subject_invalid_reason(30, 30, 0.0) is None
+    assert "no held-out crop" in classifiers.subject_invalid_reason(0, 0, None)
+    # 14 of 30: one-sided binomial p = 0.71
+    assert "does not beat chance" in classifiers.subject_invalid_reason(14, 30, 0.2)
+    background = classifiers.subject_invalid_reason(25, 30, 0.5)
+    assert "background" in background and "chance" not in background
+    # 4 of 4 right is still p = 1/16 >= 0.05: too few crops to show anything
+    assert "p = 0.062" in classifiers.subject_invalid_reason(4, 4, 0.0)
+
+
+def test_two_sample_test_that_cannot_fit_is_invalid(tmp_path: Path) -> None:
+    # the same images labelled real and generated: each pair trains together with both labels,
+    # so no network can fit its training images above 0.5
+    real = noise_images(tmp_path / "real", 8, seed=0, green=80)
+    result = classifiers.two_sample_test(real, real, MODEL, 16, 5, 2, seed=0)
+    assert result.train_accuracy <= 0.5 and result.train_p_value >= classifiers.ALPHA
+    assert not result.valid and "training images above chance" in result.invalid_reason
+    assert result.summary()["valid"] == 0
+    assert result.summary()["invalid_reason"] == result.invalid_reason
 
 
 def test_unknown_classifier_names_the_key() -> None:

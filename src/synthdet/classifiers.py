@@ -11,6 +11,13 @@
   scale is classified as subject. The same scan of real val images (which have boxes) is the
   reference: the share a perfect generator would reach with this classifier.
 
+Both checks say when they are invalid (`valid`, `invalid_reason`): a classifier that does not
+beat chance on its own held-out crops (one-sided exact binomial test of accuracy > 0.5 at
+`ALPHA`), or that takes most real background for the subject (`MAX_BACKGROUND_FALSE_POSITIVES`),
+cannot tell whether a generated image shows the subject, so the subject shares are then null;
+a real-vs-generated classifier that does not even fit its own training images above chance
+cannot separate anything, so its held-out "indistinguishable" is not a finding.
+
 Everything runs on CPU in seconds at the default sizes; the networks are random-initialised
 (`pretrained=False`), so nothing is downloaded.
 """
@@ -43,6 +50,12 @@ MAX_CROPS_PER_CLASS = 256
 # Networks this small run fastest on one thread (and do not stall when other processes share
 # the cores, where OpenMP threads spin-wait for each other).
 THREADS = 1
+# Significance level of the one-sided binomial tests that decide whether a classifier beats
+# chance (0.5) on its held-out crops (subject check) or its training images (two-sample test).
+ALPHA = 0.05
+# The subject check is invalid when its classifier calls at least this share of held-out real
+# background crops "subject": it would then find the subject in nearly any image.
+MAX_BACKGROUND_FALSE_POSITIVES = 0.5
 
 
 def build_classifier(model_name: str, num_classes: int = 2) -> nn.Module:
@@ -132,6 +145,15 @@ def subject_probability(model: nn.Module, inputs: Tensor) -> Tensor:
         )
 
 
+def above_chance_p_value(correct: int, tested: int) -> float:
+    """One-sided exact binomial p-value of `correct` right out of `tested` two-class decisions
+    under chance (p = 0.5): P(X >= correct), X ~ Binomial(tested, 0.5) (scipy's `binomtest`).
+    1.0 when nothing was tested."""
+    if tested == 0:
+        return 1.0
+    return float(binomtest(correct, tested, 0.5, alternative="greater").pvalue)
+
+
 # ---------------------------------------------------------------- real vs generated
 
 
@@ -145,16 +167,29 @@ class TwoSampleResult:
     # accuracy on the images each fold trained on: near 0.5 too means the network did not even
     # fit its training images, so a held-out 0.5 says nothing about the images
     train_accuracy: float
+    # one-sided binomial p-value of the training accuracy vs chance, each image counted once
+    # (by its mean correctness over the folds-1 networks that trained on it)
+    train_p_value: float
+    # why the test cannot separate anything (training accuracy not above chance); None = valid
+    invalid_reason: str | None
 
-    def summary(self) -> dict[str, float | int]:
-        """The flat metrics written to metrics/images.json (`real_vs_generated.<key>`)."""
+    @property
+    def valid(self) -> bool:
+        return self.invalid_reason is None
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        """The flat metrics written to metrics/images.json (`real_vs_generated.<key>`);
+        `valid` is 1 or 0 (a number, for MLflow and `dvc metrics`)."""
         return {
             "accuracy": round(self.accuracy, 6),
             "correct": self.correct,
             "tested": self.tested,
             "p_value": float(f"{self.p_value:.3g}"),
             "train_accuracy": round(self.train_accuracy, 6),
+            "train_p_value": float(f"{self.train_p_value:.3g}"),
             "folds": self.folds,
+            "valid": int(self.valid),
+            "invalid_reason": self.invalid_reason,
         }
 
 
@@ -167,7 +202,11 @@ def two_sample_test(
     folds: int,
     seed: int,
 ) -> TwoSampleResult:
-    """k-fold real-vs-generated classification on equal numbers of each (the smaller set's)."""
+    """k-fold real-vs-generated classification on equal numbers of each (the smaller set's).
+
+    Invalid (`invalid_reason`) when the networks' accuracy on their own training images does not
+    beat chance (`above_chance_p_value` >= ALPHA). Raises DataError with fewer images of either
+    kind than folds."""
     count = min(len(real), len(generated))
     if count < folds:
         raise DataError(
@@ -191,9 +230,26 @@ def two_sample_test(
         fitted += int((~held_out).sum())
         fitted_correct += int(right[~held_out].sum())
     tested = 2 * count
-    p_value = binomtest(correct, tested, 0.5, alternative="greater").pvalue
+    # every image is in folds-1 training sets: count it once, so that the test does not claim
+    # more independent trials than there are images
+    train_p_value = above_chance_p_value(round(fitted_correct / (folds - 1)), tested)
+    invalid_reason = None
+    if train_p_value >= ALPHA:
+        invalid_reason = (
+            f"the classifier does not fit its own training images above chance (training "
+            f"accuracy {fitted_correct / fitted:.2f} on {tested} images, one-sided binomial "
+            f"p = {train_p_value:.2g} >= {ALPHA}), so a held-out accuracy near 0.5 does not mean "
+            "indistinguishable"
+        )
     return TwoSampleResult(
-        correct / tested, correct, tested, float(p_value), folds, fitted_correct / fitted
+        accuracy=correct / tested,
+        correct=correct,
+        tested=tested,
+        p_value=above_chance_p_value(correct, tested),
+        folds=folds,
+        train_accuracy=fitted_correct / fitted,
+        train_p_value=train_p_value,
+        invalid_reason=invalid_reason,
     )
 
 
@@ -202,32 +258,71 @@ def two_sample_test(
 
 @dataclass(frozen=True)
 class SubjectResult:
-    generated_share: float  # generated images in which a window is classified as subject
+    # generated images in which a window is classified as subject; None when the check is invalid
+    generated_share: float | None
     generated_images: int
-    reference_share: float  # the same for real images with boxes (the val split)
+    reference_share: float | None  # the same for real images with boxes (the val split)
     reference_images: int
     crop_accuracy: float | None  # held-out subject-vs-background crops (held-out train images)
     crop_tested: int
+    crop_p_value: float  # one-sided binomial test of crop_accuracy > 0.5 (1.0 with no crop)
     background_false_positive_rate: float | None  # held-out background crops called subject
     window: float  # window side as a share of the image side
     scale: int  # pixels of the image side all crops are cut at (the generated images' size)
+    # why the classifier cannot tell the subject from background (`subject_invalid_reason`);
+    # None = valid
+    invalid_reason: str | None = None
 
-    def summary(self) -> dict[str, float | int | None]:
-        """The flat metrics written to metrics/images.json (`subject.<key>`)."""
+    @property
+    def valid(self) -> bool:
+        return self.invalid_reason is None
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        """The flat metrics written to metrics/images.json (`subject.<key>`); `valid` is 1 or 0
+        and the shares are null when it is 0."""
 
         def rounded(value: float | None) -> float | None:
             return None if value is None else round(value, 6)
 
         return {
-            "generated_share": round(self.generated_share, 6),
+            "generated_share": rounded(self.generated_share),
             "generated_images": self.generated_images,
-            "reference_share": round(self.reference_share, 6),
+            "reference_share": rounded(self.reference_share),
             "reference_images": self.reference_images,
             "crop_accuracy": rounded(self.crop_accuracy),
             "crop_tested": self.crop_tested,
+            "crop_p_value": float(f"{self.crop_p_value:.3g}"),
             "background_false_positive_rate": rounded(self.background_false_positive_rate),
             "window": round(self.window, 6),
+            "valid": int(self.valid),
+            "invalid_reason": self.invalid_reason,
         }
+
+
+def subject_invalid_reason(
+    correct: int, tested: int, background_false_positive_rate: float | None
+) -> str | None:
+    """Why a subject classifier with `correct` of `tested` held-out crops right cannot judge
+    images, or None when it can: no held-out crop, accuracy not above chance
+    (`above_chance_p_value` >= ALPHA), or background_false_positive_rate >=
+    MAX_BACKGROUND_FALSE_POSITIVES."""
+    if tested == 0:
+        return "no held-out crop to test its classifier on (the held-out train images have no box)"
+    reasons = []
+    p_value = above_chance_p_value(correct, tested)
+    if p_value >= ALPHA:
+        reasons.append(
+            f"its classifier does not beat chance on its held-out crops (accuracy "
+            f"{correct / tested:.2f} on {tested} crops, one-sided binomial p = {p_value:.2g} >= "
+            f"{ALPHA})"
+        )
+    rate = background_false_positive_rate
+    if rate is not None and rate >= MAX_BACKGROUND_FALSE_POSITIVES:
+        reasons.append(
+            f"it takes {rate:.2f} of held-out real background crops for the subject (>= "
+            f"{MAX_BACKGROUND_FALSE_POSITIVES})"
+        )
+    return "; ".join(reasons) or None
 
 
 def window_share(samples: Sequence[Sample]) -> float:
@@ -310,7 +405,12 @@ def subject_check(
     seed: int,
     held_out_share: float = 0.2,
 ) -> SubjectResult:
-    """Train subject-vs-background on real train crops; scan generated and real val images."""
+    """Train subject-vs-background on real train crops; scan generated and real val images.
+
+    The train images are split by image (`held_out_share` held out); the classifier's held-out
+    crops decide whether the check is valid (`subject_invalid_reason`); an invalid check scans
+    nothing and reports null shares. Raises DataError without generated images, without boxes
+    in train, or with fewer than 2 subject or background training crops."""
     if not generated:
         raise DataError("the subject check needs generated images")
     with Image.open(generated[0]) as first:
@@ -341,14 +441,25 @@ def subject_check(
         correct += int((~flagged).sum())
         false_positive_rate = float(flagged.float().mean())
     reference_paths = [s.image for s in reference]
+    invalid_reason = subject_invalid_reason(correct, tested, false_positive_rate)
+    shares = (
+        (None, None)
+        if invalid_reason
+        else (
+            share_with_subject(model, generated, scale, window, size),
+            share_with_subject(model, reference_paths, scale, window, size),
+        )
+    )
     return SubjectResult(
-        generated_share=share_with_subject(model, generated, scale, window, size),
+        generated_share=shares[0],
         generated_images=len(generated),
-        reference_share=share_with_subject(model, reference_paths, scale, window, size),
+        reference_share=shares[1],
         reference_images=len(reference_paths),
         crop_accuracy=correct / tested if tested else None,
         crop_tested=tested,
+        crop_p_value=above_chance_p_value(correct, tested),
         background_false_positive_rate=false_positive_rate,
         window=window,
         scale=scale,
+        invalid_reason=invalid_reason,
     )

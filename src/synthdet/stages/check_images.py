@@ -6,7 +6,8 @@ trained on such images would be scored on its own training data), FID and KID fr
 Inception features generate cached (computed here only for images it did not see), shared with
 the leak guard (`metrics.realism_of_features`), the CLIP score of each image with its prompt
 when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the real-vs-generated
-classifier test and the subject check (`synthdet.classifiers`). Writes `metrics/images.json`.
+classifier test and the subject check (`synthdet.classifiers`; each with `valid` 1/0 and
+`invalid_reason`, and a warning when invalid). Writes `metrics/images.json`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from synthdet import classifiers, metrics
 from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
 from synthdet.data import DataError, list_images, read_jsonl, read_yolo_folder, write_json
+from synthdet.errors import warn
 from synthdet.generation.filters import FEATURES_FILE, FeatureCache
 from synthdet.params import Params
 from synthdet.tracking import stage_run
@@ -78,6 +80,19 @@ def classifier_metrics(
     subject = classifiers.subject_check(
         read_yolo_folder(train, classes), read_yolo_folder(val, classes), generated, *net, seed
     )
+    if not subject.valid:
+        warn(
+            f"check-images: the subject check is invalid: {subject.invalid_reason}; its shares "
+            "are null. Raise evaluate.classifier_epochs or evaluate.classifier_size, or label "
+            "more train images (more held-out crops), so that the classifier beats chance on "
+            "held-out crops before its shares mean anything"
+        )
+    if not two_sample.valid:
+        warn(
+            f"check-images: the real-vs-generated test is invalid: {two_sample.invalid_reason}. "
+            "Raise evaluate.classifier_epochs or evaluate.classifier_size (or use a larger "
+            "evaluate.classifier_model) until it fits its training images"
+        )
     return {
         **{f"real_vs_generated.{k}": v for k, v in two_sample.summary().items()},
         **{f"subject.{k}": v for k, v in subject.summary().items()},
@@ -126,10 +141,12 @@ def run(
         summary |= classifier_metrics(params, real, generated, train_dir, val_dir)
         write_json(metrics_path, summary)
         mlflow_run.log_metrics(summary)
+    share = summary["subject.generated_share"]
     print(
         f"check-images: {len(generated)} images, no leak (max similarity "
         f"{summary['leak_max_similarity']:.3f}), FID {summary['fid']:.1f}, KID "
-        f"{summary['kid_mean']:.3f}, subject in {summary['subject.generated_share']:.2f}"
+        f"{summary['kid_mean']:.3f}, subject in "
+        + (f"{share:.2f}" if share is not None else "n/a (invalid check)")
     )
     return summary
 
