@@ -957,6 +957,37 @@ def test_same_picture_under_two_names(tmp_path):
         formats.import_dataset(tmp_path, "auto", NAMES)
 
 
+def test_every_picture_repeated_with_other_labels_is_named_in_one_error(tmp_path):
+    """A web-photo VOC set with 4 such pairs: one run names them all, not one per run."""
+    for i in range(4):
+        for copy in ("a", "b"):
+            image_file(tmp_path / "JPEGImages" / f"{copy}{i}.jpg", colour=(40 * i, 9, 9))
+            objects = [("apple", 0, (1, 1, 10 + (copy == "b"), 10))]
+            text_file(tmp_path / "Annotations" / f"{copy}{i}.xml", voc_xml(objects))
+    with pytest.raises(DataError) as error:
+        formats.import_dataset(tmp_path, "auto", NAMES)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}: 4 pictures repeat another with other labels (")
+    for i in range(4):
+        jpeg = tmp_path / "JPEGImages"
+        assert f"{jpeg / f'b{i}.jpg'}: the same picture as {jpeg / f'a{i}.jpg'}" in message
+
+
+def test_every_broken_voc_file_and_wrong_size_is_named_in_one_error(tmp_path):
+    for stem in ("a", "b", "c", "d"):
+        image_file(tmp_path / "images" / f"{stem}.jpg")
+    text_file(tmp_path / "Annotations" / "a.xml", "<annotation>")
+    text_file(tmp_path / "Annotations" / "b.xml", "<ann>")
+    assert_refused(tmp_path, "2 files are not readable Pascal VOC annotations: (1) ")
+    text_file(tmp_path / "Annotations" / "a.xml", voc_xml([], size=(41, 20)))
+    text_file(tmp_path / "Annotations" / "b.xml", voc_xml([], size=(40, 21)))
+    with pytest.raises(DataError) as error:
+        read_dataset(tmp_path, "auto", NAMES)
+    assert str(error.value).startswith("2 images or their annotations cannot be used: (1) ")
+    assert "declares the image size 41x20" in str(error.value)
+    assert "declares the image size 40x21" in str(error.value)
+
+
 def test_same_picture_with_an_alpha_channel_is_a_duplicate(tmp_path):
     """Hashed as prepare writes it (upright RGB): an opaque RGBA copy is the same picture."""
     image_file(tmp_path / "images" / "a.jpg", colour=(1, 2, 3), fmt="PNG")
@@ -1033,9 +1064,9 @@ def held_out_warnings(images: int, val: int, test: int, side: int, imgsz: int) -
     return summary.warnings(imported, split, summary.group_counts(split, None), imgsz, ())
 
 
-def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
+def test_new_users_first_run_warns_of_tiny_held_out_splits():
     """200 web photos of 640 px, each its own group, val_groups 2 / test_groups 3 (the defaults
-    for 14 photos): val and test get 1 % of the images, the detector sees them at 192 px."""
+    for 14 photos): val and test get 1 % of the images."""
     assert held_out_warnings(200, 2, 3, 640, 192) == [
         "the val split holds 2 of 200 images (1%): prepare.val_groups=2 counts groups "
         "(photos), not images, and the dataset has 200 groups; for about 15% set "
@@ -1043,15 +1074,40 @@ def test_new_users_first_run_warns_of_tiny_held_out_splits_and_imgsz():
         "the test split holds 3 of 200 images (2%): prepare.test_groups=3 counts groups "
         "(photos), not images, and the dataset has 200 groups; for about 15% set "
         "-S prepare.test_groups=30",
-        "the images are 640 px on their longer side (median) but "
-        "train_detector.yolo.imgsz is 192: the detector shrinks every image, and object, to "
-        "0.3x its size; if that is not intended, set -S train_detector.yolo.imgsz=640",
     ]
     assert held_out_warnings(200, 30, 30, 320, 192) == []  # the default data's proportions
-    assert held_out_warnings(200, 30, 30, 64, 192) == [
-        "the images are 64 px on their longer side (median) but "
-        "train_detector.yolo.imgsz is 192: the detector enlarges every image, and object, to "
-        "3x its size; if that is not intended, set -S train_detector.yolo.imgsz=64"
+
+
+def object_size_warnings(side: int, box_px: float, imgsz: int) -> list[str]:
+    """`formats.summary.warnings` for 20 square images of `side` px, each with one square box
+    of `box_px` px, split 14 / 3 / 3."""
+    samples = [
+        Sample(Path(f"p-{i}.jpg"), (Box(0, 0.5, 0.5, box_px / side, box_px / side),))
+        for i in range(20)
+    ]
+    imported = formats.Imported(
+        "voc", samples, Counter(), [], {s.image: (side, side) for s in samples}
+    )
+    split = {"test": samples[:3], "val": samples[3:6], "train": samples[6:]}
+    return summary.warnings(imported, split, summary.group_counts(split, None), imgsz, ["a"])
+
+
+def test_imgsz_is_judged_by_the_objects_not_the_images():
+    """640 px orchard tiles (apples 38 px: 11 px at 192) and 500 px web photos (objects 260 px:
+    100 px at 192) need no other imgsz; objects under the finest stride or far over the
+    coarsest get the smallest / largest multiple of 32 that brings them into range."""
+    assert object_size_warnings(640, 38, 192) == []
+    assert object_size_warnings(500, 260, 192) == []
+    assert object_size_warnings(4000, 60, 192) == [
+        "the median object is 3 px at train_detector.yolo.imgsz=192 (box side sqrt(w*h) after "
+        "the longer image side is resized to imgsz), under the 8 px of the detector's finest "
+        "stride, so small objects vanish; -S train_detector.yolo.imgsz=544 makes it 8 px"
+    ]
+    assert object_size_warnings(320, 300, 192) == [
+        "the median object is 180 px at train_detector.yolo.imgsz=192 (box side sqrt(w*h) "
+        "after the longer image side is resized to imgsz), over 128 px (4 cells of the "
+        "coarsest, 32 px stride): a smaller imgsz sees them as well, at a cost that grows "
+        "with imgsz squared; -S train_detector.yolo.imgsz=128 makes it 120 px"
     ]
 
 
@@ -1077,6 +1133,10 @@ def test_default_dataset_splits_as_committed():
         imported.samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
     )
     committed = json.loads((REPO / "metrics/prepare.json").read_text())
+    # Apples of 11-23 px at imgsz 192 (median 17.5): no imgsz warning on the default data.
+    imgsz = params.train_detector.imgsz
+    assert round(imported.median_object_px(imgsz), 1) == 17.5
+    assert summary.fitting_imgsz(imported.median_object_px(imgsz), imgsz) == imgsz
     for name, samples in split.items():
         assert len(samples) == committed[f"{name}.images"]
         assert sum(len(s.boxes) for s in samples) == committed[f"{name}.boxes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from synthdet.data import (
     inspect_image,
 )
 from synthdet.formats.coco import read_coco
-from synthdet.formats.records import Record
+from synthdet.formats.records import Record, gathered
 from synthdet.formats.survey import Survey, _names, detect_format, survey
 from synthdet.formats.voc import read_voc
 from synthdet.formats.yolo import check_class_lists, read_yolo
@@ -76,6 +77,17 @@ class Imported:
     def median_long_side(self) -> float:
         return statistics.median(max(size) for size in self.sizes.values())
 
+    def median_object_px(self, imgsz: int) -> float | None:
+        """The median box's side, px, as the detector sees it: sqrt(width * height) after the
+        letterbox resize of the image's longer side to `imgsz` (None: no box at all)."""
+        sides = [
+            math.sqrt(box.w * width * box.h * height) * imgsz / max(width, height)
+            for sample in self.samples
+            for width, height in [self.sizes[sample.image]]
+            for box in sample.boxes
+        ]
+        return statistics.median(sides) if sides else None
+
 
 def _check_image_formats(found: Survey) -> None:
     """Before any label is paired: a photo in another format would make its label an orphan."""
@@ -100,6 +112,7 @@ def _check_unused(found: Survey, used: set[Path], fmt: str) -> None:
 
 def _check_stems(images: Sequence[Path]) -> None:
     seen: dict[str, Path] = {}
+    problems = []
     for image in images:
         other = seen.setdefault(image.stem.lower(), image)
         if other is not image:
@@ -110,10 +123,12 @@ def _check_stems(images: Sequence[Path]) -> None:
                 else "; or, if one of the folders holds no images of the dataset (masks, "
                 "thumbnails, previews), move it out of prepare.raw_dir"
             )
-            raise DataError(
+            problems.append(
                 f"{image}: duplicate {how}, also {other}; the prepared splits are flat folders "
                 f"keyed by stem, so rename one{folders}"
             )
+    if error := gathered(problems, "images share a file stem"):
+        raise error
 
 
 def _finish(record: Record, repairs: Counter) -> tuple[Sample, tuple[int, int], str]:
@@ -183,9 +198,16 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
         more = f" and {len(listed) - 8} more" if len(listed) > 8 else ""
         notes.append(f"skipped, not data: {', '.join(listed[:8])}{more}")
     repairs["skipped_files"] = len(found.skipped)
-    samples, sizes, first_of = [], {}, {}
+    finished, problems = [], []
     for record in records:
-        sample, size, digest = _finish(record, repairs)
+        try:
+            finished.append((record, *_finish(record, repairs)))
+        except DataError as exc:
+            problems.append(str(exc))
+    if error := gathered(problems, "images or their annotations cannot be used"):
+        raise error
+    samples, sizes, first_of = [], {}, {}
+    for record, sample, size, digest in finished:
         if min(size) < MIN_IMAGE_SIDE:
             repairs["tiny_images"] += 1
             notes.append(
@@ -198,11 +220,10 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
             if sorted(map(format_label, ([b] for b in original.boxes))) != sorted(
                 map(format_label, ([b] for b in sample.boxes))
             ):
-                raise DataError(
-                    f"{sample.image}: the same picture as {original.image} but with other "
-                    "labels; a copy would also leak between splits: keep one, with the right "
-                    "labels"
+                problems.append(
+                    f"{sample.image}: the same picture as {original.image} but with other labels"
                 )
+                continue
             repairs["duplicate_images"] += 1
             notes.append(
                 f"dropped {sample.image.relative_to(folder)}: the same picture as "
@@ -213,6 +234,13 @@ def import_dataset(folder: Path, fmt: Format, class_names: Sequence[str]) -> Imp
             repairs["background_images"] += 1
         samples.append(sample)
         sizes[sample.image] = size
+    if problems:
+        one = len(problems) == 1
+        raise DataError(
+            f"{folder}: {len(problems)} picture{'' if one else 's'} repeat another with other "
+            f"labels ({'; '.join(problems)}); a copy would also leak between splits: keep one "
+            "of each, with the right labels"
+        )
     if not samples:
         dropped = [note for note in notes if note.startswith("dropped")]
         more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""

@@ -74,3 +74,16 @@ def _pair_by_stem(
             "remove them from prepare.raw_dir"
         )
     return pairs
+
+
+def gathered(messages: Sequence[str], what: str) -> DataError | None:
+    """One error naming every per-file problem found (None: none), so that a user fixes them
+    all after one run rather than one per run: `what` says what the problems are, e.g.
+    "annotation files are not valid Pascal VOC"; a single problem keeps its own message."""
+    if not messages:
+        return None
+    if len(messages) == 1:
+        return DataError(messages[0])
+    return DataError(
+        f"{len(messages)} {what}: " + " ".join(f"({n}) {m}" for n, m in enumerate(messages, 1))
+    )

@@ -1,13 +1,14 @@
 """What prepare checks on the split dataset and says about it at the end.
 
 A dataset, or a train / val / test split, without a single box stops the stage (`check_boxes`);
-a class without a box in a split, held-out splits holding a sliver of the images and images far
-from the detector's `imgsz` are warned about (`warnings`); `summary` is the few lines a successful
-prepare prints.
+a class without a box in a split, held-out splits holding a sliver of the images and objects too
+small or needlessly large at the detector's `imgsz` are warned about (`warnings`, with
+`fitting_imgsz`); `summary` is the few lines a successful prepare prints.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +16,26 @@ from pathlib import Path
 from synthdet.data import DataError, Sample, group_of
 from synthdet.formats.importer import DROP_KEYS, LAYOUT, REPAIR_KEYS, Imported
 
-IMGSZ_FACTOR = 2  # images this many times larger or smaller than the detector's imgsz: warn
+# The median object, px at the detector's imgsz, should lie in this range: YOLOv8's finest
+# stride is 8 px (smaller objects fall between its cells); above 4 cells of its coarsest stride
+# (32 px) a smaller, cheaper imgsz sees them as well.
+MIN_OBJECT_PX = 8
+MAX_OBJECT_PX = 128
 MIN_HELD_OUT_SHARE = 0.05  # a val / test split under this share of the images: warn
 SUGGESTED_HELD_OUT_SHARE = 0.15  # ... and suggest this many groups instead
 SPLITS = ("train", "val", "test")
+
+
+def fitting_imgsz(median_px: float | None, imgsz: int) -> int:
+    """`imgsz` if the median object (`median_px` at `imgsz`, None: no boxes) lies within
+    [MIN_OBJECT_PX, MAX_OBJECT_PX]; otherwise the multiple of 32 nearest to `imgsz` that brings
+    it into range: the smallest one for too small objects, the largest for too large ones."""
+    if median_px is None or MIN_OBJECT_PX <= median_px <= MAX_OBJECT_PX:
+        return imgsz
+    per_px = median_px / imgsz  # object px per imgsz px: the letterbox scales both alike
+    if median_px < MIN_OBJECT_PX:
+        return math.ceil(MIN_OBJECT_PX / per_px / 32) * 32
+    return max(32, math.floor(MAX_OBJECT_PX / per_px / 32) * 32)
 
 
 def check_boxes(imported: Imported, split: dict[str, list[Sample]], raw: Path) -> None:
@@ -60,7 +77,8 @@ def warnings(
 ) -> list[str]:
     """What the user most likely did not intend, for `errors.warn`: a class without a box in a
     split (not learnt, or not measured: mAP averages the classes present), a held-out split of a
-    few images (val_groups and test_groups count groups), images far from the detector's imgsz."""
+    few images (val_groups and test_groups count groups), a median object outside
+    [MIN_OBJECT_PX, MAX_OBJECT_PX] px at the detector's imgsz."""
     lines = []
     for class_id, name in enumerate(class_names):
         counts = {
@@ -91,15 +109,21 @@ def warnings(
                 f"{SUGGESTED_HELD_OUT_SHARE:.0%} set "
                 f"-S prepare.{name}_groups={wanted}"
             )
-    side = imported.median_long_side
-    if max(side / imgsz, imgsz / side) >= IMGSZ_FACTOR:
-        size = round(side / 32) * 32 or 32
+    median = imported.median_object_px(imgsz)
+    fitting = fitting_imgsz(median, imgsz)
+    if median is not None and fitting != imgsz:
+        why = (
+            f"under the {MIN_OBJECT_PX} px of the detector's finest stride, so small objects vanish"
+            if median < MIN_OBJECT_PX
+            else f"over {MAX_OBJECT_PX} px ({MAX_OBJECT_PX // 32} cells of the coarsest, "
+            "32 px stride): a smaller imgsz sees them as well, at a cost that grows with "
+            "imgsz squared"
+        )
         lines.append(
-            f"the images are {side:g} px on their longer side (median) but "
-            f"train_detector.yolo.imgsz is {imgsz}: the detector "
-            f"{'shrinks' if imgsz < side else 'enlarges'} every image, and object, to "
-            f"{imgsz / side:.2g}x its size; if that is not intended, set -S "
-            f"train_detector.yolo.imgsz={size}"
+            f"the median object is {median:.0f} px at train_detector.yolo.imgsz={imgsz} (box "
+            f"side sqrt(w*h) after the longer image side is resized to imgsz), {why}; "
+            f"-S train_detector.yolo.imgsz={fitting} makes it "
+            f"{median * fitting / imgsz:.0f} px"
         )
     return lines
 

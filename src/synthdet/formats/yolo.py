@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from synthdet.data import DataError, parse_label_file, read_text
-from synthdet.formats.records import Record, _pair_by_stem
+from synthdet.formats.records import Record, _pair_by_stem, gathered
 from synthdet.formats.survey import Survey
 
 
@@ -91,9 +91,15 @@ def read_yolo(
     pairs = _pair_by_stem(
         found.images, ((p, [p.stem]) for p in labels), "label", found.folder, repairs
     )
-    records = []
+    records, problems = [], []
     for image in found.images:
         label = pairs.get(image)
-        boxes = () if label is None else parse_label_file(label, len(class_names), repairs)
+        try:
+            boxes = () if label is None else parse_label_file(label, len(class_names), repairs)
+        except DataError as exc:  # every malformed label file is named in one error
+            problems.append(str(exc))
+            continue
         records.append(Record(image, str(label), boxes=boxes, labelled=label is not None))
+    if error := gathered(problems, "label files cannot be read"):
+        raise error
     return records, set(labels)

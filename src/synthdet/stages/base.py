@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import set_seed
+from tqdm import tqdm
 
 from synthdet import tracking
 from synthdet.cli import run_stage
@@ -69,7 +70,14 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
         "pool_images": len(pool),
     }
     with tracking.stage_run("base", params.shared.mlflow_experiment, stage_params) as mlflow_run:
-        curve = LossCurve(mlflow_run)
+        # Training from scratch takes minutes on a CPU: show steps and the loss meanwhile.
+        progress = tqdm(total=base.vae_steps + base.unet_steps, desc="base", unit="step")
+
+        def on_step(step: int, phase: str, loss: float) -> None:
+            progress.update(1)
+            progress.set_postfix(phase=phase, loss=f"{loss:.4f}")
+
+        curve = LossCurve(mlflow_run, on_step=on_step)
         scaling_factor = pretrain(
             pipeline,
             images,
@@ -79,6 +87,7 @@ def run(params: Params, train: Path, checkpoints: Path, out: Path, loss_file: Pa
             curve,
             from_checkpoint=bool(base.init),
         )
+        progress.close()
         with atomic_path(out) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)
         write_text(loss_file, curve.tsv())

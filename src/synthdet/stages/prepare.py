@@ -4,8 +4,8 @@ Each subject of `shared.subjects` gets `personalize/<subject>/` (YOLO): its hand
 drawn from the train split only. A dataset, or a train / val / test split, without a single box
 stops the stage; the end prints a summary (images, groups and boxes per split, repairs, what
 was dropped or skipped: `formats.summary`) and warns when a class of `shared.class_names` has no
-box in a split, a val / test split holds under 5 % of the images or the images' size and
-`train_detector.yolo.imgsz` are 2x or more apart.
+box in a split, a val / test split holds under 5 % of the images or the median object at
+`train_detector.yolo.imgsz` is under 8 px or over 128 px (`formats.summary.fitting_imgsz`).
 """
 
 from __future__ import annotations
