@@ -36,8 +36,8 @@ def module_file(name: str) -> Path:
 def code_closure(stage_module: str) -> set[str]:
     """Source files a stage module runs: itself, every synthdet module it reaches and the
     `__init__.py` of their packages (`synthdet` and `synthdet.stages` aside: every stage runs
-    them)."""
-    todo, seen = [stage_module], set()
+    them), and what `synthdet/__init__.py` imports (the kernel pins, which decide float bits)."""
+    todo, seen = [stage_module, *synthdet_imports(SRC / "synthdet" / "__init__.py")], set()
     while todo:
         name = todo.pop()
         if name in seen or not module_file(name).is_file():
