@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import synthdet  # noqa: F401  (pins the kernels before torch loads, unless SYNTHDET_NATIVE_KERNELS=1)
+
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED_AVX2 = {
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -57,7 +59,6 @@ def _digest(tensors) -> str:
 
 def probe(size: str) -> dict:
     """One probe in this process (see the module docstring)."""
-    import synthdet  # noqa: F401  (pins the kernels unless SYNTHDET_NATIVE_KERNELS=1)
     import torch
     from diffusers import UNet2DConditionModel
     from ultralytics.nn.tasks import DetectionModel

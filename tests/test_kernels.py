@@ -35,9 +35,8 @@ def test_a_unet_and_a_yolo_step_give_the_same_bytes_under_two_emulated_isas():
     kernels on an AVX-512 CPU they differ (so the comparison can fail)."""
     names = ["pinned", "pinned-on-avx2", "native", "native-on-avx2"]
     with ThreadPoolExecutor(2) as pool:
-        probes = dict(
-            zip(names, pool.map(lambda n: bench.run_probe(bench.ENVIRONMENTS[n], "tiny"), names))
-        )
+        found = pool.map(lambda name: bench.run_probe(bench.ENVIRONMENTS[name], "tiny"), names)
+        probes = dict(zip(names, found, strict=True))
     digests = {name: (p["unet_grads"], p["yolo_weights"]) for name, p in probes.items()}
     assert digests["pinned"] == digests["pinned-on-avx2"]
     assert probes["pinned"]["capability"] == "AVX2"

@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 # Before any module imports torch: one set of math kernels on every x86-64 CPU (synthdet.kernels).
-from synthdet import kernels  # noqa: E402
+from synthdet import kernels
 
 kernels.pin()
 
