@@ -7,7 +7,9 @@ Inception features generate cached (computed here only for images it did not see
 the leak guard (`metrics.realism_of_features`), the CLIP score of each image with its prompt
 when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the real-vs-generated
 classifier test and the subject check (`synthdet.classifiers`; each with `valid` 1/0 and
-`invalid_reason`, and a warning when invalid). Writes `metrics/images.json`.
+`invalid_reason`, and a warning when invalid), and the object-level fidelity of the generated
+boxes' crops (`synthdet.fidelity`, `objects.*`; a warning when they drift). Writes
+`metrics/images.json`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from synthdet import classifiers, metrics
+from synthdet import classifiers, fidelity, metrics
 from synthdet.artifacts.manifest import MANIFEST
 from synthdet.cli import run_stage
-from synthdet.data import DataError, list_images, read_jsonl, read_yolo_folder, write_json
+from synthdet.data import (
+    DataError,
+    Sample,
+    list_images,
+    read_jsonl,
+    read_yolo_folder,
+    write_json,
+)
 from synthdet.errors import warn
 from synthdet.generation.filters import FEATURES_FILE, FeatureCache
 from synthdet.params import Params
@@ -72,14 +81,16 @@ def clip_metrics(manifest: Path, images: Sequence[Path], model: str | None) -> d
 
 
 def classifier_metrics(
-    params: Params, real: Sequence[Path], generated: Sequence[Path], train: Path, val: Path
-) -> dict[str, float | int | None]:
-    config, seed, classes = params.evaluate, params.shared.seed, len(params.shared.class_names)
+    params: Params,
+    real: Sequence[Path],
+    generated: Sequence[Path],
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+) -> dict[str, float | int | str | None]:
+    config, seed = params.evaluate, params.shared.seed
     net = (config.classifier_model, config.classifier_size, config.classifier_epochs)
     two_sample = classifiers.two_sample_test(real, generated, *net, config.classifier_folds, seed)
-    subject = classifiers.subject_check(
-        read_yolo_folder(train, classes), read_yolo_folder(val, classes), generated, *net, seed
-    )
+    subject = classifiers.subject_check(train, val, generated, *net, seed)
     if not subject.valid:
         warn(
             f"check-images: the subject check is invalid: {subject.invalid_reason}; its shares "
@@ -99,6 +110,40 @@ def classifier_metrics(
     }
 
 
+def object_metrics(
+    generated: Sequence[Path],
+    generated_dir: Path,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    inception: torch.nn.Module,
+    seed: int,
+) -> dict[str, float | int | str | None]:
+    """`objects.*`: the generated objects (their sources' boxes, from the manifest) against the
+    handful's and real val's (`fidelity.object_fidelity`); warns when they drift or when the
+    check cannot run (no manifest, no source boxes, too few crops)."""
+    if not (generated_dir / MANIFEST).is_file():
+        result: fidelity.ObjectFidelity | str = (
+            f"{generated_dir / MANIFEST} is missing: no source boxes for the generated images"
+        )
+    else:
+        with_boxes, sources = fidelity.generated_samples(generated, generated_dir, train)
+        result = fidelity.object_fidelity(with_boxes, sources, val, inception, seed)
+    if isinstance(result, str):
+        warn(f"check-images: the object check did not run: {result}")
+        summary = fidelity.invalid_summary(result)
+    else:
+        summary = result.summary()
+        if summary["drift"]:
+            warn(
+                f"check-images: the generated objects drift from the handful's beyond real "
+                f"objects' own spread: {summary['drift_reason']}. Start from a base checkpoint "
+                "whose domain has such objects (base.init), personalise longer "
+                "(personalize.max_train_steps) or keep more of the source (lower "
+                "generate.strength)"
+            )
+    return {f"objects.{key}": value for key, value in summary.items()}
+
+
 def run(
     params: Params,
     generated_dir: Path,
@@ -109,8 +154,9 @@ def run(
     metrics_path: Path,
 ) -> dict:
     """Check `generated_dir/images` against the test images (leak), the real images of
-    `real_images_dir` (FID, KID, classifier) and the train/val subject crops; write and return
-    the metrics. Raises DataError on a leak."""
+    `real_images_dir` (FID, KID, classifier), the train/val subject crops and the object crops
+    (generated boxes from `generated_dir/manifest.jsonl`'s sources in `train_dir`); write and
+    return the metrics. Raises DataError on a leak or a manifest source that is not in train."""
     config = params.evaluate
     generated = list_images(generated_dir / "images")
     if not generated:
@@ -138,7 +184,13 @@ def run(
         }
         manifest = generated_dir / MANIFEST
         summary |= clip_metrics(manifest, generated, config.clip_model)
-        summary |= classifier_metrics(params, real, generated, train_dir, val_dir)
+        classes = len(params.shared.class_names)
+        train = read_yolo_folder(train_dir, classes)
+        val = read_yolo_folder(val_dir, classes)
+        summary |= classifier_metrics(params, real, generated, train, val)
+        summary |= object_metrics(
+            generated, generated_dir, train, val, inception, params.shared.seed
+        )
         write_json(metrics_path, summary)
         mlflow_run.log_metrics(summary)
     share = summary["subject.generated_share"]
