@@ -64,10 +64,22 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     compositions = {name: variants.Composition((image,), ()) for name in scored}
     compositions["handful-synthetic"] = variants.Composition((image,), (image,))
     pairs = [("handful-synthetic", "handful"), ("real", "handful-synthetic")]
-    summary = evaluation.summarise(scored, chance, curve, pairs, 0.25, compositions, test)
+    summary = evaluation.summarise(
+        scored, chance, curve, pairs, 0.25, compositions, test, target_difference=0.03
+    )
     compared = summary.comparison("handful-synthetic", "handful")
     assert compared.diff_map50_95 == pytest.approx(0.05)
     assert compared.seeds == 2 and compared.p_holm is not None
+    # two seeds of differences 0.04 and 0.06: MDD 0.141 > 0.03; 4 seeds would reach it
+    assert compared.mdd == pytest.approx(0.140818, abs=1e-5) and compared.evidence is False
+    assert compared.evidence_reason == (
+        "minimum detectable difference 0.141 > 0.03 with 2 seeds; about 4 seeds would reach it "
+        "at the measured spread"
+    )
+    # real - handful +0.20 on both seeds: the curve rises beyond its noise, headroom is ample
+    assert summary.headroom.ok and summary.headroom.reason is None
+    assert summary.headroom.real_minus_handful == pytest.approx(0.2)
+    assert summary.headroom.seed_std == pytest.approx(0.014142)
     # mean 0.16 lies between handful (0.11 at 8) and real-n16 (0.21 at 16): 8 + 0.5 * 8 = 12
     synthetic = summary.variant("handful-synthetic")
     assert synthetic.real_image_equivalent.images == pytest.approx(12.0)
@@ -79,8 +91,8 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     assert real.map50_95.std == pytest.approx(0.014142)
     assert real.map_small == evaluation.MeanStd(None, None)  # no size scores in these runs
     assert (summary.test_images, summary.test_boxes) == (1, 1)
-    # what evaluate writes reads back as the same record
-    assert evaluation.Evaluation.from_flat(summary.to_flat()).variant("real") == real
+    # what evaluate writes reads back as the same evaluation
+    assert evaluation.Evaluation.from_flat(summary.to_flat()) == summary
     assert [c.key for c in summary.comparisons] == [
         "handful-synthetic-vs-handful",
         "real-vs-handful-synthetic",
@@ -89,6 +101,8 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     headline = evaluation.headline(summary, trained, {"fid": 90.0, "kid_mean": 0.1})
     assert headline["handful-synthetic.real_image_equivalent"] == pytest.approx(12.0)
     assert headline["handful-synthetic-vs-handful.diff_map50_95"] == pytest.approx(0.05)
+    assert headline["comparisons_with_evidence"] == 0 and headline["headroom.ok"] == 1
+    assert headline["headroom.real_minus_chance"] == pytest.approx(0.31)
     assert headline["fid"] == 90.0 and len(headline) <= 12
 
 
@@ -106,13 +120,16 @@ def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
         0.25,
         {"real": variants.Composition((image,), ())},
         test,
+        target_difference=0.03,
     )
     record = summary.variant("real")
     assert record.real_image_equivalent is None and record.map50_95.std is None
     assert "real.real_image_equivalent" not in summary.to_flat()
+    assert summary.headroom is None  # no handful to compare with
     assert set(evaluation.headline(summary, [variants.REAL], {})) == {
         "real.map50_95",
         "chance.map50_95",
+        "comparisons_with_evidence",
         "fid",
         "kid_mean",
     }

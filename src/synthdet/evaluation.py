@@ -1,7 +1,14 @@
 """Detector scores summarised into the typed `Evaluation` (synthdet.artifacts.evaluation):
-per-variant mean and spread over seeds, paired comparisons with Holm's correction, the chance
-baseline, the real-image equivalent and sanity flags; and the CSV tables and headline numbers
-drawn from it.
+per-variant mean and spread over seeds, paired comparisons with Holm's correction and whether
+each is evidence, the chance baseline, the real-image equivalent where the curve identifies it,
+the headroom check and sanity flags; and the CSV tables and headline numbers drawn from it.
+
+What the data can detect (issue 23; docs/evidence.md): a comparison is evidence when it has >= 2
+seeds and its minimum detectable difference (80 % power, 5 % level) is at most
+`evaluate.target_difference`; the real-image equivalent is a number only when the curve's ends
+(`handful` -> `real`) differ beyond their noise (>= 2 seeds, 95 % paired t interval above 0);
+the headroom check asks that `real` beat `handful` and chance by HEADROOM_GAP, and `handful` by
+HEADROOM_STDS seed stds.
 
 Comparisons (`variants.comparisons`): each `handful-<source>` against `handful`, the question a
 user with a handful of labels asks, and `handful-synthetic` against each cheap alternative;
@@ -11,6 +18,7 @@ all comparisons of one run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +34,23 @@ from synthdet.artifacts.evaluation import (
     ChanceScores,
     Comparison,
     Evaluation,
+    Headroom,
     MeanStd,
     RealImageEquivalent,
     VariantRecord,
 )
 from synthdet.data import Sample, verify_image
+
+# The headroom rule of issue 23: below these gaps (mAP@[.5:.95]) the labelled images barely
+# matter to the detector, so no extra data can show its worth on this test split.
+HEADROOM_GAP = 0.05
+HEADROOM_STDS = 3  # real - handful must also exceed this many pooled seed stds (>= 2 seeds)
+# the settings that give more headroom or more units, named in the reasons
+MORE_SEEDS = "-S 'train_detector.seeds=[42,43,44]'"
+LONGER_TRAINING = "longer detector training (-S train_detector.yolo.epochs=30)"
+PRETRAINED_DETECTOR = (
+    "on web photos a pretrained detector (-S train_detector.model=yolov8n.pt, on a GPU machine)"
+)
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -69,13 +89,17 @@ def summarise(
     annotate_confidence: float,
     compositions: Mapping[str, variants.Composition],
     test: Sequence[Sample],
+    *,
+    target_difference: float,
 ) -> Evaluation:
     """Every number of the run: per variant the mAP mean/std over seeds (rounded to 6 digits),
-    margin over chance, real-image equivalent (with the curve's inverse of mean -/+ std), the
-    flag `below_annotation_confidence` and its training labels' box count and flags; per
-    (variant, reference) of `pairs` (`variants.comparisons`) the paired difference (95 % t
-    interval, raw and Holm-adjusted p, minimum detectable difference); the chance baseline; the
-    test split's size.
+    margin over chance, real-image equivalent (with the curve's inverse of mean -/+ std; none,
+    with the reason, where the curve does not rise beyond its noise), the flag
+    `below_annotation_confidence` and its training labels' box count and flags; per (variant,
+    reference) of `pairs` (`variants.comparisons`) the paired difference (95 % t interval, raw
+    and Holm-adjusted p, minimum detectable difference) and whether it is evidence for a
+    difference of `target_difference` (mAP@[.5:.95]); the chance baseline; the headroom check;
+    the test split's size.
 
     `runs` by variant name; `real_curve`: (variant, labelled images) from `handful` to `real`,
     increasing; `compositions`: every variant's training images (for the label counts); `test`:
@@ -93,7 +117,7 @@ def summarise(
             scores[name][key] = MeanStd(
                 _round(spread.mean) if spread else None, _round(spread.std) if spread else None
             )
-    equivalents = _equivalents(runs, scores, real_curve)
+    equivalents = _equivalents(by_seed, scores, real_curve)
     records = {}
     for name, seeds in runs.items():
         composition = compositions[name]
@@ -116,43 +140,117 @@ def summarise(
         tested.append((name, reference, diff))
     # keyed by the flat prefix, as Holm breaks ties of equal p-values by key
     adjusted = stats.holm({f"{a}{VERSUS}{b}": diff.p_value for a, b, diff in tested})
-    comparisons = tuple(
-        Comparison(
-            name,
-            reference,
-            diff_map50_95=_round(diff.mean),
-            diff_std=_round(diff.std),
-            diff_low=_round(diff.low),
-            diff_high=_round(diff.high),
-            seeds=diff.seeds,
-            p_value=_round(diff.p_value),
-            p_holm=_round(adjusted[f"{name}{VERSUS}{reference}"]),
-            mdd=_round(stats.minimum_detectable_difference(diff.std, diff.seeds)),
+    comparisons = []
+    for name, reference, diff in tested:
+        mdd = stats.minimum_detectable_difference(diff.std, diff.seeds)
+        reason = _evidence_reason(diff, mdd, target_difference)
+        comparisons.append(
+            Comparison(
+                name,
+                reference,
+                diff_map50_95=_round(diff.mean),
+                diff_std=_round(diff.std),
+                diff_low=_round(diff.low),
+                diff_high=_round(diff.high),
+                seeds=diff.seeds,
+                p_value=_round(diff.p_value),
+                p_holm=_round(adjusted[f"{name}{VERSUS}{reference}"]),
+                mdd=_round(mdd),
+                evidence=reason is None,
+                evidence_reason=reason,
+            )
         )
-        for name, reference, diff in tested
-    )
     return Evaluation(
         ChanceScores(*(_round(getattr(chance, key)) for key in MAP_KEYS)),
         records,
-        comparisons,
+        tuple(comparisons),
         test_images=len(test),
         test_boxes=sum(len(sample.boxes) for sample in test),
+        target_difference=target_difference,
+        headroom=_headroom(scores, chance.map50_95),
+    )
+
+
+def _evidence_reason(diff: stats.PairedDifference, mdd: float | None, target: float) -> str | None:
+    """Why a comparison cannot detect a difference of `target` (80 % power, 5 % level); None
+    when it can."""
+    if mdd is None:
+        return f"{diff.seeds} seed: no spread of the differences, no minimum detectable difference"
+    if mdd <= target:
+        return None
+    needed = stats.seeds_to_detect(diff.std, target) if diff.std is not None else None
+    more = f"about {needed} seeds would" if needed else "more than 100 seeds would"
+    return (
+        f"minimum detectable difference {mdd:.3f} > {target} with {diff.seeds} seeds; {more} "
+        "reach it at the measured spread"
+    )
+
+
+def _headroom(scores: Mapping[str, Mapping[str, MeanStd]], chance: float) -> Headroom | None:
+    """The headroom check of `real` over `handful` and chance (module docstring); None without
+    both variants."""
+    real, handful = (scores.get(v.name) for v in (variants.REAL, variants.HANDFUL))
+    if real is None or handful is None:
+        return None
+    real_scores, handful_scores = real["map50_95"], handful["map50_95"]
+    over_handful = round(real_scores.mean - handful_scores.mean, 6)
+    over_chance = round(real_scores.mean - chance, 6)
+    stds = (real_scores.std, handful_scores.std)
+    # equal seed counts (both train every seed), so pooling is the root mean square
+    pooled = None if None in stds else round(math.sqrt((stds[0] ** 2 + stds[1] ** 2) / 2), 6)
+    missing, settings = [], []
+    if over_chance < HEADROOM_GAP:
+        missing.append(
+            f"real scores {over_chance:+.3f} over the chance baseline (needs >= {HEADROOM_GAP}): "
+            "the detector has barely learned the objects"
+        )
+        settings += [LONGER_TRAINING, PRETRAINED_DETECTOR]
+    if over_handful < HEADROOM_GAP:
+        missing.append(
+            f"real - handful {over_handful:+.3f} (needs >= {HEADROOM_GAP}): every labelled image "
+            "barely beats the handful, so no extra data can show its worth"
+        )
+        settings += [LONGER_TRAINING, PRETRAINED_DETECTOR]
+    if pooled is not None and over_handful < HEADROOM_STDS * pooled:
+        missing.append(
+            f"real - handful {over_handful:+.3f} is under {HEADROOM_STDS}x the pooled seed std "
+            f"of the two ({HEADROOM_STDS} x {pooled:.3f})"
+        )
+        settings += [LONGER_TRAINING, "more seeds (-S 'train_detector.seeds=[42,43,44,45,46]')"]
+    notes = list(missing)
+    if settings:
+        notes.append(f"settings that would give it: {', '.join(dict.fromkeys(settings))}")
+    if pooled is None:
+        notes.append(
+            "the seed-to-seed std is unknown with one seed, so the gaps are judged by their "
+            f"means alone ({MORE_SEEDS} measures it)"
+        )
+    return Headroom(
+        real_minus_handful=over_handful,
+        real_minus_chance=over_chance,
+        seed_std=pooled,
+        ok=not missing,
+        reason="; ".join(notes) or None,
     )
 
 
 def _equivalents(
-    runs: Mapping[str, Mapping[int, Run]],
+    by_seed: Mapping[str, Mapping[int, float]],
     scores: Mapping[str, Mapping[str, MeanStd]],
     real_curve: Sequence[tuple[str, int]],
 ) -> dict[str, RealImageEquivalent]:
-    """Each variant's real-image equivalent; none when fewer than two curve points trained."""
-    curve = [(name, count) for name, count in real_curve if name in runs]
+    """Each variant's real-image equivalent; none when fewer than two curve points trained, and
+    no number (the reason instead) when the curve is not identifiable."""
+    curve = [(name, count) for name, count in real_curve if name in by_seed]
     if len(curve) < 2:
         return {}
+    reason = _unidentifiable(by_seed, curve[0][0], curve[-1][0])
+    if reason is not None:
+        return {name: RealImageEquivalent(None, None, None, None, reason) for name in by_seed}
     counts = [count for _, count in curve]
     means = [scores[name]["map50_95"].mean for name, _ in curve]
     found = {}
-    for name in runs:
+    for name in by_seed:
         mean, std = scores[name]["map50_95"].mean, scores[name]["map50_95"].std or 0.0
         at_mean, low, high = (
             stats.real_image_equivalent(counts, means, score)
@@ -162,6 +260,28 @@ def _equivalents(
             _round(at_mean.images, 2), _round(low.images, 2), _round(high.images, 2), at_mean.bound
         )
     return found
+
+
+def _unidentifiable(
+    by_seed: Mapping[str, Mapping[int, float]], first: str, last: str
+) -> str | None:
+    """Why the real-image curve (`first` -> `last`, its ends) cannot be inverted: it must rise
+    beyond its noise, the 95 % paired t interval of last - first over >= 2 seeds above 0 (a flat
+    curve inverts noise: the same commit gave 8.55 and 21.6 images on two CPUs). None when it
+    can."""
+    diff = stats.paired_difference(by_seed[last], by_seed[first])
+    if diff.low is None:
+        return (
+            f"not identifiable: 1 seed, no spread ({last} - {first} {diff.mean:+.3f} on one seed; "
+            f"{MORE_SEEDS} measures it)"
+        )
+    if diff.low <= 0:
+        return (
+            f"not identifiable: the real-image curve ({first} -> {last}) does not rise beyond "
+            f"its noise ({last} - {first} {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}], "
+            f"95 % t interval over {diff.seeds} seeds)"
+        )
+    return None
 
 
 def _bounds(scores: MeanStd) -> tuple[float | None, float | None]:
@@ -253,10 +373,12 @@ HEADLINE_IMAGE_KEYS = ("fid", "kid_mean")
 def headline(
     evaluation: Evaluation, trained: Sequence[variants.Variant], images: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """About ten numbers, as flat keys of evaluation.json: mAP@[.5:.95] of `real`, `handful`,
+    """About fifteen numbers, as flat keys of evaluation.json: mAP@[.5:.95] of `real`, `handful`,
     each `handful-<source>` and `synthetic` (of those in `trained`), the generated images' gain
-    over the handful and their real-image equivalent, chance; FID and KID from `images`
-    (check-images' metrics)."""
+    over the handful and their real-image equivalent, chance; `comparisons_with_evidence` (a
+    count) and `headroom.ok` (0/1), `headroom.real_minus_handful` and
+    `headroom.real_minus_chance` (mAP@[.5:.95]); FID and KID from `images` (check-images'
+    metrics)."""
     shown = [
         v
         for v in trained
@@ -275,5 +397,11 @@ def headline(
         if equivalent is not None:
             numbers[f"{variant.name}.real_image_equivalent"] = equivalent.images
     numbers[f"{CHANCE}.map50_95"] = evaluation.chance.map50_95
+    numbers["comparisons_with_evidence"] = sum(bool(c.evidence) for c in evaluation.comparisons)
+    if evaluation.headroom is not None:
+        headroom = evaluation.headroom
+        numbers["headroom.ok"] = int(headroom.ok)
+        numbers["headroom.real_minus_handful"] = headroom.real_minus_handful
+        numbers["headroom.real_minus_chance"] = headroom.real_minus_chance
     numbers |= {key: images.get(key) for key in HEADLINE_IMAGE_KEYS}
     return numbers

@@ -4,6 +4,9 @@ Everything in it is read from the run's metrics files (evaluate's as the typed `
 params; nothing is computed here. A number the evaluation lacks is an error, never a blank: "n/a"
 stands only for a value that is undefined, and the text says why (one seed, no test box of a
 size).
+
+Its top says what the run can detect (issue 23): a warning when the data leaves no headroom, and
+whether the run is evidence or a demonstration (evaluate's judgement per comparison).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from synthdet.artifacts.evaluation import Evaluation, MeanStd
+from synthdet.artifacts.evaluation import Comparison, Evaluation, MeanStd
 from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
 from synthdet.params import Params
 from synthdet.variants import REAL, Variant
@@ -65,14 +68,22 @@ def detection_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str
     return rows
 
 
+def _evidence(found: Comparison) -> str:
+    """The evidence cell: yes, or no with evaluate's reason."""
+    if found.evidence is None:
+        return "not recorded (evaluation.json predates it)"
+    return "yes" if found.evidence else f"no: {found.evidence_reason}"
+
+
 def comparison_table(evaluation: Evaluation, comparisons: Sequence[tuple[str, str]]) -> list[str]:
     """Paired differences (variant - reference, same seed) with the 95 % t interval, the raw and
-    Holm-adjusted p-values and the minimum detectable difference (80 % power); with one seed
-    only the difference is defined. Raises DataError for a pair evaluate did not compare."""
+    Holm-adjusted p-values, the minimum detectable difference (80 % power) and whether it is
+    evidence (that difference <= evaluate.target_difference); with one seed only the difference
+    is defined. Raises DataError for a pair evaluate did not compare."""
     rows = [
         "| comparison | seeds | difference in mAP@[.5:.95] | 95 % interval | p | p (Holm) "
-        "| detectable at 80 % power |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| detectable at 80 % power | evidence |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for variant, reference in comparisons:
         found = evaluation.comparison(variant, reference)
@@ -87,6 +98,7 @@ def comparison_table(evaluation: Evaluation, comparisons: Sequence[tuple[str, st
             _number(found.p_value),
             _number(found.p_holm),
             _number(found.mdd),
+            _evidence(found),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
@@ -96,9 +108,21 @@ def equivalent_lines(evaluation: Evaluation, variants: Sequence[Variant]) -> lis
     """What each `handful-<source>` variant is worth in labelled real images (the real curve
     inverted)."""
     lines = []
-    for variant in (v.name for v in variants if v.is_few_shot):
+    few_shot = [v.name for v in variants if v.is_few_shot]
+    reasons = {
+        evaluation.variant(name).real_image_equivalent.reason
+        for name in few_shot
+        if evaluation.variant(name).real_image_equivalent is not None
+    }
+    if few_shot and len(reasons) == 1 and None not in reasons:
+        # the curve, not the variant, is unidentifiable: one reason for all of them
+        names = ", ".join(f"`{name}`" for name in few_shot)
+        return [f"- Real-image equivalent of {names}: **{reasons.pop()}**."]
+    for variant in few_shot:
         equivalent = evaluation.variant(variant).real_image_equivalent
-        if equivalent is None:
+        if equivalent is not None and equivalent.reason is not None:
+            text = f"real-image equivalent **{equivalent.reason}**"
+        elif equivalent is None:
             text = (
                 "has no real-image equivalent: fewer than two points of the curve (`handful`, "
                 "`real-n…`, `real`) were trained"
@@ -117,6 +141,44 @@ def equivalent_lines(evaluation: Evaluation, variants: Sequence[Variant]) -> lis
             )
             text = f"scores like **{equivalent.images:.0f} labelled real images**{spread}"
         lines.append(f"- `{variant}` {text}.")
+    return lines
+
+
+def what_it_can_detect(evaluation: Evaluation) -> list[str]:
+    """The report's opening: a warning when the data leaves no headroom, then one sentence on
+    whether the run is evidence or a demonstration (evaluate's judgements, nothing computed)."""
+    lines = []
+    headroom = evaluation.headroom
+    if headroom is not None and not headroom.ok:
+        lines += [
+            f"> **⚠ No headroom: `real` − `handful` {headroom.real_minus_handful:+.3f} and "
+            f"`real` − chance {headroom.real_minus_chance:+.3f} mAP@[.5:.95]: this data cannot "
+            f"show what extra images are worth.** {headroom.reason}.",
+            "",
+        ]
+    target = evaluation.target_difference
+    if target is None:
+        lines.append(
+            "Evidence or demonstration: not recorded (metrics/evaluation.json was written before "
+            "evaluate judged it); rerun evaluate."
+        )
+        return lines
+    judged = evaluation.comparisons
+    strong = [c for c in judged if c.evidence]
+    if not strong:
+        lines.append(
+            f"This run is **a demonstration**: no comparison has enough units (seeds) to detect "
+            f"a difference of {target} mAP@[.5:.95] (80 % power, 5 % level; "
+            "`evaluate.target_difference`), see docs/evidence.md for the evidence profile."
+        )
+    else:
+        lines.append(
+            f"This run is **evidence** for {len(strong)} of its {len(judged)} comparisons: "
+            f"they can detect a difference of {target} mAP@[.5:.95] (80 % power, 5 % level; "
+            "`evaluate.target_difference`); the column 'evidence' says which and why not."
+        )
+    if headroom is not None and headroom.ok and headroom.reason:
+        lines.append(f"Headroom: {headroom.reason}.")
     return lines
 
 
@@ -258,7 +320,8 @@ def render(
     few_shot = [v.name for v in variants if v.on_real_image_curve or v.is_few_shot]
     others = [v.name for v in variants if v.name not in few_shot]
     few_shot_pairs = [c for c in comparisons if c[0] in few_shot]
-    lines = ["# synthdet run report", "", "## Data", "", *_data(prepared, annotated, extras)]
+    lines = ["# synthdet run report", "", *what_it_can_detect(evaluation), ""]
+    lines += ["## Data", "", *_data(prepared, annotated, extras)]
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
         "",

@@ -108,3 +108,16 @@ def real_image_equivalent(
     low_score, high_score = envelope[index - 1], envelope[index]
     share = (score - low_score) / (high_score - low_score)
     return Equivalent(float(counts[index - 1] + share * (counts[index] - counts[index - 1])), None)
+
+
+def seeds_to_detect(
+    std: float, target: float, alpha: float = 0.05, power: float = 0.8, most: int = 100
+) -> int | None:
+    """The fewest seeds (>= 2) whose minimum detectable difference (above) at this std of the
+    paired differences is <= `target` (both in mAP); None when more than `most` would be needed.
+    The std is an estimate from the seeds run, so the count is a planning figure, not a bound."""
+    for seeds in range(2, most + 1):
+        found = minimum_detectable_difference(std, seeds, alpha, power)
+        if found is not None and found <= target:
+            return seeds
+    return None

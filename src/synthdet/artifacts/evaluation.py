@@ -2,11 +2,16 @@
 
 `Evaluation` is the typed record: the chance baseline, one `VariantRecord` per detector variant
 (mAP mean and std over seeds, margin over chance, real-image equivalent, flags), one
-`Comparison` per (variant, reference) pair and the test split's size. On disk it is a flat dict
-of dotted keys (`<variant>.<key>`, `<variant>-vs-<reference>.<key>`, `chance.<key>`,
+`Comparison` per (variant, reference) pair with whether it is evidence, the headroom check and
+the test split's size. On disk it is a flat dict of dotted keys (`<variant>.<key>`,
+`<variant>-vs-<reference>.<key>`, `chance.<key>`, `headroom.<key>`, `target_difference`,
 `test_images`, `test_boxes`) so that `dvc metrics` and MLflow see plain numbers; `to_flat` and
 `from_flat` are the only code that knows those keys, and `from_flat` refuses a missing, mistyped
 or unknown key by name.
+
+A file without `target_difference` was written before evaluate judged evidence, headroom and
+identifiability (issue 23): it reads with those fields None, and every other key is still
+required.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ SIZE_KEYS = ("map_small", "map_medium", "map_large")  # COCO object sizes, synth
 CHANCE = "chance"  # one whole-image box per test image, score 1
 VERSUS = "-vs-"  # joins a comparison's variant and reference in its key prefix
 EQUIVALENT = "real_image_equivalent"
+HEADROOM = "headroom"
+TARGET = "target_difference"
 BOUNDS = ("below", "above")  # outside the real-image curve (synthdet.stats.Equivalent)
 
 
@@ -46,6 +53,9 @@ class RealImageEquivalent:
     low: float | None  # the same for the mean - std and mean + std (std 0 with one seed)
     high: float | None
     bound: str | None  # "below" the handful or "above" all real images; None on the curve
+    # why there is no number although the curve was trained ("not identifiable: ..."); None when
+    # identifiable, or in a file written before evaluate checked (no `target_difference`)
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,10 @@ class Comparison:
     p_value: float | None
     p_holm: float | None  # Holm-adjusted over every comparison of the run
     mdd: float | None  # minimum detectable difference at 80 % power, 5 % level
+    # >= 2 seeds and mdd <= the evaluation's target_difference; None in a file written before
+    # evaluate judged it
+    evidence: bool | None = None
+    evidence_reason: str | None = None  # why not evidence; None when it is
 
     @property
     def key(self) -> str:
@@ -98,6 +112,18 @@ class ChanceScores:
 
 
 @dataclass(frozen=True)
+class Headroom:
+    """Whether the data leaves room to see extra images' worth: `real` well above `handful` and
+    above chance (mAP@[.5:.95] differences of the means over seeds)."""
+
+    real_minus_handful: float
+    real_minus_chance: float
+    seed_std: float | None  # pooled seed std of real and handful; None with one seed
+    ok: bool
+    reason: str | None  # what is missing and the settings that would give it; None when all is
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Everything evaluate measured; `variants` keeps evaluate's order (a file read back: by
     name)."""
@@ -107,6 +133,10 @@ class Evaluation:
     comparisons: tuple[Comparison, ...]
     test_images: int
     test_boxes: int
+    # the smallest difference worth detecting (evaluate.target_difference, mAP@[.5:.95]); None
+    # in a file written before evaluate judged evidence
+    target_difference: float | None = None
+    headroom: Headroom | None = None  # None without both `real` and `handful` (or an old file)
 
     def variant(self, name: str) -> VariantRecord:
         """The record of variant `name`; DataError if evaluate did not score it."""
@@ -146,9 +176,23 @@ class Evaluation:
                 flat[f"{name}.{EQUIVALENT}_low"] = equivalent.low
                 flat[f"{name}.{EQUIVALENT}_high"] = equivalent.high
                 flat[f"{name}.{EQUIVALENT}_bound"] = equivalent.bound
+                if self.target_difference is not None:
+                    flat[f"{name}.{EQUIVALENT}_reason"] = equivalent.reason
         for comparison in self.comparisons:
             for field in _COMPARISON_FIELDS:
                 flat[f"{comparison.key}.{field}"] = getattr(comparison, field)
+            if self.target_difference is not None:
+                flat[f"{comparison.key}.evidence"] = int(bool(comparison.evidence))
+                flat[f"{comparison.key}.evidence_reason"] = comparison.evidence_reason
+        if self.target_difference is not None:
+            flat[TARGET] = self.target_difference
+        if self.headroom is not None:
+            headroom = self.headroom
+            flat[f"{HEADROOM}.real_minus_handful"] = headroom.real_minus_handful
+            flat[f"{HEADROOM}.real_minus_chance"] = headroom.real_minus_chance
+            flat[f"{HEADROOM}.seed_std"] = headroom.seed_std
+            flat[f"{HEADROOM}.ok"] = int(headroom.ok)
+            flat[f"{HEADROOM}.reason"] = headroom.reason
         flat["test_images"] = self.test_images
         flat["test_boxes"] = self.test_boxes
         return flat
@@ -165,13 +209,25 @@ class Evaluation:
         (a key renamed by another synthdet version)."""
         keys = _Keys(raw, source)
         chance = ChanceScores(*(keys.number(f"{CHANCE}.{key}") for key in MAP_KEYS))
-        prefixes = sorted({key.rpartition(".")[0] for key in raw if "." in key} - {CHANCE})
+        prefixes = sorted(
+            {key.rpartition(".")[0] for key in raw if "." in key} - {CHANCE, HEADROOM}
+        )
         names = [p for p in prefixes if VERSUS not in p]
         with_curve = [n for n in names if any(f"{n}.{EQUIVALENT}{s}" in raw for s in _EQ_SUFFIX)]
-        records = {name: keys.variant(name, bool(with_curve)) for name in names}
-        comparisons = tuple(keys.comparison(p) for p in prefixes if VERSUS in p)
+        judged = TARGET in raw  # written since evaluate judges evidence (module docstring)
+        records = {name: keys.variant(name, bool(with_curve), judged) for name in names}
+        comparisons = tuple(keys.comparison(p, judged) for p in prefixes if VERSUS in p)
+        headroom = None
+        if any(key.startswith(f"{HEADROOM}.") for key in raw):
+            headroom = keys.headroom()
         evaluation = cls(
-            chance, records, comparisons, keys.count("test_images"), keys.count("test_boxes")
+            chance,
+            records,
+            comparisons,
+            keys.count("test_images"),
+            keys.count("test_boxes"),
+            target_difference=keys.number(TARGET) if judged else None,
+            headroom=headroom,
         )
         keys.refuse_unknown()
         return evaluation
@@ -243,13 +299,19 @@ class _Keys:
             raise self._invalid(key, value, "0 or 1")
         return bool(value)
 
+    def text(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is not None and not isinstance(value, str):
+            raise self._invalid(key, value, "null or a string")
+        return value
+
     def bound(self, key: str) -> str | None:
         value = self._get(key)
         if value is not None and value not in BOUNDS:
             raise self._invalid(key, value, f"null or one of {list(BOUNDS)}")
         return value
 
-    def variant(self, name: str, curve: bool) -> VariantRecord:
+    def variant(self, name: str, curve: bool, judged: bool) -> VariantRecord:
         def scores(key: str) -> MeanStd:
             mean = (
                 self.optional(f"{name}.{key}") if key in SIZE_KEYS else self.number(f"{name}.{key}")
@@ -264,6 +326,7 @@ class _Keys:
                 self.optional(f"{prefix}_low"),
                 self.optional(f"{prefix}_high"),
                 self.bound(f"{prefix}_bound"),
+                self.text(f"{prefix}_reason") if judged else None,
             )
         return VariantRecord(
             seeds=self.count(f"{name}.seeds"),
@@ -276,7 +339,7 @@ class _Keys:
             real_image_equivalent=equivalent,
         )
 
-    def comparison(self, prefix: str) -> Comparison:
+    def comparison(self, prefix: str, judged: bool) -> Comparison:
         variant, _, reference = prefix.partition(VERSUS)
         return Comparison(
             variant,
@@ -289,6 +352,17 @@ class _Keys:
             p_value=self.optional(f"{prefix}.p_value"),
             p_holm=self.optional(f"{prefix}.p_holm"),
             mdd=self.optional(f"{prefix}.mdd"),
+            evidence=self.flag(f"{prefix}.evidence") if judged else None,
+            evidence_reason=self.text(f"{prefix}.evidence_reason") if judged else None,
+        )
+
+    def headroom(self) -> Headroom:
+        return Headroom(
+            real_minus_handful=self.number(f"{HEADROOM}.real_minus_handful"),
+            real_minus_chance=self.number(f"{HEADROOM}.real_minus_chance"),
+            seed_std=self.optional(f"{HEADROOM}.seed_std"),
+            ok=self.flag(f"{HEADROOM}.ok"),
+            reason=self.text(f"{HEADROOM}.reason"),
         )
 
     def refuse_unknown(self) -> None:

@@ -302,9 +302,17 @@ class EvaluateParams:
     classifier_size: int = 32  # input pixels
     classifier_epochs: int = 15
     classifier_folds: int = 4  # two-sample test: every image is held out once
+    # the smallest mAP@[.5:.95] difference worth detecting: a comparison whose minimum
+    # detectable difference (80 % power, 5 % level) exceeds it is a demonstration, not evidence
+    target_difference: float = 0.03
 
     def __post_init__(self) -> None:
         _require(0 < self.leak_threshold <= 1, "evaluate.leak_threshold", "must be in (0, 1]")
+        _require(
+            0 < self.target_difference <= 1,
+            "evaluate.target_difference",
+            "must be in (0, 1]: a difference in mAP@[.5:.95]",
+        )
         # Detectors keep boxes scoring above the confidence, and no score is above 1: at 1 every
         # detector would find nothing (mAP 0 everywhere) and the grid would draw no box.
         _require(

@@ -4,7 +4,9 @@ Each variant x seed in params (`synthdet.variants`) is read from the detectors f
 with COCO mAP (torchmetrics) on the real test split; `synthdet.evaluation` summarises them: mean
 and std over seeds, paired differences with 95 % t intervals and Holm-adjusted p-values, the
 minimum detectable difference, the margin over the chance baseline (one whole-image box per
-image), the real-image equivalent (the nested real curve inverted) and sanity flags.
+image), the real-image equivalent (the nested real curve inverted, where it rises beyond its
+noise), whether each comparison is evidence (`evaluate.target_difference`), the headroom check
+(a warning when `real` barely beats `handful` or chance) and sanity flags.
 
 Writes `metrics/evaluate.json` (the headline numbers: `dvc exp show`), `metrics/evaluation.json`
 (every number), the CSV tables of `evaluation.tables`, `test_grid.png` (test images: ground
@@ -24,6 +26,7 @@ from synthdet.artifacts.evaluation import EVALUATION, HEADLINE_METRICS, Evaluati
 from synthdet.artifacts.metrics import read_metrics_json
 from synthdet.cli import run_stage
 from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_json
+from synthdet.errors import warn
 from synthdet.params import Params
 from synthdet.tracking import stage_run
 
@@ -133,6 +136,7 @@ def run(
             params.annotate_with_baseline.confidence,
             compositions,
             test,
+            target_difference=config.target_difference,
         )
         tables = evaluation.tables(summary, runs, trained, compositions)
         for file, (header, rows) in tables.items():
@@ -147,6 +151,8 @@ def run(
         write_json(out_dir / HEADLINE_METRICS, headline)
         mlflow_run.log_metrics(summary.to_flat())
     print("evaluate: " + ", ".join(f"{k} {v}" for k, v in headline.items()))
+    if summary.headroom is not None and not summary.headroom.ok:
+        warn(f"no headroom: {summary.headroom.reason}")
     return summary
 
 
