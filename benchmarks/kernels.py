@@ -45,7 +45,7 @@ ENVIRONMENTS = {
     "pinned-on-avx2": EMULATED_AVX2,
 }
 SIZES = {  # name: (UNet latent px, YOLO image px, steps)
-    "default": (48, 192, 3),
+    "default": (48, 192, 15),
     "tiny": (16, 64, 2),
 }
 
