@@ -168,3 +168,32 @@ def test_without_a_real_image_curve_the_report_says_so() -> None:
 def test_a_variant_the_evaluation_lacks_is_an_error_not_a_blank() -> None:
     with pytest.raises(DataError, match=r"evaluation.json has no variant 'mixed'"):
         render((42,), trained=[*VARIANTS, variants.generated("mixed")])
+
+
+def test_invalid_checks_and_drifting_objects_are_said_not_shared() -> None:
+    params = load_params(REPO / "params.yaml")
+    images = json.loads((REPO / "metrics/images.json").read_text())
+    invalid = dict(
+        images,
+        **{
+            "subject.valid": 0,
+            "subject.invalid_reason": "held-out crop accuracy 0.47 does not beat chance",
+            "subject.generated_share": None,
+            "real_vs_generated.valid": 0,
+            "real_vs_generated.invalid_reason": "training accuracy 0.5",
+            "real_vs_generated.p_value": None,
+            "objects.valid": 1,
+            "objects.drift": 1,
+            "objects.drift_reason": "a* shifted 7.1 val stds; check base.init",
+            **{f"objects.{k}": 0.1 for k in ("kid_generated_vs_handful", "kid_val_vs_handful")},
+        },
+    )
+    text = "\n".join(report.image_quality(params, invalid))
+    assert "Subject check: **invalid** (held-out crop accuracy 0.47" in text
+    assert "found in" not in text
+    assert "**Invalid check**: training accuracy 0.5" in text and "p = n/a" in text
+    assert "drift from the user's**: a* shifted 7.1 val stds; check base.init" in text
+    unmeasured = dict(images, **{"objects.valid": 0, "objects.invalid_reason": "txt2img"})
+    assert "Object fidelity: not measured (txt2img)" in "\n".join(
+        report.image_quality(params, unmeasured)
+    )

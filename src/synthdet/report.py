@@ -212,7 +212,8 @@ def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
     else:
         lines.append(f"- CLIP score: n/a ({images.get('clip_score_reason', 'not computed')}).")
     if "real_vs_generated.accuracy" in images:
-        lines.append(
+        p_value = images.get("real_vs_generated.p_value")
+        line = (
             "- Real vs generated (a `{model}` trained from scratch to tell them apart, "
             "{folds}-fold): held-out accuracy {acc} on {tested} images ({correct} right; "
             "0.5 = indistinguishable; one-sided binomial p = {p}); accuracy on its own training "
@@ -222,11 +223,28 @@ def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
                 acc=_number(images["real_vs_generated.accuracy"]),
                 tested=images.get("real_vs_generated.tested"),
                 correct=images.get("real_vs_generated.correct"),
-                p=f"{images.get('real_vs_generated.p_value', float('nan')):.2g}",
+                p="n/a" if p_value is None else f"{p_value:.2g}",
                 fit=_number(images.get("real_vs_generated.train_accuracy")),
             )
         )
-    if "subject.generated_share" in images:
+        if images.get("real_vs_generated.valid") == 0:
+            line += (
+                " **Invalid check**: "
+                f"{images.get('real_vs_generated.invalid_reason')}; its accuracy says nothing."
+            )
+        lines.append(line)
+    if images.get("subject.valid") == 0:
+        lines.append(
+            "- Subject check: **invalid** ({reason}; held-out crop accuracy {crop} on {crops} "
+            "crops, {fp} of background crops taken for the subject), so no share is "
+            "reported.".format(
+                reason=images.get("subject.invalid_reason"),
+                crop=_number(images.get("subject.crop_accuracy")),
+                crops=images.get("subject.crop_tested"),
+                fp=_number(images.get("subject.background_false_positive_rate")),
+            )
+        )
+    elif "subject.generated_share" in images:
         lines.append(
             "- Subject check (a classifier of real subject crops vs box-free background, "
             "held-out crop accuracy {crop} on {crops} crops, {fp} of background crops taken for "
@@ -241,12 +259,37 @@ def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
                 n_ref=images.get("subject.reference_images"),
             )
         )
+    lines += object_fidelity(images)
     if "leak_max_similarity" in images:
         lines.append(
             f"- Closest generated-to-test similarity {_number(images['leak_max_similarity'])}"
             f" (the run fails above evaluate.leak_threshold = {params.evaluate.leak_threshold})."
         )
     return lines
+
+
+def object_fidelity(images: Mapping[str, Any]) -> list[str]:
+    """The generated objects against the handful's and real val's (`synthdet.fidelity`)."""
+    if "objects.valid" not in images:
+        return []
+    if images["objects.valid"] == 0:
+        return [f"- Object fidelity: not measured ({images.get('objects.invalid_reason')})."]
+    shift = ", ".join(
+        f"{name} {_number(images.get(f'objects.{key}_shift_z'), 2)} "
+        f"(val {_number(images.get(f'objects.val_{key}_shift_z'), 2)})"
+        for name, key in (("L*", "l"), ("a*", "a"), ("b*", "b"))
+    )
+    line = (
+        f"- Object fidelity ({images.get('objects.generated_crops')} generated box crops vs "
+        f"{images.get('objects.handful_crops')} of the handful; {images.get('objects.val_crops')} "
+        f"real val crops as the reference spread): mean colour shift in val stds {shift}; KID "
+        f"on crops {_number(images.get('objects.kid_generated_vs_handful'), 4)} "
+        f"(val vs handful {_number(images.get('objects.kid_val_vs_handful'), 4)})."
+    )
+    if images.get("objects.drift") == 1:
+        reason = images.get("objects.drift_reason")
+        line += f" **The generated objects drift from the user's**: {reason}."
+    return [line]
 
 
 def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetrics) -> list[str]:
