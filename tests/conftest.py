@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny YOLO dataset, the repo's params, and an isolated MLflow store."""
+"""Shared fixtures: a tiny YOLO dataset, the tests' params (tests/config/params.yaml), and an
+isolated MLflow store."""
 
 from __future__ import annotations
 
@@ -42,9 +43,28 @@ def isolated_mlflow(mlflow_store, monkeypatch):
     return store
 
 
+# The tests' params file: params.yaml with tiny, fast values (its header lists the keys that
+# differ). Only tests about the project's own params.yaml (loading it, its defaults, the docs,
+# DVC overrides of it, dvc.yaml) read REPO / "params.yaml".
+TEST_PARAMS_YAML = Path(__file__).resolve().parent / "config" / "params.yaml"
+
+
+def load_test_params() -> Params:
+    """tests/config/params.yaml through the project's loader (checked like any params file), for
+    module-level helpers; tests take the `test_params` fixture. A fresh object each call: the
+    frozen sections hold dicts (train_detector.yolo, personalize.lora) a test could change."""
+    return load_params(TEST_PARAMS_YAML)
+
+
 @pytest.fixture
-def params() -> Params:
-    return load_params(REPO / "params.yaml")
+def test_params() -> Params:
+    return load_test_params()
+
+
+@pytest.fixture
+def params(test_params: Params) -> Params:
+    """The same test params under the short name most tests use."""
+    return test_params
 
 
 def write_tiny_yolo_folder(root: Path, photos: int = 6, tiles: int = 3, size: int = 32) -> Path:

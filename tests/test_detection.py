@@ -23,7 +23,7 @@ from synthdet.artifacts.detector import DetectorVariant
 from synthdet.artifacts.evaluation import Evaluation
 from synthdet.data import Box, DataError, format_label, read_yolo_folder
 from synthdet.errors import ModelNotAvailableError
-from synthdet.params import Params, load_params
+from synthdet.params import Params
 from synthdet.stages import (
     annotate_with_baseline,
     check_images,
@@ -31,8 +31,8 @@ from synthdet.stages import (
     pseudo_label,
     train_detector,
 )
+from tests.conftest import load_test_params
 
-PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 SIZE = 64
 
 
@@ -57,7 +57,8 @@ def write_yolo_folder(folder: Path, count: int, seed: int) -> None:
 
 
 def tiny_params() -> Params:
-    params = load_params(PARAMS_YAML)
+    """The test params with one 64-px epoch of yolov8n and every box the annotator finds."""
+    params = load_test_params()
     yolo = {
         "epochs": 1,
         "imgsz": SIZE,
@@ -69,13 +70,10 @@ def tiny_params() -> Params:
     }
     return dataclasses.replace(
         params,
-        train_detector=dataclasses.replace(
-            params.train_detector, model="yolov8n.yaml", yolo=yolo, min_images_per_epoch=0
-        ),
+        train_detector=dataclasses.replace(params.train_detector, model="yolov8n.yaml", yolo=yolo),
         annotate_with_baseline=dataclasses.replace(
             params.annotate_with_baseline, confidence=0.0, source_boxes=False
         ),
-        evaluate=dataclasses.replace(params.evaluate, grid_images=4),
     )
 
 

@@ -24,10 +24,10 @@ from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
 from synthdet.diffusion.vocabulary import build_clip_tokenizer
 from synthdet.errors import ModelNotAvailableError
-from synthdet.params import Params, load_params
+from synthdet.params import Params
 from synthdet.personalization.adapters import LORA_WEIGHT_NAME
 from synthdet.stages import base, class_images, personalize
-from tests.conftest import REPO, write_tiny_yolo_folder
+from tests.conftest import REPO, TEST_PARAMS_YAML, load_test_params, write_tiny_yolo_folder
 
 SENTENCES = [
     "a photo of sks apple tree with 12 apples",
@@ -35,9 +35,9 @@ SENTENCES = [
     "apples' leaves: 3.5cm  wide   (roughly) — naïve café",
 ]
 
-# Smaller than any default: 32 px images, 2-level VAE and UNet, a few steps each.
+# Over the test params (tests/config/params.yaml: 32 px, random-weight base): a 2-level VAE and
+# UNet, a few steps each.
 TINY_OVERRIDES = {
-    "shared": {"resolution": 32},
     "base": {
         "vae_channels": (8, 16),
         "unet_channels": (16, 32),
@@ -46,29 +46,22 @@ TINY_OVERRIDES = {
         "vae_steps": 3,
         "unet_steps": 3,
         "batch_size": 4,
-        "vae_crop": 16,
-        "unet_crop": 16,
-        "init": None,
-        "lr_warmup_steps": 0,  # below the 3 steps
     },
     # A high learning rate so that a few steps visibly change the images.
     "personalize": {
         "method": "lora",
         "max_train_steps": 6,
         "checkpointing_steps": 3,
-        "batch_size": 2,
         "learning_rate": 0.05,
-        "validation_seeds": (0,),
-        "validation_steps": 2,
     },
     "class_images": {"count": 0},
-    "generate": {"num_images": 4, "num_inference_steps": 3, "strength": 0.5, "batch_size": 4},
+    "generate": {"num_images": 4, "num_inference_steps": 3, "batch_size": 4},
     "few_shot": {"extra_images": 4},
 }
 
 
 def tiny_params(**sections: dict) -> Params:
-    params = load_params(REPO / "params.yaml")
+    params = load_test_params()
     changed = {}
     for name, overrides in TINY_OVERRIDES.items():
         section = dataclasses.replace(getattr(params, name), **overrides)
@@ -245,7 +238,7 @@ def test_image_seed_depends_on_seed_and_index_only():
 @pytest.mark.slow
 def test_stage_clis_run_as_in_dvc_yaml(tmp_path):
     """The three stage commands of dvc.yaml, as subprocesses, on the tiny configuration."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(TEST_PARAMS_YAML.read_text())
     for name, overrides in TINY_OVERRIDES.items():
         params[name].update(
             {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}

@@ -35,14 +35,19 @@ from synthdet.generation.plan import SubjectPlan, engine_identity, plan_units, s
 from synthdet.generation.run import generate_dataset
 from synthdet.generation.store import read_provenance
 from synthdet.metrics import FidInceptionFeatures
-from synthdet.params import ParamsError, load_params, parse_params
+from synthdet.params import ParamsError, parse_params
 from synthdet.personalization.adapters import (
     LORA_WEIGHT_NAME,
     load_personalized_pipeline,
     save_adapter,
     setup_method,
 )
-from tests.conftest import REPO, accelerate_launch, write_tiny_yolo_folder
+from tests.conftest import (
+    TEST_PARAMS_YAML,
+    accelerate_launch,
+    load_test_params,
+    write_tiny_yolo_folder,
+)
 from tests.tiny_models import SAMPLE_SIZE, tiny_controlnet, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 SUBJECT = "apple_tree"
@@ -53,8 +58,9 @@ PROMPTS = (
 
 
 def settings(**changes):
-    """Small txt2img generate params: 32 px, 2 steps, batches of 2, no off-distribution filter."""
-    params = load_params(REPO / "params.yaml").generate
+    """Small txt2img generate params: the test params' (2 steps, strength 0.5: img2img denoises
+    one of them, batches of 2), 4 images, no off-distribution filter."""
+    params = load_test_params().generate
     filters = dataclasses.replace(
         params.filters, **{"outliers": "none", **changes.pop("filters", {})}
     )
@@ -62,9 +68,6 @@ def settings(**changes):
         "mode": "txt2img",  # the repo default is img2img; most cases here need no sources
         "num_images": 4,
         "prompts": PROMPTS,
-        "num_inference_steps": 2,
-        "strength": 0.5,  # img2img: one denoising step of the two
-        "batch_size": 2,
         "filters": filters,
     }
     return dataclasses.replace(params, **{**base, **changes})
@@ -159,7 +162,7 @@ def test_seed_depends_on_seed_subject_index_and_attempt():
 
 
 def test_params_name_the_bad_key():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(TEST_PARAMS_YAML.read_text())
     raw["generate"]["subjects"] = {"apple_tree": {"num_images": 482}}
     params = parse_params(raw)
     assert params.generate.count("apple_tree") == 482
@@ -176,7 +179,7 @@ def test_params_name_the_bad_key():
         ({"subjects": {"apple_tree": {"count": 3}}}, "generate.subjects.apple_tree.count"),
         ({"filters": {**raw["generate"]["filters"], "clusters": 1}}, "generate.filters.clusters"),
     ]:
-        broken = yaml.safe_load((REPO / "params.yaml").read_text())
+        broken = yaml.safe_load(TEST_PARAMS_YAML.read_text())
         broken["generate"].update(change)
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             parse_params(broken)
@@ -556,7 +559,7 @@ def test_stage_rejects_unknown_subject_and_adapter_of_another_model(tmp_path):
     info = {"base_model": "builtin:tiny", "weight_files": ["weights.safetensors"]}
     info["sha256"] = files_sha256(adapter, info["weight_files"])
     (adapter / "adapter.json").write_text(json.dumps(info))
-    params = load_params(REPO / "params.yaml")
+    params = load_test_params()
 
     def stage(params):
         train = tmp_path / "train"
@@ -765,13 +768,11 @@ def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path,
 
 def lora_adapter(folder: Path, model: Path, train_text_encoder: bool) -> Path:
     """An untrained LoRA adapter folder of the tiny SD model, as the personalize stage writes it."""
-    from synthdet.params import load_params
-
     pipeline = load_pipeline(str(model), folder / "no-builtin")
     lora = {"r": 4, "lora_alpha": 4, "init_lora_weights": "gaussian"}
     lora["target_modules"] = ["to_q", "to_k", "to_v", "to_out.0"]
     settings = dataclasses.replace(
-        load_params(REPO / "params.yaml").personalize,
+        load_test_params().personalize,
         method="lora",
         train_text_encoder=train_text_encoder,
         lora=lora,

@@ -28,7 +28,7 @@ from synthdet.artifacts.adapter import AdapterInfo
 from synthdet.data import DataError
 from synthdet.diffusion.hashing import files_sha256
 from synthdet.methods import PRIOR_METHODS
-from synthdet.params import ParamsError, SubjectParams, TextualInversionParams, load_params
+from synthdet.params import ParamsError, TextualInversionParams
 from synthdet.personalization.adapters import (
     EMBEDDINGS_NAMES,
     LORA_WEIGHT_NAME,
@@ -48,6 +48,7 @@ from tests.conftest import (
     REPO,
     accelerate_launch,
     copy_dvc_project,
+    load_test_params,
     write_tiny_yolo_folder,
 )
 from tests.tiny_models import SAMPLE_SIZE, tiny_sd_pipeline, tiny_sdxl_pipeline
@@ -58,40 +59,26 @@ FAMILIES = {
     "sd-v": lambda: tiny_sd_pipeline(prediction_type="v_prediction"),
     "sdxl": lambda: tiny_sdxl_pipeline(),
 }
-STEPS = 8
+STEPS = 8  # = personalize.max_train_steps of tests/config/params.yaml
 
 
 def make_params(model: Path, method: str, **personalize_changes):
-    params = load_params(REPO / "params.yaml")
-    shared = dataclasses.replace(
-        params.shared,
-        resolution=SAMPLE_SIZE,
-        subjects={SUBJECT: SubjectParams("sks", "apple tree", 3, ".*")},
-    )
+    """The test params (32 px = SAMPLE_SIZE, a handful of 3, STEPS steps, one validation image
+    of 2 steps) for `method` on the tiny model folder `model`."""
+    params = load_test_params()
+    assert (params.shared.resolution, params.personalize.max_train_steps) == (SAMPLE_SIZE, STEPS)
     defaults = {
         "method": method,
         "base_model": str(model),
-        "max_train_steps": STEPS,
-        "batch_size": 2,
-        "class_batch_size": 1,
         # high: a few steps must visibly change a randomly initialised model
         "learning_rate": 0.02 if method == "dreambooth" else 0.05,
-        "validation_prompts": ("a photo of {identifier} {class_noun}",),
-        "validation_seeds": (0,),
-        "validation_steps": 2,
-        "checkpointing_steps": 0,
     }
     settings = dataclasses.replace(params.personalize, **(defaults | personalize_changes))
     # class images only for the methods with prior preservation (params refuse unused ones)
     images = dataclasses.replace(
-        params.class_images,
-        count=2 if method in PRIOR_METHODS else 0,
-        num_inference_steps=2,
+        params.class_images, count=params.class_images.count if method in PRIOR_METHODS else 0
     )
-    base = dataclasses.replace(params.base, vae_crop=16, unet_crop=16)  # crops <= SAMPLE_SIZE
-    return dataclasses.replace(
-        params, shared=shared, base=base, personalize=settings, class_images=images
-    )
+    return dataclasses.replace(params, personalize=settings, class_images=images)
 
 
 @pytest.fixture(autouse=True)

@@ -36,7 +36,7 @@ def with_method(params, method):
 
 @pytest.fixture
 def small_params(params):
-    params = with_prepare(params, val_groups=1, test_groups=1)
+    """The test params (1 val and 1 test group, a handful of 3) without a real-image curve."""
     return with_subjects(params, apple_tree=SubjectParams("sks", "apple tree", 3, ".*"))
 
 
@@ -169,8 +169,7 @@ def test_blip_model_missing_says_how_to_fix():
 
 def test_subjects_draw_from_train_only_and_independently(params, tiny_yolo_folder, tmp_path):
     """Each subject gets its own train images (stem_pattern), never a val/test image, and its
-    draw does not depend on the other subjects."""
-    params = with_prepare(params, val_groups=1, test_groups=1)
+    draw does not depend on the other subjects (the test params: 1 val and 1 test group)."""
     red = SubjectParams("sks", "apple tree", 2, ".*")
     green = SubjectParams("zwx", "apple tree", 2, r"tree_[01]$")
     out = tmp_path / "prepared"
@@ -284,7 +283,7 @@ def test_prepare_stops_without_any_box(small_params, tmp_path):
 
 def test_prepare_stops_when_a_held_out_split_has_no_box(small_params, tmp_path):
     raw = write_voc_web_photos(tmp_path / "raw", count=6, boxed=lambda i: i > 2)
-    params = with_prepare(small_params, group_pattern=None, val_groups=1, test_groups=1)
+    params = with_prepare(small_params, group_pattern=None)  # 1 val and 1 test group
     split = {}
     for seed in range(50):  # a seed whose val or test split draws only box-free images
         params = dataclasses.replace(

@@ -138,8 +138,7 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         label = real / "labels" / f"{image.stem}.txt"
         shutil.copy(label, personalize / "labels" / label.name)
     few_shot = dataclasses.replace(params.few_shot, extra_images=4)
-    plain = dataclasses.replace(params.train_detector, min_images_per_epoch=0)
-    params = dataclasses.replace(params, few_shot=few_shot, train_detector=plain)
+    params = dataclasses.replace(params, few_shot=few_shot)  # min_images_per_epoch 0: plain
 
     def handful_synthetic(settings, scratch: str) -> variants.TrainingSet:
         variant = variants.few_shot("synthetic", settings.few_shot.extra_images)
@@ -244,9 +243,15 @@ def test_the_annotator_seed_must_be_trained(params) -> None:
 
 
 def test_few_shot_params_are_checked_against_the_handful_and_generate(params) -> None:
-    few_shot = dataclasses.replace(params.few_shot, real_image_counts=(8, 16))
-    with pytest.raises(ParamsError, match=r"'few_shot.real_image_counts' holds 8.*already 8"):
+    handful, generated = params.shared.subjects["apple_tree"].images, params.generate.num_images
+    few_shot = dataclasses.replace(params.few_shot, real_image_counts=(handful, 16))
+    with pytest.raises(
+        ParamsError, match=rf"'few_shot.real_image_counts' holds {handful}.*already {handful}"
+    ):
         dataclasses.replace(params, few_shot=few_shot)
-    few_shot = dataclasses.replace(params.few_shot, extra_images=65)
-    with pytest.raises(ParamsError, match=r"'few_shot.extra_images' \(65\).*64 images generate"):
+    few_shot = dataclasses.replace(params.few_shot, extra_images=generated + 1)
+    with pytest.raises(
+        ParamsError,
+        match=rf"'few_shot.extra_images' \({generated + 1}\).*{generated} images generate",
+    ):
         dataclasses.replace(params, few_shot=few_shot)
