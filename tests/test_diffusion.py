@@ -246,6 +246,7 @@ def test_stage_clis_run_as_in_dvc_yaml(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_tiny_yolo_folder(tmp_path / "train", photos=1, tiles=4)
     write_tiny_yolo_folder(tmp_path / "pers/apple_tree", photos=1, tiles=2)
+    (tmp_path / "data/pool").mkdir(parents=True)  # base.pool_dir: no unlabelled images
     commands = [
         [
             "base",
