@@ -42,7 +42,7 @@ from synthdet import detection, metrics
 from synthdet.data import link_yolo_folder, read_yolo_folder, subject_images
 from synthdet.params import load_params
 
-BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_RESAMPLES = 100
 
 
 def parse_protocol(text: str) -> tuple[str, dict]:

@@ -66,6 +66,9 @@ MICRO_OVERRIDES = {
 
 def write_micro_project(root: Path) -> None:
     copy_dvc_project(root, folders=("plots", "data/corrections"))
+    # the report's noise table: measured apart from the pipeline (benchmarks/protocol.py)
+    (root / "metrics/protocol").mkdir(parents=True)
+    shutil.copy(REPO / "metrics/protocol/noise.json", root / "metrics/protocol")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in MICRO_OVERRIDES.items():
         for key, value in values.items():

@@ -268,6 +268,30 @@ def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Variance components of test mAP@[.5:.95] per protocol and training subset, from
+    `benchmarks/protocol.py --summarise` (keys `<protocol>.<subset>`)."""
+    rows = [
+        "Measured apart from this run by `benchmarks/protocol.py` on the embedded data "
+        "(`metrics/protocol/`: protocols `base` = params.yaml's detector, `long` = 30 epochs; "
+        "the handful drawn as `prepare` draws it, draw 0 = this run's; rerun it for your "
+        "data). Std over detector seeds (draw 0), over handful draws at one seed, and over "
+        "the test split's photos (bootstrap of one detector's predictions):",
+        "",
+        "| protocol.subset | units | mean | std seeds | std draws | std test photos |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, cell in sorted(noise.items()):
+        values = (
+            cell["mean"],
+            cell["std_over_seeds_draw0"],
+            cell["std_over_draws_same_seed"],
+            cell["std_test_photo_bootstrap"],
+        )
+        rows.append(f"| {key} | {cell['units']} | " + " | ".join(_number(v) for v in values) + " |")
+    return rows
+
+
 def object_fidelity(images: Mapping[str, Any]) -> list[str]:
     """The generated objects against the handful's and real val's (`synthdet.fidelity`)."""
     if "objects.valid" not in images:
@@ -355,10 +379,13 @@ def render(
     extras: Mapping[str, ExtraImagesMetrics],
     variants: Sequence[Variant],
     comparisons: Sequence[tuple[str, str]],
+    noise: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The report as Markdown: `evaluation` (evaluate's evaluation.json), `images`
     (check-images), `prepared`, `annotated` and `extras` (copy-paste and pseudo-label metrics,
-    by row name) are the run's metrics files; the tables and grids it links lie next to it."""
+    by row name) are the run's metrics files; the tables and grids it links lie next to it.
+    `noise`: the detector protocol's variance components (`benchmarks/protocol.py`'s
+    noise.json), shown in their own section when given."""
     # the few-shot question: the real-image curve (real, handful, real-n…) and handful-<source>
     few_shot = [v.name for v in variants if v.on_real_image_curve or v.is_few_shot]
     others = [v.name for v in variants if v.name not in few_shot]
@@ -386,6 +413,8 @@ def render(
         *equivalent_lines(evaluation, variants),
         "",
     ]
+    if noise:
+        lines += ["## What moves a detector's score (the noise)", "", *noise_table(noise), ""]
     if others:
         lines += [
             "## Generated data against all real labels (Genfusion's table)",

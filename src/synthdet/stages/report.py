@@ -28,9 +28,14 @@ from synthdet.cli import run_stage
 from synthdet.data import write_json, write_text
 from synthdet.params import Params
 
+NOISE = Path("protocol/noise.json")  # benchmarks/protocol.py --summarise, under metrics/
+
 
 def run(params: Params, metrics_dir: Path) -> str:
-    """Render `metrics_dir/report.md` from the metrics files in `metrics_dir`; return it."""
+    """Render `metrics_dir/report.md` from the metrics files in `metrics_dir` (the detector
+    protocol's noise table when `metrics_dir/protocol/noise.json` exists); return it."""
+    noise_file = metrics_dir / NOISE
+    noise = read_metrics_json(noise_file) if noise_file.is_file() else None
     extras = {
         "copy-paste (handful crops)": read_extra_images_metrics(metrics_dir / COPY_PASTE_METRICS),
         "pseudo-labelled real": read_extra_images_metrics(metrics_dir / PSEUDO_METRICS),
@@ -46,6 +51,7 @@ def run(params: Params, metrics_dir: Path) -> str:
             extras,
             configured,
             variants.comparisons(configured),
+            noise=noise,
         )
         write_text(metrics_dir / "report.md", page)
         write_json(metrics_dir / "environment.json", tracking.environment())
