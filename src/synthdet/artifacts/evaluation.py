@@ -120,7 +120,7 @@ class Headroom:
     real_minus_chance: float
     seed_std: float | None  # pooled seed std of real and handful; None with one seed
     ok: bool
-    reason: str | None  # what is missing and the settings that would give it; None when all is
+    reason: str | None  # what is missing and the settings to try; None when all is
 
 
 @dataclass(frozen=True)
