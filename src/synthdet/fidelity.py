@@ -27,7 +27,6 @@ more than their subset standard deviations together.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from synthdet.artifacts.manifest import read_manifest
 from synthdet.data import DataError, Sample, verify_image
-from synthdet.metrics import PrecomputedFeatures
+from synthdet.metrics import kernel_inception_distance
 
 CHANNELS = ("l", "a", "b")  # CIE L*, a*, b*
 # A colour channel drifts when the generated objects' mean moved from the handful's by more than
@@ -54,7 +52,6 @@ CROP_SIDE = 64
 # (a seeded sample; the colour statistics use every crop), so that both KIDs use one subset size:
 # half that number (subsets as large as the set would all be the set, with no spread).
 MAX_KID_CROPS = 50
-KID_SUBSETS = 100
 MIN_CROPS = 4  # per set: KID subsets of at least 2 crops
 MIN_BOX_PIXELS = 2  # boxes narrower than this (in the image's pixels) are skipped
 
@@ -243,31 +240,16 @@ def object_fidelity(
     count = min(MAX_KID_CROPS, *(len(crops.crops) for crops in sets.values()))
     features = {name: crop_features(crops, count, inception, rng) for name, crops in sets.items()}
     subset_size = count // 2
+    # KID (mean, std over subsets) of each set against the handful's crops
+    kid_generated, kid_val = (
+        kernel_inception_distance(features["handful"], features[name], seed, subset_size)[:2]
+        for name in ("generated", "val")
+    )
     return ObjectFidelity(
         generated=sets["generated"],
         handful=sets["handful"],
         val=sets["val"],
-        kid_generated=kid(features["handful"], features["generated"], subset_size, seed),
-        kid_val=kid(features["handful"], features["val"], subset_size, seed),
+        kid_generated=kid_generated,
+        kid_val=kid_val,
         kid_subset_size=subset_size,
     )
-
-
-def kid(
-    reference: torch.Tensor, other: torch.Tensor, subset_size: int, seed: int
-) -> tuple[float, float]:
-    """torchmetrics' KID (mean, std over KID_SUBSETS subsets of `subset_size`) of two (N, D)
-    feature sets; the subsets are drawn from `seed`."""
-    with warnings.catch_warnings():  # "will save all extracted features": ours are few
-        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
-        metric = KernelInceptionDistance(
-            feature=PrecomputedFeatures(reference.shape[1]),
-            subsets=KID_SUBSETS,
-            subset_size=subset_size,
-        )
-    metric.update(reference, real=True)
-    metric.update(other, real=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return float(mean), float(std)

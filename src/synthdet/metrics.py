@@ -332,14 +332,16 @@ def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float | None:
 
 
 def kernel_inception_distance(
-    real: Tensor, generated: Tensor, seed: int = 0
+    real: Tensor, generated: Tensor, seed: int = 0, subset_size: int | None = None
 ) -> tuple[float, float, int]:
     """torchmetrics' KID (mean, std over subsets, subset size) of two (N, D) feature sets.
 
-    The subset size is min(KID_SUBSET_SIZE, either set's size): torchmetrics refuses a subset
-    larger than a set. The random subsets are drawn from `seed`, so a rerun gives the same KID.
+    The subset size is `subset_size`, by default min(KID_SUBSET_SIZE, either set's size):
+    torchmetrics refuses a subset larger than a set. The random subsets are drawn from `seed`,
+    so a rerun gives the same KID.
     """
-    subset_size = min(KID_SUBSET_SIZE, len(real), len(generated))
+    if subset_size is None:
+        subset_size = min(KID_SUBSET_SIZE, len(real), len(generated))
     with warnings.catch_warnings():  # "will save all extracted features": ours are few
         warnings.filterwarnings("ignore", message=".*save all extracted features.*")
         metric = KernelInceptionDistance(
