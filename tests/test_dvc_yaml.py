@@ -59,6 +59,18 @@ def test_stage_code_deps_are_exact():
         assert listed == code_closure(module), f"stage {name}: dvc.yaml deps vs imports"
 
 
+def test_every_detector_stage_declares_the_prepare_metrics_it_reads():
+    """train_detector.min_images_per_epoch: null is the train split's size, which the train
+    stages read from prepare's metrics: each passes the file and lists it as a dep."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    bodies = {name: stage.get("do", stage) for name, stage in stages.items()}
+    trains = {n: b for n, b in bodies.items() if "synthdet.stages.train_detector" in b["cmd"]}
+    assert len(trains) == 6
+    for name, stage in trains.items():
+        assert "--prepare-metrics ${paths.metrics}/prepare.json" in stage["cmd"], name
+        assert "${paths.metrics}/prepare.json" in stage["deps"], name
+
+
 def test_mix_matrix_expands_to_one_stage_per_share_fraction_and_seed(tmp_path):
     """The default trains no mix variant; setting the mix params adds exactly these stages."""
     shutil.copy(REPO / "dvc.yaml", tmp_path)

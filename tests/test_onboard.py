@@ -96,7 +96,8 @@ def test_voc_web_photos_get_their_class_no_groups_and_a_base_from_scratch(tmp_pa
     assert "(builtin:orchard if under 0.4): the base trains from scratch" in out
     assert comments(written) == comments(REPO / "params.yaml")
     assert prepared_train_images(written, folder, tmp_path) == 14
-    assert p.train_detector.min_images_per_epoch == 14
+    assert p.train_detector.min_images_per_epoch is None  # the split's 14, read when training
+    assert "the train split's size, read when training: 14 of 20 images" in out
 
 
 def test_yolo_orchard_tiles_get_groups_the_orchard_checkpoint_and_keep_their_class(
@@ -113,8 +114,9 @@ def test_yolo_orchard_tiles_get_groups_the_orchard_checkpoint_and_keep_their_cla
     assert (p.base.init, p.base.vae_steps, p.base.unet_steps) == ("builtin:orchard", 0, 0)
     assert p.train_detector.imgsz == 192
     assert "prepare.group_pattern" in out and "8 groups of tiles" in out
-    train = prepared_train_images(written, folder, tmp_path)
-    assert p.train_detector.min_images_per_epoch == train == 18
+    assert prepared_train_images(written, folder, tmp_path) == 18
+    assert p.train_detector.min_images_per_epoch is None
+    assert "read when training: 18 of" in out
 
 
 def test_tiny_objects_get_the_imgsz_that_shows_them(tmp_path, capsys):

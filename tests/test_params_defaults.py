@@ -68,7 +68,6 @@ def test_per_subject_overrides_default_to_unset():
 @pytest.mark.parametrize(
     ("section", "key"),
     [
-        ("train_detector", "min_images_per_epoch"),
         ("train_detector", "yolo"),
         ("annotate_with_baseline", "source_boxes"),
         ("personalize", "lora"),
@@ -84,9 +83,17 @@ def test_a_key_whose_code_default_differed_is_now_missing(raw, section, key):
     )
 
 
+def test_min_images_per_epoch_removed_is_params_yamls_null(raw):
+    """Its code default is params.yaml's null (the train split's image count, resolved when the
+    detectors train), so `-S '~train_detector.min_images_per_epoch'` changes nothing."""
+    assert raw["train_detector"]["min_images_per_epoch"] is None
+    del raw["train_detector"]["min_images_per_epoch"]
+    assert parse_params(raw).train_detector.min_images_per_epoch is None
+
+
 def test_every_missing_and_unknown_key_at_once(raw):
     for section, key in (
-        ("train_detector", "min_images_per_epoch"),
+        ("train_detector", "yolo"),
         ("annotate_with_baseline", "source_boxes"),
         ("personalize", "lora"),
     ):
@@ -98,7 +105,7 @@ def test_every_missing_and_unknown_key_at_once(raw):
         "params: 'shared.seed' must be an integer, got str '42'",
         "params: 'personalize.lora' is missing",
         "params: 'annotate_with_baseline.source_boxes' is missing",
-        "params: 'train_detector.min_images_per_epoch' is missing",
+        "params: 'train_detector.yolo' is missing",
         "params: unknown key 'evaluate.iuo' (did you mean 'evaluate.iou'?)",
     ]
 

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from synthdet import variants
-from synthdet.data import DataError, read_yolo_folder
-from synthdet.params import DETECTOR_PRESETS, ParamsError, TrainDetectorParams, parse_section
-from tests.conftest import write_tiny_yolo_folder
+from synthdet import detection, variants
+from synthdet.artifacts.metrics import PREPARE_METRICS
+from synthdet.data import DataError, read_yolo_folder, write_json
+from synthdet.params import (
+    DETECTOR_PRESETS,
+    ParamsError,
+    TrainDetectorParams,
+    load_params,
+    parse_section,
+)
+from synthdet.stages import prepare, train_detector
+from tests.conftest import REPO, write_tiny_yolo_folder
 
 
 def images(count: int, prefix: str) -> list[Path]:
@@ -138,15 +146,16 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         label = real / "labels" / f"{image.stem}.txt"
         shutil.copy(label, personalize / "labels" / label.name)
     few_shot = dataclasses.replace(params.few_shot, extra_images=4)
-    params = dataclasses.replace(params, few_shot=few_shot)  # min_images_per_epoch 0: plain
+    params = dataclasses.replace(params, few_shot=few_shot)
 
-    def handful_synthetic(settings, scratch: str) -> variants.TrainingSet:
-        variant = variants.few_shot("synthetic", settings.few_shot.extra_images)
+    def handful_synthetic(scratch: str, per_epoch: int) -> variants.TrainingSet:
+        variant = variants.few_shot("synthetic", params.few_shot.extra_images)
+        personalize = tmp_path / "personalize"
         return variants.training_folders(
-            settings, variant, None, tmp_path / "personalize", generated, tmp_path / scratch
+            params, variant, None, personalize, generated, tmp_path / scratch, per_epoch
         )
 
-    training = handful_synthetic(params, "scratch")
+    training = handful_synthetic("scratch", 0)  # 0 images per epoch: plain epochs
     composition = training.composition
     assert (len(composition.real), len(composition.extra), training.repeats) == (8, 4, 1)
     linked = [read_yolo_folder(folder, 1) for folder in training.folders]
@@ -154,11 +163,9 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
     for samples, source in zip(linked, (personalize, generated), strict=True):  # labels along
         labels = {s.image.name: s.boxes for s in read_yolo_folder(source, 1)}
         assert all(sample.boxes == labels[sample.image.name] for sample in samples)
-    # below train_detector.min_images_per_epoch the set repeats and is topped up to exactly it:
+    # below the images per epoch the set repeats and is topped up to exactly it:
     # 12 images -> 2 copies + 6 of them once more = 30 an epoch
-    detector = dataclasses.replace(params.train_detector, min_images_per_epoch=30)
-    topping = dataclasses.replace(params, train_detector=detector)
-    repeated = handful_synthetic(topping, "scratch-repeat")
+    repeated = handful_synthetic("scratch-repeat", 30)
     assert (repeated.repeats, repeated.top_up) == (2, 6)
     folders = [read_yolo_folder(folder, 1) for folder in repeated.folders]
     assert [len(samples) for samples in folders[:4]] == [8, 4, 8, 4]
@@ -168,15 +175,68 @@ def test_training_folders_link_exactly_the_composition(params, tmp_path: Path) -
         assert set(part) <= {p.name for p in whole}
     assert sum(len(samples) for samples in folders) == 30
     # the top-up is fixed by shared.seed, not drawn anew: another call picks the same images
-    again = handful_synthetic(topping, "scratch-again")
+    again = handful_synthetic("scratch-again", 30)
     assert [[s.image.name for s in read_yolo_folder(f, 1)] for f in again.folders[4:]] == topped
-    assert variants.epoch_plan(12, params) == (1, 0)  # min_images_per_epoch 0: plain epochs
-    assert variants.epoch_plan(12, topping) == (2, 6)
-    assert variants.epoch_plan(40, topping) == (1, 0)
+    assert variants.epoch_plan(12, 0) == (1, 0)  # plain epochs
+    assert variants.epoch_plan(12, 30) == (2, 6)
+    assert variants.epoch_plan(40, 30) == (1, 0)
     with pytest.raises(DataError, match="--extra-folder"):
         variants.training_folders(
-            params, variants.generated("mixed"), real, None, None, tmp_path / "s3"
+            params, variants.generated("mixed"), real, None, None, tmp_path / "s3", 0
         )
+
+
+def test_the_handful_trains_the_train_splits_images_an_epoch_unless_set(
+    params, tmp_path, monkeypatch
+) -> None:
+    """train_detector.min_images_per_epoch: null reads the train split's size from prepare's
+    metrics (a 135-image split: 135 images an epoch, params untouched); a number still wins."""
+    train = write_tiny_yolo_folder(tmp_path / "train", photos=45, tiles=3)  # 135 images
+    handful = tmp_path / "personalize" / "apple_tree"
+    for sub in ("images", "labels"):
+        (handful / sub).mkdir(parents=True)
+    for image in sorted((train / "images").iterdir())[:8]:
+        shutil.copy(image, handful / "images" / image.name)
+        shutil.copy(train / "labels" / f"{image.stem}.txt", handful / "labels")
+    metrics = tmp_path / PREPARE_METRICS
+    write_json(metrics, prepare.split_statistics({"train": read_yolo_folder(train, 1)}))
+    seen = []
+
+    def no_training(**kwargs):
+        seen.append(sum(len(list((f / "images").iterdir())) for f in kwargs["train_folders"]))
+        return detection.TrainingResult(len(seen), [{"epoch": 1}], {})
+
+    monkeypatch.setattr(detection, "train_detector", no_training)
+
+    def trained(min_images_per_epoch, prepare_metrics=metrics) -> dict:
+        detector = dataclasses.replace(
+            params.train_detector, min_images_per_epoch=min_images_per_epoch
+        )
+        settings = dataclasses.replace(params, train_detector=detector)
+        folders = {"handful": tmp_path / "personalize"}
+        out = tmp_path / f"out{len(seen)}"
+        return train_detector.run(
+            settings, "t", variants.HANDFUL, 42, folders, train, out, out / "r.csv", prepare_metrics
+        )
+
+    default = load_params(REPO / "params.yaml").train_detector.min_images_per_epoch
+    assert default is None
+    first = trained(default)
+    assert (first["repeats"], first["top_up_images"], seen[-1]) == (16, 7, 135)  # 8 x 16 + 7
+    trained(30)  # an explicit number wins over the split's size
+    assert seen[-1] == 30
+    trained(0, prepare_metrics=None)  # plain epochs: no metrics file needed
+    assert seen[-1] == 8
+    # the embedded data: 116, the number params.yaml held before null
+    embedded = train_detector.images_per_epoch(
+        load_params(REPO / "params.yaml").train_detector, REPO / "metrics" / PREPARE_METRICS
+    )
+    assert embedded == 116
+    with pytest.raises(ParamsError, match=r"no --prepare-metrics file.*-S 'train_detector\."):
+        trained(None, prepare_metrics=None)
+    write_json(metrics, {"val.images": 25})
+    with pytest.raises(DataError, match=r"prepare.json: no train.images count.*dvc repro prepare"):
+        trained(None)
 
 
 def detector_params(**changes) -> TrainDetectorParams:

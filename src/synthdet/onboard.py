@@ -15,9 +15,10 @@ prepare), then each edit is derived from it:
 - `prepare.group_pattern`: `(.+)<sep>\\d+` (a common stem and a tile index) for the separator
   `_`, `-`, `.` or a space that every stem matches and that makes at least MIN_GROUPS groups,
   fewer than the images; else null (each image its own group);
-- `prepare.val_groups` / `test_groups`: round(15 % of the groups) each (at least 1), and
-  `train_detector.min_images_per_epoch`: the train images of the split these give (seeded as
-  prepare splits, `shared.seed`);
+- `prepare.val_groups` / `test_groups`: round(15 % of the groups) each (at least 1);
+- `train_detector.min_images_per_epoch`: null, the train split's image count read at training
+  time (a number left from another dataset would not fit); the printed reason gives the count
+  of the split these groups give (seeded as prepare splits, `shared.seed`);
 - `train_detector.yolo.imgsz`: kept if the median object at it is 8-128 px, else the multiple
   of 32 that `formats.summary.fitting_imgsz` gives (the warning prepare prints);
 - `base.init`: `builtin:orchard` if the folder's colours are near the checkpoint's training
@@ -232,8 +233,9 @@ def propose(folder: Path, params: Params, reference: Path, checkpoint: Path) -> 
         Edit("prepare.test_groups", held_out, f"about {HELD_OUT_SHARE:.0%} of {groups} groups"),
         Edit(
             "train_detector.min_images_per_epoch",
-            len(split["train"]),
-            f"the train split: {len(split['train'])} of {len(imported.samples)} images",
+            None,
+            f"the train split's size, read when training: {len(split['train'])} of "
+            f"{len(imported.samples)} images",
         ),
         Edit(
             "train_detector.yolo.imgsz",

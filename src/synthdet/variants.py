@@ -348,9 +348,11 @@ def training_folders(
     handful_dir: Path | None,
     extra_dir: Path | None,
     scratch: Path,
+    images_per_epoch: int,
 ) -> TrainingSet:
     """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
-    and topped up to train_detector.min_images_per_epoch when the set is smaller (`epoch_plan`)."""
+    and topped up to `images_per_epoch` (train_detector.min_images_per_epoch, resolved by the
+    train stage) when the set is smaller (`epoch_plan`)."""
     kind = variant.real.kind
     needs = {
         "--train": real_dir is None and kind not in (RealKind.HANDFUL, RealKind.NONE),
@@ -364,7 +366,7 @@ def training_folders(
     handful = handful_images(handful_dir) if handful_dir is not None else []
     extra = list_images(Path(extra_dir) / "images") if variant.extra else []
     composition = compose(variant, real, handful, extra, params.shared.seed)
-    copies, top_up = epoch_plan(len(composition.images), params)
+    copies, top_up = epoch_plan(len(composition.images), images_per_epoch)
     # The top-up is a seeded part of the set, the same for every detector seed.
     once_more = set(_shuffled(composition.images, params.shared.seed)[:top_up])
     parts = [(composition.real, composition.extra)] * copies
@@ -384,18 +386,18 @@ def training_folders(
     return TrainingSet(folders, composition, copies, top_up)
 
 
-def epoch_plan(images: int, params: Params) -> tuple[int, int]:
+def epoch_plan(images: int, images_per_epoch: int) -> tuple[int, int]:
     """(whole copies, images seen once more) per epoch of a training set of `images` images.
 
-    A set smaller than train_detector.min_images_per_epoch is repeated and topped up with a part
-    of one more copy to exactly that many images, so every such variant gets the same optimizer
-    steps: an equal training budget (with equal epochs alone the 8-image handful would get a
-    fourteenth of the steps of the 116-image `real` and lose for being undertrained, not for its
-    data). Larger sets train on each image once an epoch."""
-    wanted = params.train_detector.min_images_per_epoch
-    if not images or images >= wanted:
+    A set smaller than `images_per_epoch` (train_detector.min_images_per_epoch; by default the
+    train split's image count) is repeated and topped up with a part of one more copy to exactly
+    that many images, so every such variant gets the same optimizer steps: an equal training
+    budget (with equal epochs alone the 8-image handful would get a fourteenth of the steps of
+    the 116-image `real` and lose for being undertrained, not for its data). Larger sets, and
+    every set when `images_per_epoch` is 0, train on each image once an epoch."""
+    if not images or images >= images_per_epoch:
         return 1, 0
-    return divmod(wanted, images)
+    return divmod(images_per_epoch, images)
 
 
 def label_boxes(images: Sequence[Path]) -> int:

@@ -104,8 +104,10 @@ class TrainDetectorParams:
     preset: Literal["genfusion"] | None  # fixed ultralytics settings, applied over `yolo`
     yolo: dict[str, Any]  # passed to ultralytics `model.train`
     # smaller training sets are repeated and topped up to exactly this many images an epoch
-    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain epochs
-    min_images_per_epoch: int
+    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain
+    # epochs; None = the prepared train split's image count, so `real`'s steps on any dataset
+    # (`images_per_epoch`)
+    min_images_per_epoch: int | None = None
     # variants on the generated images besides the few-shot ones: synthetic (generated images
     # only) and mixed (every real train image plus every generated one); see synthdet.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
@@ -124,7 +126,9 @@ class TrainDetectorParams:
         for key in ("seeds", "variants", "mix_real_shares", "mix_synthetic_fractions"):
             _check_matrix_values(getattr(self, key), f"train_detector.{key}")
         _require(
-            self.min_images_per_epoch >= 0, "train_detector.min_images_per_epoch", "must be >= 0"
+            self.min_images_per_epoch is None or self.min_images_per_epoch >= 0,
+            "train_detector.min_images_per_epoch",
+            "must be >= 0, or null for the train split's image count",
         )
         _require(
             bool(self.mix_real_shares) or not self.mix_synthetic_fractions,

@@ -5,6 +5,8 @@ block, overridden by the `preset` if one is set); only the training images (`syn
 and the seed differ. The stage gets the variant's fields (`--real`, `--extra`, ...), not its
 name, and writes them next to the weights (`variant.json`, synthdet.artifacts.detector). The
 `real` detector of shared.seed is also the baseline that annotates the synthetic images.
+Training sets smaller than `images_per_epoch` (by default the train split's image count, from
+prepare's metrics) are repeated to that many images an epoch (synthdet.variants.epoch_plan).
 """
 
 from __future__ import annotations
@@ -16,10 +18,37 @@ from pathlib import Path
 
 from synthdet import detection, variants
 from synthdet.artifacts.detector import DetectorVariant
+from synthdet.artifacts.metrics import read_prepare_metrics
 from synthdet.cli import run_stage
+from synthdet.data import DataError
 from synthdet.errors import warn
-from synthdet.params import Params, ParamsError
+from synthdet.params import Params, ParamsError, TrainDetectorParams
 from synthdet.tracking import stage_run
+
+
+def images_per_epoch(config: TrainDetectorParams, prepare_metrics: Path | None) -> int:
+    """The images an epoch of a smaller training set is topped up to (0: none): an explicit
+    train_detector.min_images_per_epoch, or when it is null the prepared train split's image
+    count, `train.images` of prepare's metrics file `prepare_metrics` (metrics/prepare.json),
+    read only then. ParamsError when null and no file is given; DataError when the file cannot
+    be read or holds no train count.
+    """
+    if config.min_images_per_epoch is not None:
+        return config.min_images_per_epoch
+    if prepare_metrics is None:
+        raise ParamsError(
+            "train_detector.min_images_per_epoch is null (the train split's image count), but "
+            "no --prepare-metrics file gives that count: pass metrics/prepare.json, or set the "
+            "number: -S 'train_detector.min_images_per_epoch=<images>'"
+        )
+    count = read_prepare_metrics(prepare_metrics).train.images
+    if count is None:
+        raise DataError(
+            f"{prepare_metrics}: no train.images count, which train_detector."
+            "min_images_per_epoch: null reads; rerun prepare (dvc repro prepare), or set the "
+            "number: -S 'train_detector.min_images_per_epoch=<images>'"
+        )
+    return count
 
 
 def run(
@@ -31,17 +60,22 @@ def run(
     val_folder: Path,
     out_dir: Path,
     results_csv: Path,
+    prepare_metrics: Path | None = None,
 ) -> dict:
     """Train the detector of one variant and seed; return its metrics (also logged to MLflow).
 
     `folders`: `real` (labelled train YOLO folder), `handful` (prepare's personalize folder,
     one YOLO folder per subject) and `extra` (the variant's extra source), each None when the
-    variant does not use it. Writes the detector to `out_dir` and its per-epoch validation
+    variant does not use it. `prepare_metrics`: prepare's metrics/prepare.json, read for the
+    train split's image count when train_detector.min_images_per_epoch is null
+    (`images_per_epoch`). Writes the detector to `out_dir` and its per-epoch validation
     metrics to `results_csv` and the variant and seed to `out_dir/variant.json`. Raises
-    DataError when a folder the variant needs is missing or holds too few images; warns (and
-    sets `empty_label_set`) when no training label has a box.
+    DataError when a folder the variant needs is missing or holds too few images, ParamsError or
+    DataError when the images per epoch cannot be resolved; warns (and sets `empty_label_set`)
+    when no training label has a box.
     """
     config = params.train_detector
+    per_epoch = images_per_epoch(config, prepare_metrics)
     train_args = config.train_args()
     if overridden := config.overridden_by_preset():
         warn(
@@ -59,6 +93,7 @@ def run(
         "model": config.model_source,
         "preset": config.preset,
         "seed": seed,
+        "images_per_epoch": per_epoch,  # min_images_per_epoch as resolved (null: train split)
         **{f"{name}_dir": str(folder) for name, folder in folders.items()},
         "val": str(val_folder),
         "yolo": train_args,
@@ -74,6 +109,7 @@ def run(
             folders.get("handful"),
             folders.get("extra"),
             Path(scratch),
+            per_epoch,
         )
         composition = training.composition
         boxes = {
@@ -179,6 +215,13 @@ def main() -> None:
     parser.add_argument("--val", type=Path, required=True, help="YOLO folder to validate on")
     parser.add_argument("--out", type=Path, required=True, help="output detector folder")
     parser.add_argument("--results", type=Path, required=True, help="per-epoch results CSV")
+    parser.add_argument(
+        "--prepare-metrics",
+        type=Path,
+        default=None,
+        help="prepare's metrics/prepare.json: the train split's image count, read when "
+        "train_detector.min_images_per_epoch is null",
+    )
     args = parser.parse_args()
     folders = {"real": args.train, "handful": args.handful, "extra": args.extra_folder}
     run_stage(
@@ -191,6 +234,7 @@ def main() -> None:
             args.val,
             args.out,
             args.results,
+            args.prepare_metrics,
         )
     )
 
