@@ -988,6 +988,56 @@ def test_every_broken_voc_file_and_wrong_size_is_named_in_one_error(tmp_path):
     assert "declares the image size 40x21" in str(error.value)
 
 
+def test_every_broken_coco_file_and_wrong_entry_is_named_in_one_error(tmp_path):
+    """Every wrong category, image and annotation of every COCO file in one run, each with its
+    number and id; an annotation of a refused image or category is not named again."""
+    for stem in ("a", "b", "c"):
+        image_file(tmp_path / "images" / f"{stem}.jpg")
+    text_file(tmp_path / "x.json", "{")
+    text_file(tmp_path / "y.json", json.dumps({"images": []}))
+    message = "2 files are not COCO detection files: (1) "
+    assert_refused(tmp_path, message)
+    (tmp_path / "x.json").unlink()
+    images = [
+        {"id": 1, "file_name": "a.jpg"},
+        {"id": 2, "file_name": "gone.jpg"},  # refused: its annotation #4 is not named again
+        {"id": 3, "file_name": "b.jpg", "width": 40.5, "height": 20},
+    ]
+    box = [10, 5, 20, 10]
+    annotations = [
+        {"id": 10, "image_id": 1, "category_id": "1", "bbox": box},
+        {"id": 11, "image_id": 1, "category_id": 1},
+        {"id": 12, "image_id": 9, "category_id": 1, "bbox": box},
+        {"id": 13, "image_id": 1, "category_id": 1, "bbox": box, "iscrowd": 2},
+        {"id": 14, "image_id": 2, "category_id": 1, "bbox": box},
+        {"id": 15, "image_id": 1, "category_id": 5, "bbox": box},  # category #1: named there
+        {"id": 16, "image_id": 1, "category_id": 1, "bbox": box},  # fine
+    ]
+    categories = ({"id": 1, "name": "apple"}, {"id": 5})
+    coco_file(tmp_path / "y.json", images, annotations, categories)
+    coco_file(tmp_path / "z.json", [{"id": 1, "file_name": "c.jpg"}], ["not an object"])
+    y, z = tmp_path / "y.json", tmp_path / "z.json"
+    problems = [
+        f"{y} category #1 (id 5): needs an integer 'id' and a string 'name'",
+        f"{y} image #1 (id 2): image file_name 'gone.jpg' not found under {tmp_path} (no image "
+        "with the file name 'gone.jpg'); add the image or remove its entry",
+        f"{y} image #2 (id 3): width and height must be positive whole numbers, got 40.5 x 20; "
+        "fix them or remove both (the size is then read from the image)",
+        f"{y} annotation #0 (id 10): category_id '1' is not in 'categories' (ids [1]); it is "
+        "the string '1': COCO ids are integers, write 1",
+        f"{y} annotation #1 (id 11): 'bbox' must be [x, y, width, height], got None; add it "
+        "(pycocotools' mask.toBbox gives it for a mask) or remove the annotation",
+        f"{y} annotation #2 (id 12): image_id 9 is not in 'images'",
+        f"{y} annotation #3 (id 13): iscrowd must be 0 or 1, got 2",
+        f"{z} annotation #0: an annotation must be an object, got 'not an object'",
+    ]
+    with pytest.raises(DataError) as error:
+        read_dataset(tmp_path, "auto", NAMES)
+    assert str(error.value) == f"{len(problems)} COCO entries hold a wrong value: " + " ".join(
+        f"({n}) {m}" for n, m in enumerate(problems, 1)
+    )
+
+
 def test_same_picture_with_an_alpha_channel_is_a_duplicate(tmp_path):
     """Hashed as prepare writes it (upright RGB): an opaque RGBA copy is the same picture."""
     image_file(tmp_path / "images" / "a.jpg", colour=(1, 2, 3), fmt="PNG")

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from synthdet.data import DataError, read_text
-from synthdet.formats.records import Record
+from synthdet.formats.records import Record, gathered
 from synthdet.formats.survey import ClassLookup, Survey, _names
 
 
@@ -116,39 +116,100 @@ class _ImageIndex:
 def read_coco(
     found: Survey, class_names: Sequence[str], repairs: Counter
 ) -> tuple[list[Record], set[Path]]:
+    """Every problem of a kind is named at once (`records.gathered`): files that are no COCO
+    detection file, then every wrong category, image and annotation entry of all files (each
+    with its file, section, number and id), then objects of unknown classes, then images no
+    file lists. An annotation of a refused image or category is not named again."""
     files = found.with_suffix(".json")
     if not files:
         raise DataError(
             f"{found.folder}: no COCO *.json found (looked in the whole folder, e.g. beside "
             "images/ or in annotations/); export the labels as COCO or set prepare.format"
         )
+    loaded, problems = {}, []
+    for path in files:
+        try:
+            loaded[path] = _load_coco(path)
+        except DataError as exc:
+            problems.append(str(exc))
+    if error := gathered(problems, "files are not COCO detection files"):
+        raise error
     index = _ImageIndex(found.folder, found.images)
     records: dict[Path, Record] = {}
     listed_in: dict[Path, str] = {}
     lookup = ClassLookup(class_names)
-    for path in files:
-        coco = _load_coco(path)
-        categories: dict[int, str] = {}
-        for number, category in enumerate(coco["categories"]):
-            where = _coco_where(path, "category", number, category)
-            ok = isinstance(category, dict) and isinstance(category.get("name"), str)
-            category_id = _coco_id(category.get("id")) if ok else None
-            if not isinstance(category_id, int):
-                raise DataError(
-                    f"{where}: needs an integer 'id' and a string 'name'"
-                    f"{_string_hint(category.get('id') if ok else None)}"
+    for path, coco in loaded.items():
+        categories, refused_categories = _categories(path, coco, problems)
+        images, refused_images = _images(path, coco, found, index, listed_in, repairs, problems)
+        records.update((record.image, record) for record in images.values())
+        for number, ann in enumerate(coco.get("annotations", [])):
+            where = _coco_where(path, "annotation", number, ann)
+            try:
+                _annotate(ann, where, images, categories, lookup, repairs)
+            except DataError as exc:
+                refused = isinstance(ann, dict) and (
+                    _coco_id(ann.get("image_id")) in refused_images
+                    or _coco_id(ann.get("category_id")) in refused_categories
                 )
-            if categories.setdefault(category_id, category["name"]) != category["name"]:
-                raise DataError(
-                    f"{where}: category id {category_id} is {category['name']!r} here but "
-                    f"{categories[category_id]!r} before; give each category its own id"
-                )
-        images: dict[Any, Record] = {}
-        for number, image in enumerate(coco["images"]):
-            where = _coco_where(path, "image", number, image)
+                if not refused:  # else its image or category is named already
+                    problems.append(str(exc))
+    if error := gathered(problems, "COCO entries hold a wrong value"):
+        raise error
+    lookup.check(found.folder)
+    unlisted = [p for p in found.images if p not in records]
+    if unlisted:
+        raise DataError(
+            f"{found.folder}: {len(unlisted)} image(s) are in no COCO file "
+            f"({_names(files, found.folder, 3)}): {_names(unlisted, found.folder)}; add them to "
+            "'images' (with no annotation an image is background) or move them out of "
+            "prepare.raw_dir"
+        )
+    return sorted(records.values(), key=lambda r: r.image.name), set(files)
+
+
+def _categories(path: Path, coco: dict, problems: list[str]) -> tuple[dict[int, str], set]:
+    """A file's categories, {id: name}, and the ids of the entries refused (their problems
+    appended to `problems`)."""
+    categories: dict[int, str] = {}
+    refused = set()
+    for number, category in enumerate(coco["categories"]):
+        where = _coco_where(path, "category", number, category)
+        raw_id = category.get("id") if isinstance(category, dict) else None
+        category_id = _coco_id(raw_id)
+        if not isinstance(category_id, int) or not isinstance(category.get("name"), str):
+            problems.append(
+                f"{where}: needs an integer 'id' and a string 'name'{_string_hint(raw_id)}"
+            )
+            refused.add(category_id)
+            continue
+        if categories.setdefault(category_id, category["name"]) != category["name"]:
+            problems.append(
+                f"{where}: category id {category_id} is {category['name']!r} here but "
+                f"{categories[category_id]!r} before; give each category its own id"
+            )
+    return categories, refused - {None}
+
+
+def _images(
+    path: Path,
+    coco: dict,
+    found: Survey,
+    index: _ImageIndex,
+    listed_in: dict[Path, str],
+    repairs: Counter,
+    problems: list[str],
+) -> tuple[dict[Any, Record], set]:
+    """A file's images, {id: record} (their image files resolved, `listed_in` updated: image
+    file -> the entry that lists it, across files), and the ids of the entries refused (their
+    problems appended to `problems`)."""
+    images: dict[Any, Record] = {}
+    refused = set()
+    for number, image in enumerate(coco["images"]):
+        where = _coco_where(path, "image", number, image)
+        image_id = _coco_id(image.get("id")) if isinstance(image, dict) else None
+        try:
             if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
                 raise DataError(f"{where}: needs a string 'file_name'")
-            image_id = _coco_id(image.get("id"))
             if image_id is None:
                 raise DataError(f"{where}: needs an integer 'id', got {image.get('id')!r}")
             if image_id in images:
@@ -166,58 +227,62 @@ def read_coco(
                     f"{where}: file_name {file_name!r} is {resolved}, already listed in "
                     f"{listed_in[resolved]}; list each image once"
                 )
-            listed_in[resolved] = where
-            repairs["coco_file_name_resolved"] += repaired
             size = _coco_size(image, where)
-            images[image_id] = records[resolved] = Record(
-                resolved, where, size, "coco_size_from_image", labelled=False
-            )
-        for number, ann in enumerate(coco.get("annotations", [])):
-            where = _coco_where(path, "annotation", number, ann)
-            if not isinstance(ann, dict):
-                raise DataError(f"{where}: an annotation must be an object, got {ann!r}")
-            image_id = _coco_id(ann.get("image_id"))
-            record = images.get(image_id) if image_id is not None else None
-            if record is None:
-                raise DataError(
-                    f"{where}: image_id {ann.get('image_id')!r} is not in 'images'"
-                    f"{_string_hint(ann.get('image_id'))}"
-                )
-            record.labelled = True
-            category = _coco_id(ann.get("category_id"))
-            if not isinstance(category, int) or category not in categories:
-                raise DataError(
-                    f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' "
-                    f"(ids {sorted(categories)}){_string_hint(ann.get('category_id'))}"
-                )
-            crowd = ann.get("iscrowd", 0)
-            if crowd not in (0, 1):
-                raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
-            if crowd:  # a region over many objects: ignored, as COCO evaluation does
-                repairs["coco_crowd_regions"] += 1
-                continue
-            if ann.get("ignore", 0) not in (0, False):
-                # Kept, it would become an object; pycocotools overrides the flag with iscrowd
-                # and detectron2 refuses it, so the user says which it is.
-                raise DataError(
-                    f"{where}: 'ignore' is {ann['ignore']!r}; prepare has no ignore flag (as "
-                    "detectron2): set 'iscrowd': 1 for a region to ignore (dropped, counted), "
-                    "or 'ignore': 0 for an object"
-                )
-            corners = _corners(ann, where, repairs)
-            class_id = lookup.index(categories[category], where)
-            if class_id is not None:
-                record.pixel_boxes.append((class_id, *corners, where))
-    lookup.check(found.folder)
-    unlisted = [p for p in found.images if p not in records]
-    if unlisted:
+        except DataError as exc:
+            problems.append(str(exc))
+            if image_id not in images:  # a second entry of an id: the first one stays
+                refused.add(image_id)
+            continue
+        listed_in[resolved] = where
+        repairs["coco_file_name_resolved"] += repaired
+        images[image_id] = Record(resolved, where, size, "coco_size_from_image", labelled=False)
+    return images, refused - {None}
+
+
+def _annotate(
+    ann: Any,
+    where: str,
+    images: dict[Any, Record],
+    categories: dict[int, str],
+    lookup: ClassLookup,
+    repairs: Counter,
+) -> None:
+    """Add an annotation's box to its image's record (a crowd region is counted, not added);
+    DataError for a wrong value."""
+    if not isinstance(ann, dict):
+        raise DataError(f"{where}: an annotation must be an object, got {ann!r}")
+    image_id = _coco_id(ann.get("image_id"))
+    record = images.get(image_id) if image_id is not None else None
+    if record is None:
         raise DataError(
-            f"{found.folder}: {len(unlisted)} image(s) are in no COCO file "
-            f"({_names(files, found.folder, 3)}): {_names(unlisted, found.folder)}; add them to "
-            "'images' (with no annotation an image is background) or move them out of "
-            "prepare.raw_dir"
+            f"{where}: image_id {ann.get('image_id')!r} is not in 'images'"
+            f"{_string_hint(ann.get('image_id'))}"
         )
-    return sorted(records.values(), key=lambda r: r.image.name), set(files)
+    record.labelled = True
+    category = _coco_id(ann.get("category_id"))
+    if not isinstance(category, int) or category not in categories:
+        raise DataError(
+            f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' "
+            f"(ids {sorted(categories)}){_string_hint(ann.get('category_id'))}"
+        )
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1):
+        raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
+    if crowd:  # a region over many objects: ignored, as COCO evaluation does
+        repairs["coco_crowd_regions"] += 1
+        return
+    if ann.get("ignore", 0) not in (0, False):
+        # Kept, it would become an object; pycocotools overrides the flag with iscrowd
+        # and detectron2 refuses it, so the user says which it is.
+        raise DataError(
+            f"{where}: 'ignore' is {ann['ignore']!r}; prepare has no ignore flag (as "
+            "detectron2): set 'iscrowd': 1 for a region to ignore (dropped, counted), "
+            "or 'ignore': 0 for an object"
+        )
+    corners = _corners(ann, where, repairs)
+    class_id = lookup.index(categories[category], where)
+    if class_id is not None:
+        record.pixel_boxes.append((class_id, *corners, where))
 
 
 def _corners(ann: dict, where: str, repairs: Counter) -> tuple[float, float, float, float]:
