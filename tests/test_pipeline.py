@@ -54,7 +54,7 @@ MICRO_OVERRIDES = {
         "yolo": {"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "mosaic": 0.0},
         "seeds": [42],
         "variants": [],  # the few-shot variants cover the generated images' stages
-        "min_images_per_epoch": 8,
+        # min_images_per_epoch: params.yaml's null, the 8 train tiles read from prepare.json
     },
     # 8 train tiles, a handful of 2: 3 extra images of each source; the real curve is handful
     # -> real only (its counts are tested without DVC, tests/test_variants.py)
