@@ -3,7 +3,7 @@
     python benchmarks/protocol.py --out metrics/protocol --protocol base:epochs=10 \
         --protocol long:epochs=30 --plan plan.txt
 
-Trains YOLO detectors (`synthdet.detection.train_detector`, the pipeline's own code) on
+Trains YOLO detectors (`synthdet.detectors.detection.train_detector`, the pipeline's own code) on
 nested subsets of the prepared real train split, under one or more detector protocols (the
 `train_detector.yolo` block of params.yaml with overrides), and scores each on the real test
 split with COCO mAP@[.5:.95] (torchmetrics, as `evaluate` does). Every subset is repeated to
@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthdet import detection, metrics
-from synthdet.data import link_yolo_folder, read_yolo_folder, subject_images
+from synthdet.analysis import metrics
+from synthdet.core.data import link_yolo_folder, read_yolo_folder, subject_images
+from synthdet.detectors import detection
 from synthdet.params import load_params
 
 BOOTSTRAP_RESAMPLES = 100

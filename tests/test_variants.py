@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from synthdet import variants
-from synthdet.data import DataError, read_yolo_folder
+from synthdet.core.data import DataError, read_yolo_folder
+from synthdet.detectors import variants
 from synthdet.params import DETECTOR_PRESETS, ParamsError, TrainDetectorParams, parse_section
 from tests.conftest import write_tiny_yolo_folder
 

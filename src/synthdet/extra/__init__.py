@@ -1,2 +1,3 @@
-"""Extra training images beside the generated ones' pixels: labels for the generated images from
-the baseline detector (`annotation`) and copy-paste composites of the handful (`copy_paste`)."""
+"""Extra detector training images: the generated images labelled by the baseline detector
+(`annotation`) and copy-paste composites of the handful (`copy_paste`); pseudo-labels are the
+pseudo-label stage's own."""

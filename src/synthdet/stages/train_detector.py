@@ -1,10 +1,11 @@
 """Stages train-*: train one YOLO detector per data variant and seed.
 
 Every variant and seed trains with the same `train_detector` params (`train_args()`: the `yolo`
-block, overridden by the `preset` if one is set); only the training images (`synthdet.variants`)
-and the seed differ. The stage gets the variant's fields (`--real`, `--extra`, ...), not its
-name, and writes them next to the weights (`variant.json`, synthdet.artifacts.detector). The
-`real` detector of shared.seed is also the baseline that annotates the synthetic images.
+block, overridden by the `preset` if one is set); only the training images
+(`synthdet.detectors.variants`) and the seed differ. The stage gets the variant's fields (`--real`,
+`--extra`, ...), not its name, and writes them next to the weights (`variant.json`,
+synthdet.artifacts.detector). The `real` detector of shared.seed is also the baseline that annotates
+the synthetic images.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from synthdet import detection, variants
 from synthdet.artifacts.detector import DetectorVariant
-from synthdet.cli import run_stage
-from synthdet.errors import warn
+from synthdet.core.cli import run_stage
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
+from synthdet.detectors import detection, variants
 from synthdet.params import Params, ParamsError
-from synthdet.tracking import stage_run
 
 
 def run(
@@ -148,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
-    what = parser.add_argument_group("the variant (synthdet.variants.Variant)")
+    what = parser.add_argument_group("the variant (synthdet.detectors.variants.Variant)")
     what.add_argument(
         "--real", default=None, help="labelled real train images: all, handful, none or a count"
     )
