@@ -1,4 +1,4 @@
-"""Pinned kernels (synthdet.kernels) vs each library's native ones: same bytes? how much slower?
+"""Pinned kernels (synthdet.core.kernels) vs each library's native ones: same bytes? how slow?
 
     python benchmarks/kernels.py [--rounds 3]         # writes metrics/bench/kernels.json
     python benchmarks/kernels.py --probe [--size tiny]  # one probe, JSON on stdout

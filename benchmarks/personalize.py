@@ -33,7 +33,7 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
-from synthdet.data import list_images
+from synthdet.core.data import list_images
 from synthdet.diffusion.builtin import build_tiny_pipeline
 from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch, load_pipeline

@@ -3,11 +3,12 @@
     python benchmarks/protocol.py --out metrics/protocol --protocol base:epochs=10 \
         --protocol long:epochs=30 --plan plan.txt
 
-Trains YOLO detectors (`synthdet.detection.train_detector`, the pipeline's own code) on
+Trains YOLO detectors (`synthdet.detectors.detection.train_detector`, the pipeline's own code) on
 nested subsets of the prepared real train split, under one or more detector protocols (the
 `train_detector.yolo` block of params.yaml with overrides), and scores each on the real test
 split with COCO mAP@[.5:.95] (torchmetrics, as `evaluate` does). Every subset is repeated to
-`train_detector.min_images_per_epoch` images an epoch (the pipeline's equal-steps rule).
+`train_detector.min_images_per_epoch` images an epoch (null: the train split's count), the
+pipeline's equal-steps rule.
 
 A unit is (protocol, subset, draw, seed):
 - subset `handful`: `shared.subjects.*.images` train images drawn as `prepare` draws them
@@ -38,9 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthdet import detection, metrics
-from synthdet.data import link_yolo_folder, read_yolo_folder, subject_images
+from synthdet.analysis import metrics
+from synthdet.core.data import link_yolo_folder, read_yolo_folder, subject_images
+from synthdet.detectors import detection
 from synthdet.params import load_params
+from synthdet.stages.train_detector import images_per_epoch
 
 BOOTSTRAP_RESAMPLES = 100
 
@@ -70,8 +73,9 @@ def subset_images(
 
 def train_unit(params, protocol: dict, images: list[Path], seed: int, scratch: Path, out: Path):
     config = params.train_detector
-    copies, top_up = divmod(config.min_images_per_epoch, len(images))
-    if len(images) >= config.min_images_per_epoch:
+    wanted = images_per_epoch(config, Path("metrics/prepare.json"))
+    copies, top_up = divmod(wanted, len(images))
+    if len(images) >= wanted:
         copies, top_up = 1, 0
     once_more = sorted(images)
     random.Random(params.shared.seed).shuffle(once_more)

@@ -135,9 +135,10 @@ MICRO_BASE = {
 
 def copy_dvc_project(root: Path, folders: tuple[str, ...] = ()) -> None:
     """What `dvc repro` of the stages needs besides params and data: dvc.yaml, pyproject.toml,
-    src/, data/pool and the shipped-checkpoints folder (a DVC dep; empty, as base.init is null
-    at test size), plus `folders` of the repo."""
-    for name in ("dvc.yaml", "pyproject.toml"):
+    .dvcignore (bytecode in a code folder dep is no edit), src/, data/pool and the
+    shipped-checkpoints folder (a DVC dep; empty, as base.init is null at test size), plus
+    `folders` of the repo."""
+    for name in ("dvc.yaml", "pyproject.toml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     for folder in ("src", "data/pool", *folders):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))

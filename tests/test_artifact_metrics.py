@@ -11,7 +11,7 @@ from synthdet.artifacts.metrics import (
     read_annotate_metrics,
     read_prepare_metrics,
 )
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 
 
 def test_annotate_metrics_keep_the_values_and_miss_as_none(tmp_path):

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from synthdet import methods
 from synthdet.artifacts.adapter import ADAPTER_INFO, AdapterInfo
 from synthdet.artifacts.class_images import CLASS_IMAGES_INFO, ClassImagesInfo
 from synthdet.artifacts.manifest import MANIFEST, ManifestRow, read_manifest, write_manifest
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.diffusion.hashing import derive_seed, files_sha256
+from synthdet.params import methods
 from synthdet.params.diffusion import PERSONALIZE_METHODS
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from synthdet.data import DataError, group_of, list_images
+from synthdet.core.data import DataError, group_of, list_images
 from synthdet.diffusion.builtin import load_checkpoint
 from synthdet.params import ParamsError, load_params
 from tests.conftest import REPO

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from synthdet import classifiers
-from synthdet.data import Box, Sample, format_label
+from synthdet.core.data import Box, Sample, format_label
+from synthdet.image_checks import classifiers
 from synthdet.params import ParamsError
 
 MODEL = "test_resnet"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import copy_paste
-from synthdet.data import Box, DataError, Sample
+from synthdet.core.data import Box, DataError, Sample
+from synthdet.extra import copy_paste
 
 
 def test_a_pasted_objects_box_matches_its_pixels() -> None:
@@ -65,7 +65,7 @@ def test_composites_are_seeded_per_image_and_need_a_box(tmp_path: Path) -> None:
 def test_the_stage_writes_a_yolo_folder_of_composites(params, tmp_path: Path) -> None:
     import dataclasses
 
-    from synthdet.data import read_yolo_folder
+    from synthdet.core.data import read_yolo_folder
     from synthdet.stages import copy_paste as stage
     from tests.conftest import write_tiny_yolo_folder
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from synthdet import data, formats
-from synthdet.data import DataError
+from synthdet import formats
+from synthdet.core import data
+from synthdet.core.data import DataError
 
 
 def samples_of(folder):

@@ -18,11 +18,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from synthdet import annotation, detection, variants
 from synthdet.artifacts.detector import DetectorVariant
 from synthdet.artifacts.evaluation import Evaluation
-from synthdet.data import Box, DataError, format_label, read_yolo_folder
-from synthdet.errors import ModelNotAvailableError
+from synthdet.core.data import Box, DataError, format_label, read_yolo_folder
+from synthdet.core.errors import ModelNotAvailableError
+from synthdet.detectors import detection, variants
+from synthdet.extra import annotation
 from synthdet.params import Params
 from synthdet.stages import (
     annotate_with_baseline,
@@ -492,8 +493,8 @@ def test_yolo_boxes_clip_and_drop_degenerate_boxes() -> None:
 def test_ultralytics_leaves_pillow_alone(tmp_path):
     # ultralytics patches PIL.Image.open on import to pip-install pi-heif for an unreadable file;
     # in a stage process that imported it, a bad image must still get our message (offline).
-    from synthdet import detection
-    from synthdet.data import DataError, verify_image
+    from synthdet.core.data import DataError, verify_image
+    from synthdet.detectors import detection
 
     detection._ultralytics()
     bad = tmp_path / "a.jpg"

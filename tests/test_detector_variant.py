@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from synthdet import variants
 from synthdet.artifacts.detector import VARIANT_INFO, DetectorVariant
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.detectors import variants
 from synthdet.params import ParamsError
 from synthdet.stages import evaluate, train_detector
 

@@ -17,13 +17,13 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from synthdet.artifacts.adapter import AdapterInfo
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.core.errors import ModelNotAvailableError
 from synthdet.diffusion.hashing import derive_seed, files_sha256
 from synthdet.diffusion.loading import load_pipeline
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
 from synthdet.diffusion.vocabulary import build_clip_tokenizer
-from synthdet.errors import ModelNotAvailableError
 from synthdet.params import Params
 from synthdet.personalization.adapters import LORA_WEIGHT_NAME
 from synthdet.stages import base, class_images, personalize

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import evaluation, variants
-from synthdet.data import Box, Sample
+from synthdet.analysis import evaluation
+from synthdet.core.data import Box, Sample
+from synthdet.detectors import variants
 
 
 def test_comparisons_ask_the_few_shot_question_then_genfusions() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from synthdet.artifacts.evaluation import Evaluation
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from tests.conftest import REPO
 
 COMMITTED = REPO / "metrics" / "evaluation.json"

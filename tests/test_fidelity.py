@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import fidelity
-from synthdet.data import Box, DataError, Sample
-from synthdet.metrics import FidInceptionFeatures
+from synthdet.core.data import Box, DataError, Sample
+from synthdet.image_checks import fidelity
+from synthdet.image_checks.metrics import FidInceptionFeatures
 from synthdet.stages import check_images
 
 SIZE = 32

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from synthdet import formats
-from synthdet.data import DataError, read_yolo_folder
+from synthdet.core.data import DataError, read_yolo_folder
 
 NAMES = ("apple", "pear")
 

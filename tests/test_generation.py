@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from synthdet.artifacts.adapter import AdapterInfo
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.diffusion.hashing import derive_seed, files_sha256
 from synthdet.diffusion.images import fit_square
 from synthdet.diffusion.loading import load_pipeline
@@ -34,7 +34,7 @@ from synthdet.generation.modes import control_map, engine_record
 from synthdet.generation.plan import SubjectPlan, engine_identity, plan_units, subject_images
 from synthdet.generation.run import generate_dataset
 from synthdet.generation.store import read_provenance
-from synthdet.metrics import FidInceptionFeatures
+from synthdet.image_checks.metrics import FidInceptionFeatures
 from synthdet.params import ParamsError, parse_params
 from synthdet.personalization.adapters import (
     LORA_WEIGHT_NAME,

@@ -1,4 +1,4 @@
-"""synthdet.kernels: the pinned kernels give the same bytes on an AVX-512 and an AVX2 CPU."""
+"""synthdet.core.kernels: the pinned kernels give the same bytes on an AVX-512 and an AVX2 CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from synthdet import kernels
+from synthdet.core import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks/kernels.py")

@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from synthdet import metrics
-from synthdet.data import DataError, list_images
+from synthdet.core.data import DataError, list_images
+from synthdet.image_checks import metrics
 from synthdet.stages.check_images import check_test_leakage
 from tests.conftest import REPO
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from synthdet.data import DataError
-from synthdet.metrics import (
+from synthdet.analysis.metrics import detection_metrics, precision_recall
+from synthdet.core.data import DataError
+from synthdet.image_checks.metrics import (
     FidInceptionFeatures,
-    detection_metrics,
     frechet_inception_distance,
     image_realism,
     kernel_inception_distance,
-    precision_recall,
 )
 
 
@@ -289,7 +288,7 @@ def test_a_size_without_ground_truth_is_undefined() -> None:
 
 
 def test_spread_is_the_sample_std_over_seeds() -> None:
-    from synthdet.metrics import spread
+    from synthdet.analysis.metrics import spread
 
     result = spread([0.2, 0.3, 0.4])
     assert (result.mean, result.std, result.n) == pytest.approx((0.3, 0.1, 3))
@@ -351,7 +350,7 @@ def tiny_clip(tmp_path_factory) -> Path:
 def test_clip_score_runs_a_configured_clip_model(tmp_path: Path, tiny_clip: Path) -> None:
     from transformers import CLIPModel, CLIPProcessor
 
-    from synthdet.metrics import clip_score
+    from synthdet.image_checks.metrics import clip_score
 
     images = write_images(tmp_path / "images", 3, 48, seed=0, mean=120)
     prompts = ["a photo of sks apple tree", "an apple", "a photo of sks apple tree in the sun"]
@@ -377,8 +376,8 @@ def test_clip_score_runs_a_configured_clip_model(tmp_path: Path, tiny_clip: Path
 
 
 def test_clip_model_that_is_not_there_names_the_param(tmp_path: Path) -> None:
-    from synthdet.errors import ModelNotAvailableError
-    from synthdet.metrics import clip_score
+    from synthdet.core.errors import ModelNotAvailableError
+    from synthdet.image_checks.metrics import clip_score
 
     images = write_images(tmp_path / "images", 1, 32, seed=0, mean=120)
     with pytest.raises(ModelNotAvailableError, match="evaluate.clip_model"):
@@ -388,7 +387,7 @@ def test_clip_model_that_is_not_there_names_the_param(tmp_path: Path) -> None:
 def test_fid_matches_torchmetrics():
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from synthdet.metrics import PrecomputedFeatures, frechet_distance
+    from synthdet.image_checks.metrics import PrecomputedFeatures, frechet_distance
 
     rng = np.random.default_rng(0)
     real = rng.normal(size=(30, 64)).astype(np.float32)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from synthdet import detection
+from synthdet.detectors import detection
 from synthdet.params import DETECTOR_PRESETS, ParamsError, parse_params
 from synthdet.params.parsing import (
     ULTRALYTICS_KEY_SETS,

@@ -5,8 +5,8 @@ import re
 import pytest
 import yaml
 
-from synthdet import data
-from synthdet.cli import run_stage
+from synthdet.core import data
+from synthdet.core.cli import run_stage
 from synthdet.params import ParamsError, load_params, parse_params
 from tests.conftest import REPO
 

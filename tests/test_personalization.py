@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from synthdet.artifacts.adapter import AdapterInfo
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.diffusion.hashing import files_sha256
-from synthdet.methods import PRIOR_METHODS
 from synthdet.params import ParamsError, TextualInversionParams
+from synthdet.params.methods import PRIOR_METHODS
 from synthdet.personalization.adapters import (
     EMBEDDINGS_NAMES,
     LORA_WEIGHT_NAME,

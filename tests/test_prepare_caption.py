@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from synthdet.artifacts.metrics import PREPARE_METRICS, SplitCounts, read_prepare_metrics
-from synthdet.data import DataError, read_jsonl
+from synthdet.core.data import DataError, read_jsonl
 from synthdet.params import SubjectParams
 from synthdet.stages import caption, prepare
 
@@ -160,8 +160,8 @@ def test_blip_captioner_appends_description(small_params, tiny_yolo_folder, tmp_
 
 
 def test_blip_model_missing_says_how_to_fix():
-    from synthdet.captioning import BlipCaptioner
-    from synthdet.errors import ModelNotAvailableError
+    from synthdet.core.errors import ModelNotAvailableError
+    from synthdet.personalization.captioning import BlipCaptioner
 
     with pytest.raises(ModelNotAvailableError, match="caption.captioner=template"):
         BlipCaptioner("no-such-org/no-such-blip", 5)
@@ -201,7 +201,7 @@ def test_textual_inversion_captions_use_the_placeholder_not_the_concept(
     for row in rows:
         assert row["caption"].startswith("a photo of <sks> with ")
         assert "tree" not in row["caption"]
-    from synthdet.captioning import subject_caption
+    from synthdet.params.methods import subject_caption
 
     text = subject_caption("{identifier}", "sks", "apple tree", "", "textual_inversion", "a tree")
     assert text == "<sks>, a <sks>"

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from synthdet import report, variants
+from synthdet.analysis import report
 from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
@@ -23,7 +23,8 @@ from synthdet.artifacts.metrics import (
     read_metrics_json,
     read_prepare_metrics,
 )
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.detectors import variants
 from synthdet.params import Params, load_params
 from tests.conftest import REPO
 

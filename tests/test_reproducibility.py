@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from synthdet import reproduce, tracking
+from synthdet import reproduce
+from synthdet.core import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 

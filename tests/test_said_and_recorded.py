@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import detection, report, variants
+from synthdet.analysis import report
 from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
@@ -22,9 +22,10 @@ from synthdet.artifacts.metrics import (
     PrepareMetrics,
     read_extra_images_metrics,
 )
-from synthdet.captioning import subject_caption
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.detectors import detection, variants
 from synthdet.diffusion.vocabulary import long_text_warning
+from synthdet.params.methods import subject_caption
 from synthdet.personalization.examples import captions_seen
 from synthdet.stages import annotate_with_baseline, class_images, pseudo_label, train_detector
 from tests.conftest import REPO, write_tiny_yolo_folder

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from synthdet import stats
+from synthdet.analysis import stats
 
 
 def test_paired_difference_gives_the_t_interval_and_p_value() -> None:

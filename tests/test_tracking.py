@@ -6,8 +6,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from synthdet import tracking
-from synthdet.errors import SynthdetError
+from synthdet.core import tracking
+from synthdet.core.errors import SynthdetError
 
 
 def runs_of(experiment: str):

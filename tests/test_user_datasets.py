@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from synthdet import formats
-from synthdet.data import Box, DataError, Sample, read_yolo_folder, split_by_group
+from synthdet.core.data import Box, DataError, Sample, read_yolo_folder, split_by_group
 from synthdet.formats import summary
 from synthdet.params import load_params
 

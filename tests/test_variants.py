@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from synthdet import detection, variants
 from synthdet.artifacts.metrics import PREPARE_METRICS
-from synthdet.data import DataError, read_yolo_folder, write_json
+from synthdet.core.data import DataError, read_yolo_folder, write_json
+from synthdet.detectors import detection, variants
 from synthdet.params import (
     DETECTOR_PRESETS,
     ParamsError,

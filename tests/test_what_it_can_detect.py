@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet import evaluation, report, stats, variants
+from synthdet.analysis import evaluation, report, stats
 from synthdet.artifacts.evaluation import EVALUATION, Evaluation
-from synthdet.data import Box, DataError, Sample
+from synthdet.core.data import Box, DataError, Sample
+from synthdet.detectors import variants
 from tests.conftest import REPO
 from tests.test_report import ANNOTATED, EXTRAS, METRICS, PREPARED, params_with_seeds
 

@@ -20,8 +20,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from synthdet import data, detection, formats
-from synthdet.errors import SynthdetError
+from synthdet import formats
+from synthdet.core import data
+from synthdet.core.errors import SynthdetError
+from synthdet.detectors import detection
 from synthdet.params import load_params
 
 

@@ -47,8 +47,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import SingleQuotedScalarString
 
 from synthdet import formats
-from synthdet.data import DataError, group_of, split_by_group
-from synthdet.errors import SynthdetError
+from synthdet.core.data import DataError, group_of, split_by_group
+from synthdet.core.errors import SynthdetError
 from synthdet.formats import summary
 from synthdet.formats.survey import Survey, detect_format, survey
 from synthdet.formats.yolo import declared_class_names

@@ -32,7 +32,7 @@ import torch
 from diffusers.training_utils import set_seed
 from tqdm import tqdm
 
-from synthdet.data import DataError, atomic_path, group_of, list_images, write_text
+from synthdet.core.data import DataError, atomic_path, group_of, list_images, write_text
 from synthdet.diffusion.builtin import build_tiny_pipeline, load_checkpoint
 from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from synthdet.tracking import flatten
+from synthdet.core.tracking import flatten
 
 METRICS_DIR = "metrics"
 SKIPPED_DIRS = ("metrics/bench/",)
@@ -227,7 +227,7 @@ def _environment(text: str | None) -> dict:
 
 def run(revision: str, tolerances_file: Path) -> Outcome:
     """Compare the working tree's metrics with `revision`'s (see the module docstring)."""
-    from synthdet.tracking import environment_differences
+    from synthdet.core.tracking import environment_differences
 
     tolerances = yaml.safe_load(tolerances_file.read_text()) if tolerances_file.is_file() else {}
     try:

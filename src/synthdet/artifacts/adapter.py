@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthdet.data import DataError, write_json
+from synthdet.core.data import DataError, write_json
 from synthdet.diffusion.hashing import files_sha256
 
 ADAPTER_INFO = "adapter.json"
@@ -34,7 +34,7 @@ class AdapterInfo:
     identifier: str  # the token naming the subject in prompts: 'sks', or the placeholder '<sks>'
     class_noun: str
     instance_prompt: str
-    method: str  # personalize.method (synthdet.methods)
+    method: str  # personalize.method (synthdet.params.methods)
     family: str  # 'sd' or 'sdxl'
     pipeline_class: str
     base_model: str

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.data import DataError, write_json
+from synthdet.core.data import DataError, write_json
 
 CLASS_IMAGES_INFO = "class_images.json"
 IMAGES = "images"  # the folder of `<index:05d>.png` next to the info file

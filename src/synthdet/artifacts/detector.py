@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthdet.data import DataError, write_json
+from synthdet.core.data import DataError, write_json
+from synthdet.detectors.variants import RealImages, RealKind, Variant
 from synthdet.params import ParamsError
-from synthdet.variants import RealImages, RealKind, Variant
 
 VARIANT_INFO = "variant.json"
 

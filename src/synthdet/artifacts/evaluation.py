@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthdet.data import DataError, write_json
+from synthdet.core.data import DataError, write_json
 
 EVALUATION = "evaluation.json"
 HEADLINE_METRICS = "evaluate.json"  # the headline numbers `dvc exp show` prints (a plain dict)
 
 MAP_KEYS = ("map50_95", "map50", "map75")
-SIZE_KEYS = ("map_small", "map_medium", "map_large")  # COCO object sizes, synthdet.metrics
+SIZE_KEYS = ("map_small", "map_medium", "map_large")  # COCO object sizes, synthdet.analysis.metrics
 CHANCE = "chance"  # one whole-image box per test image, score 1
 VERSUS = "-vs-"  # joins a comparison's variant and reference in its key prefix
 EQUIVALENT = "real_image_equivalent"
 HEADROOM = "headroom"
 TARGET = "target_difference"
-BOUNDS = ("below", "above")  # outside the real-image curve (synthdet.stats.Equivalent)
+BOUNDS = ("below", "above")  # outside the real-image curve (synthdet.analysis.stats.Equivalent)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthdet.data import read_jsonl, write_jsonl
+from synthdet.core.data import read_jsonl, write_jsonl
 
 MANIFEST = "manifest.jsonl"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 
 PREPARE_METRICS = "prepare.json"
 ANNOTATE_METRICS = "annotate.json"

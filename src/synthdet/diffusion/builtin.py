@@ -20,8 +20,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from synthdet.core.errors import ModelNotAvailableError
 from synthdet.diffusion.vocabulary import CLIP_CONTEXT_LENGTH, build_clip_tokenizer
-from synthdet.errors import ModelNotAvailableError
 from synthdet.params import BaseParams, ParamsError
 
 BUILTIN_TINY = "builtin:tiny"

@@ -16,14 +16,14 @@ from diffusers import (
 )
 from huggingface_hub import snapshot_download
 
+from synthdet.core.errors import ModelNotAvailableError
+from synthdet.core.threads import cpu_threads
 from synthdet.diffusion.builtin import BUILTIN_TINY
 from synthdet.diffusion.hashing import folder_sha256
-from synthdet.errors import ModelNotAvailableError
-from synthdet.threads import cpu_threads
 
 
 def configure_torch() -> torch.device:
-    """Compute with `synthdet.threads.cpu_threads()` CPU threads; return the device."""
+    """Compute with `synthdet.core.threads.cpu_threads()` CPU threads; return the device."""
     torch.set_num_threads(cpu_threads())
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from synthdet import tracking
+from synthdet.core import tracking
 
 StepCallback = Callable[[int, float], None]  # (1-based step, loss)
 

@@ -17,7 +17,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-from synthdet.data import DataError, read_jsonl
+from synthdet.core.data import DataError, read_jsonl
 from synthdet.diffusion.images import with_flips
 from synthdet.diffusion.loss_curve import LossCurve, StepCallback
 from synthdet.params import BaseParams

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from synthdet.errors import ModelNotAvailableError
+from synthdet.core.errors import ModelNotAvailableError
 
 CLIP_CONTEXT_LENGTH = 77  # every CLIP text encoder, SD 1.5's included
 

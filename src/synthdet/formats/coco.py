@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote
 
-from synthdet.data import DataError, read_text
+from synthdet.core.data import DataError, read_text
 from synthdet.formats.records import Record, gathered
 from synthdet.formats.survey import ClassLookup, Survey, _names
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from synthdet.data import (
+from synthdet.core.data import (
     IMAGE_SUFFIXES,
     MIN_IMAGE_SIDE,
     DataError,

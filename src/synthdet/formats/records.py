@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synthdet.data import Box, DataError
+from synthdet.core.data import Box, DataError
 from synthdet.formats.survey import _names
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthdet.data import DataError, Sample, group_of
+from synthdet.core.data import DataError, Sample, group_of
 from synthdet.formats.importer import DROP_KEYS, LAYOUT, REPAIR_KEYS, Imported
 
 # The median object, px at the detector's imgsz, should lie in this range: YOLOv8's finest

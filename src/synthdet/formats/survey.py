@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.data import IMAGE_SUFFIXES, DataError
+from synthdet.core.data import IMAGE_SUFFIXES, DataError
 
 ANNOTATION_SUFFIX = {"yolo": ".txt", "coco": ".json", "voc": ".xml"}
 

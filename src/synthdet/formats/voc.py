@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.formats.records import Record, _pair_by_stem, gathered
 from synthdet.formats.survey import ClassLookup, Survey
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from synthdet.data import Box, Sample, atomic_path, format_label, label_file, upright_rgb
+from synthdet.core.data import Box, Sample, atomic_path, format_label, label_file, upright_rgb
 
 SUFFIX_OF_FORMAT = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from synthdet.data import DataError, parse_label_file, read_text
+from synthdet.core.data import DataError, parse_label_file, read_text
 from synthdet.formats.records import Record, _pair_by_stem, gathered
 from synthdet.formats.survey import Survey
 

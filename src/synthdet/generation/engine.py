@@ -15,11 +15,11 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 from torch import Tensor, nn
 
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.core.errors import ModelNotAvailableError
 from synthdet.diffusion.images import fit_square
 from synthdet.diffusion.loading import family_of
 from synthdet.diffusion.vocabulary import text_seen
-from synthdet.errors import ModelNotAvailableError
 from synthdet.generation.modes import MODES, guided
 from synthdet.params import GenerateParams
 

@@ -16,10 +16,10 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from torch import nn
 
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.diffusion.hashing import sha256_of
 from synthdet.generation.plan import SubjectPlan
-from synthdet.metrics import (
+from synthdet.image_checks.metrics import (
     FidInceptionFeatures,
     image_embeddings,
     inception_features,

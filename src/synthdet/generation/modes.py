@@ -20,7 +20,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.params import GenerateParams, img2img_steps
 
 

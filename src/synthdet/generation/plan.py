@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from synthdet.artifacts.adapter import AdapterInfo
-from synthdet.data import DataError, list_images
+from synthdet.core.data import DataError, list_images
 from synthdet.diffusion.hashing import derive_seed, json_sha256, sha256_of
 from synthdet.diffusion.loading import model_revision
 from synthdet.generation.modes import MODES, engine_description

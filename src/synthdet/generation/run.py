@@ -13,10 +13,10 @@ import numpy as np
 from torch import nn
 
 from synthdet.artifacts.manifest import ManifestRow, write_manifest
-from synthdet.data import DataError
+from synthdet.core.data import DataError
+from synthdet.core.errors import warn
 from synthdet.diffusion.hashing import derive_seed
 from synthdet.diffusion.vocabulary import long_text_message
-from synthdet.errors import warn
 from synthdet.generation.filters import (
     FEATURES_FILE,
     OUTLIER_FILTERS,
@@ -36,7 +36,7 @@ from synthdet.generation.store import (
     valid_entry,
     write_png,
 )
-from synthdet.metrics import frechet_distance
+from synthdet.image_checks.metrics import frechet_distance
 from synthdet.params import GenerateFilterParams, GenerateParams
 
 

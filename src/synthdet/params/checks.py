@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from synthdet import methods
-from synthdet.captioning import subject_caption
+from synthdet.params import methods
+from synthdet.params.methods import subject_caption
 from synthdet.params.parsing import _fields, _require
 
 if TYPE_CHECKING:

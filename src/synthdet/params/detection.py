@@ -104,12 +104,13 @@ class TrainDetectorParams:
     preset: Literal["genfusion"] | None  # fixed ultralytics settings, applied over `yolo`
     yolo: dict[str, Any]  # passed to ultralytics `model.train`
     # smaller training sets are repeated and topped up to exactly this many images an epoch
-    # (synthdet.variants.epoch_plan): an equal training budget in optimizer steps; 0 = plain
-    # epochs; None = the prepared train split's image count, so `real`'s steps on any dataset
-    # (`images_per_epoch`)
+    # (synthdet.detectors.variants.epoch_plan): an equal training budget in optimizer steps;
+    # 0 = plain epochs; None = the prepared train split's image count, so `real`'s steps on any
+    # dataset (`images_per_epoch`)
     min_images_per_epoch: int | None = None
     # variants on the generated images besides the few-shot ones: synthetic (generated images
-    # only) and mixed (every real train image plus every generated one); see synthdet.variants
+    # only) and mixed (every real train image plus every generated one); see
+    # synthdet.detectors.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
 
     def __post_init__(self) -> None:
@@ -365,7 +366,7 @@ FEW_SHOT_SOURCES = ("synthetic", "copy-paste", "pseudo")
 @dataclass(frozen=True)
 class FewShotParams:
     """The few-shot question: the handful alone, the handful plus `extra_images` images from each
-    source, and the nested real-image curve (synthdet.variants)."""
+    source, and the nested real-image curve (synthdet.detectors.variants)."""
 
     # N images each source adds to the handful: generated (synthetic), copy-paste composites,
     # real train images with withheld labels labelled by the annotator (pseudo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from synthdet import methods
+from synthdet.params import methods
 from synthdet.params.parsing import (
     ParamsError,
     _check_prompt_templates,
@@ -213,7 +213,7 @@ PERSONALIZE_METHODS = methods.METHOD_NAMES
 
 @dataclass(frozen=True)
 class PersonalizeParams:
-    method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.methods.METHODS
+    method: Literal[PERSONALIZE_METHODS]  # a key of synthdet.params.methods.METHODS
     base_model: str  # 'builtin:tiny', a hub id or a local diffusers folder
     vae: str | None  # replacement VAE (hub id or folder), e.g. an SDXL fp16-fix VAE
     max_train_steps: int  # optimizer steps

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from ruamel.yaml import YAML
 
-from synthdet.errors import SynthdetError
+from synthdet.core.errors import SynthdetError
 
 
 class ParamsError(SynthdetError):

@@ -1,7 +1,7 @@
 """Personalisation training: LoRA, DreamBooth, DreamBooth-LoRA and textual inversion.
 
 `adapters`: what each method trains, saves and loads (the registry by weight format, see
-`synthdet.methods`); `examples`: cached training examples; `training`: the loop;
+`synthdet.params.methods`); `examples`: cached training examples; `training`: the loop;
 `validation`: base vs personalised model.
 
 One engine for SD 1.x/2.x (epsilon or v-prediction) and SDXL (two text encoders, size/crop

@@ -1,6 +1,6 @@
 """What each personalisation method trains, saves and loads, by weight format (the registry).
 
-`synthdet.methods` names the methods; a method's weight format (`methods.Weights`) picks one
+`synthdet.params.methods` names the methods; a method's weight format (`methods.Weights`) picks one
 `WeightFormat` here: `setup` (freeze the pipeline, make trainable what the method trains), `save`
 (diffusers' own file formats) and `apply` (diffusers' own loaders). `load_personalized_pipeline`
 is the generate side: the base pipeline with a subject's adapter applied.
@@ -29,9 +29,8 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from synthdet import methods
 from synthdet.artifacts.adapter import AdapterInfo
-from synthdet.data import DataError
+from synthdet.core.data import DataError
 from synthdet.diffusion.builtin import BUILTIN_TINY
 from synthdet.diffusion.hashing import files_sha256
 from synthdet.diffusion.loading import (
@@ -40,7 +39,7 @@ from synthdet.diffusion.loading import (
     model_fingerprint,
     tokenizers_and_encoders,
 )
-from synthdet.params import ParamsError, PersonalizeParams, SubjectParams
+from synthdet.params import ParamsError, PersonalizeParams, SubjectParams, methods
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default for save_lora_weights
 # Textual inversion: {placeholder: [num_vectors, dim]} per text encoder, as load_textual_inversion

@@ -11,13 +11,12 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from synthdet import methods
 from synthdet.artifacts.class_images import ClassImagesInfo
 from synthdet.diffusion.images import crop_box, load_images, with_flips
 from synthdet.diffusion.loading import family_of, tokenizers_and_encoders
 from synthdet.diffusion.training import encode_latent_distributions
 from synthdet.diffusion.vocabulary import text_seen
-from synthdet.params import PersonalizeParams, SubjectParams
+from synthdet.params import PersonalizeParams, SubjectParams, methods
 
 
 def load_images_with_crops(

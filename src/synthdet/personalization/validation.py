@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
-from synthdet.data import atomic_path
+from synthdet.core.data import atomic_path
 from synthdet.diffusion.loading import family_of
 from synthdet.params import PersonalizeParams
 from synthdet.personalization.examples import CAPTIONS_SEEN, make_examples

@@ -1,7 +1,7 @@
 """Stage annotate-with-baseline: label the generated images with the real-data detector.
 
 The labelling itself (annotator quality on val, source boxes, reviewed corrections, counts) is
-`synthdet.annotation`; this file is the stage's command line and MLflow run.
+`synthdet.extra.annotation`; this file is the stage's command line and MLflow run.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from synthdet import annotation, detection
 from synthdet.artifacts.manifest import MANIFEST
-from synthdet.cli import run_stage
-from synthdet.data import DataError, write_json
-from synthdet.errors import warn
+from synthdet.core.cli import run_stage
+from synthdet.core.data import DataError, write_json
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
+from synthdet.detectors import detection
+from synthdet.extra import annotation
 from synthdet.params import Params
-from synthdet.tracking import stage_run
 
 STAGE = "annotate-with-baseline"  # the DVC stage, and its MLflow run's name
 

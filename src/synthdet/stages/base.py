@@ -16,16 +16,16 @@ import torch
 from diffusers.training_utils import set_seed
 from tqdm import tqdm
 
-from synthdet import tracking
-from synthdet.cli import run_stage
-from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_text
+from synthdet.core import tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.data import DataError, atomic_path, list_images, read_yolo_folder, write_text
+from synthdet.core.errors import warn
 from synthdet.diffusion.builtin import build_tiny_pipeline, load_checkpoint
 from synthdet.diffusion.images import load_images
 from synthdet.diffusion.loading import configure_torch
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import pretrain
 from synthdet.diffusion.vocabulary import long_text_warning
-from synthdet.errors import warn
 from synthdet.params import Params
 
 

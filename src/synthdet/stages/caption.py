@@ -2,7 +2,7 @@
 
 Writes `<out>/<subject>.jsonl` with `{"file": ..., "caption": ...}` lines. For a method with a
 new token (textual inversion) the captions name the subject by its placeholder only (no class
-noun): synthdet.methods.
+noun): synthdet.params.methods.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from synthdet import captioning, data, tracking
-from synthdet.cli import run_stage
-from synthdet.params import Params
+from synthdet.core import data, tracking
+from synthdet.core.cli import run_stage
+from synthdet.params import Params, methods
+from synthdet.personalization import captioning
 
 
 def run(params: Params, images_dir: Path, out_dir: Path) -> dict[str, list[dict[str, str]]]:
@@ -41,7 +42,7 @@ def run(params: Params, images_dir: Path, out_dir: Path) -> dict[str, list[dict[
                 rows = [
                     {
                         "file": s.image.name,
-                        "caption": captioning.subject_caption(
+                        "caption": methods.subject_caption(
                             p.template,
                             subject.identifier,
                             subject.class_noun,

@@ -6,10 +6,10 @@ trained on such images would be scored on its own training data), FID and KID fr
 Inception features generate cached (computed here only for images it did not see), shared with
 the leak guard (`metrics.realism_of_features`), the CLIP score of each image with its prompt
 when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the real-vs-generated
-classifier test and the subject check (`synthdet.classifiers`; each with `valid` 1/0 and
-`invalid_reason`, and a warning when invalid), and the object-level fidelity of the generated
-boxes' crops (`synthdet.fidelity`, `objects.*`; a warning when they drift). Writes
-`metrics/images.json`.
+classifier test and the subject check (`synthdet.image_checks.classifiers`; each with `valid`
+1/0 and `invalid_reason`, and a warning when invalid), and the object-level fidelity of the
+generated boxes' crops (`synthdet.image_checks.fidelity`, `objects.*`; a warning when they
+drift). Writes `metrics/images.json`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from synthdet import classifiers, fidelity, metrics
 from synthdet.artifacts.manifest import MANIFEST
-from synthdet.cli import run_stage
-from synthdet.data import (
+from synthdet.core.cli import run_stage
+from synthdet.core.data import (
     DataError,
     Sample,
     list_images,
@@ -32,10 +31,11 @@ from synthdet.data import (
     read_yolo_folder,
     write_json,
 )
-from synthdet.errors import warn
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
 from synthdet.generation.filters import FEATURES_FILE, FeatureCache
+from synthdet.image_checks import classifiers, fidelity, metrics
 from synthdet.params import Params
-from synthdet.tracking import stage_run
 
 
 def check_test_leakage(

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from synthdet import tracking
 from synthdet.artifacts.class_images import CLASS_IMAGES_INFO, IMAGES, ClassImagesInfo
-from synthdet.cli import run_stage
-from synthdet.data import atomic_path
+from synthdet.core import tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.data import atomic_path
+from synthdet.core.errors import warn
 from synthdet.diffusion.hashing import derive_seed
 from synthdet.diffusion.loading import configure_torch, load_pipeline
 from synthdet.diffusion.vocabulary import long_text_warning
-from synthdet.errors import warn
 from synthdet.params import Params
 
 

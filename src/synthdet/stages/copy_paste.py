@@ -1,4 +1,4 @@
-"""copy-paste: the handful's objects pasted onto the handful's images (synthdet.copy_paste).
+"""copy-paste: the handful's objects pasted onto the handful's images (synthdet.extra.copy_paste).
 
 Writes `few_shot.extra_images` composites as a YOLO folder (`images/*.png`, `labels/*.txt`,
 boxes by construction) and `metrics/copy_paste.json` (images, boxes, pasted, dropped). Reads
@@ -13,10 +13,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from synthdet import copy_paste, data, formats
-from synthdet.cli import run_stage
+from synthdet import formats
+from synthdet.core import data
+from synthdet.core.cli import run_stage
+from synthdet.core.tracking import stage_run
+from synthdet.extra import copy_paste
 from synthdet.params import Params
-from synthdet.tracking import stage_run
 
 
 def run(params: Params, handful_dir: Path, out_dir: Path, metrics_path: Path) -> dict:

@@ -1,12 +1,12 @@
 """evaluate: every detector on the real test split, compared with statistics.
 
-Each variant x seed in params (`synthdet.variants`) is read from the detectors folder and scored
-with COCO mAP (torchmetrics) on the real test split; `synthdet.evaluation` summarises them: mean
-and std over seeds, paired differences with 95 % t intervals and Holm-adjusted p-values, the
-minimum detectable difference, the margin over the chance baseline (one whole-image box per
-image), the real-image equivalent (the nested real curve inverted, where it rises beyond its
-noise), whether each comparison is evidence (`evaluate.target_difference`), the headroom check
-(a warning when `real` barely beats `handful` or chance) and sanity flags.
+Each variant x seed in params (`synthdet.detectors.variants`) is read from the detectors folder and
+scored with COCO mAP (torchmetrics) on the real test split; `synthdet.analysis.evaluation`
+summarises them: mean and std over seeds, paired differences with 95 % t intervals and Holm-adjusted
+p-values, the minimum detectable difference, the margin over the chance baseline (one whole-image
+box per image), the real-image equivalent (the nested real curve inverted, where it rises beyond its
+noise), whether each comparison is evidence (`evaluate.target_difference`), the headroom check (a
+warning when `real` barely beats `handful` or chance) and sanity flags.
 
 Writes `metrics/evaluate.json` (the headline numbers: `dvc exp show`), `metrics/evaluation.json`
 (every number), the CSV tables of `evaluation.tables`, `test_grid.png` (test images: ground
@@ -20,15 +20,16 @@ import argparse
 import csv
 from pathlib import Path
 
-from synthdet import detection, evaluation, metrics, plots, variants
+from synthdet.analysis import evaluation, metrics, plots
 from synthdet.artifacts.detector import VARIANT_INFO, DetectorVariant
 from synthdet.artifacts.evaluation import EVALUATION, HEADLINE_METRICS, Evaluation
 from synthdet.artifacts.metrics import read_metrics_json
-from synthdet.cli import run_stage
-from synthdet.data import DataError, atomic_path, list_images, read_yolo_folder, write_json
-from synthdet.errors import warn
+from synthdet.core.cli import run_stage
+from synthdet.core.data import DataError, atomic_path, list_images, read_yolo_folder, write_json
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
+from synthdet.detectors import detection, variants
 from synthdet.params import Params
-from synthdet.tracking import stage_run
 
 GRID_TEST_IMAGES = 4
 

@@ -21,10 +21,10 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from synthdet import tracking
 from synthdet.artifacts.manifest import MANIFEST
-from synthdet.cli import run_stage
-from synthdet.data import DataError, write_json
+from synthdet.core import tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.data import DataError, write_json
 from synthdet.diffusion.loading import configure_torch, model_revision
 from synthdet.generation.engine import Engine, load_controlnet
 from synthdet.generation.modes import MODES

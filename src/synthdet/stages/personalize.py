@@ -1,6 +1,6 @@
 """Stage `personalize@<subject>`: teach the base model one subject from its handful of images.
 
-`personalize.method` is one of `synthdet.methods` (LoRA, DreamBooth, DreamBooth-LoRA, textual
+`personalize.method` is one of `synthdet.params.methods` (LoRA, DreamBooth, DreamBooth-LoRA, textual
 inversion), SD 1.x/2.x and SDXL alike (see synthdet.personalization). Writes `<out>/` (the
 weights in diffusers-native files + `adapter.json`, synthdet.artifacts.adapter) and `<metrics>/`
 (`loss.tsv`, `validation.png` with the base model left and the personalised model right,
@@ -18,15 +18,15 @@ from pathlib import Path
 
 from diffusers.training_utils import set_seed
 
-from synthdet import methods, tracking
-from synthdet.cli import run_stage
-from synthdet.data import atomic_path, read_yolo_folder
+from synthdet.core import tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.data import atomic_path, read_yolo_folder
+from synthdet.core.errors import warn
 from synthdet.diffusion.hashing import json_sha256, sha256_of
 from synthdet.diffusion.loading import configure_torch, family_of, load_pipeline, model_fingerprint
 from synthdet.diffusion.loss_curve import LossCurve
 from synthdet.diffusion.training import read_captions
-from synthdet.errors import warn
-from synthdet.params import Params
+from synthdet.params import Params, methods
 from synthdet.personalization import adapters, training, validation
 from synthdet.personalization.examples import captions_seen, make_examples, prior_examples
 

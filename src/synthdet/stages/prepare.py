@@ -14,9 +14,10 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from synthdet import data, formats, tracking
-from synthdet.cli import run_stage
-from synthdet.errors import warn
+from synthdet import formats
+from synthdet.core import data, tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.errors import warn
 from synthdet.formats import summary
 from synthdet.params import Params
 

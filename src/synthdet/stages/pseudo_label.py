@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synthdet import data, detection, formats
-from synthdet.cli import run_stage
-from synthdet.errors import warn
+from synthdet import formats
+from synthdet.core import data
+from synthdet.core.cli import run_stage
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
+from synthdet.detectors import detection
 from synthdet.params import Params
-from synthdet.tracking import stage_run
 
 
 def unlabelled_pool(images_dir: Path, handful_dir: Path, count: int, seed: int) -> list[Path]:

@@ -1,4 +1,4 @@
-"""report: the one-page Markdown report of a run (`metrics/report.md`, synthdet.report).
+"""report: the one-page Markdown report of a run (`metrics/report.md`, synthdet.analysis.report).
 
 Reads only metrics files of earlier stages (prepare, generate, annotate-with-baseline,
 copy-paste, pseudo-label, check-images, evaluate) and params, so a change of wording reruns
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from synthdet import report, tracking, variants
+from synthdet.analysis import report
 from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
@@ -24,8 +24,10 @@ from synthdet.artifacts.metrics import (
     read_metrics_json,
     read_prepare_metrics,
 )
-from synthdet.cli import run_stage
-from synthdet.data import write_json, write_text
+from synthdet.core import tracking
+from synthdet.core.cli import run_stage
+from synthdet.core.data import write_json, write_text
+from synthdet.detectors import variants
 from synthdet.params import Params
 
 NOISE = Path("protocol/noise.json")  # benchmarks/protocol.py --summarise, under metrics/

@@ -1,12 +1,13 @@
 """Stages train-*: train one YOLO detector per data variant and seed.
 
 Every variant and seed trains with the same `train_detector` params (`train_args()`: the `yolo`
-block, overridden by the `preset` if one is set); only the training images (`synthdet.variants`)
-and the seed differ. The stage gets the variant's fields (`--real`, `--extra`, ...), not its
-name, and writes them next to the weights (`variant.json`, synthdet.artifacts.detector). The
-`real` detector of shared.seed is also the baseline that annotates the synthetic images.
-Training sets smaller than `images_per_epoch` (by default the train split's image count, from
-prepare's metrics) are repeated to that many images an epoch (synthdet.variants.epoch_plan).
+block, overridden by the `preset` if one is set); only the training images
+(`synthdet.detectors.variants`) and the seed differ. The stage gets the variant's fields (`--real`,
+`--extra`, ...), not its name, and writes them next to the weights (`variant.json`,
+synthdet.artifacts.detector). The `real` detector of shared.seed is also the baseline that annotates
+the synthetic images. Training sets smaller than `images_per_epoch` (by default the train split's
+image count, from prepare's metrics) are repeated to that many images an epoch
+(synthdet.detectors.variants.epoch_plan).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from synthdet import detection, variants
 from synthdet.artifacts.detector import DetectorVariant
 from synthdet.artifacts.metrics import read_prepare_metrics
-from synthdet.cli import run_stage
-from synthdet.data import DataError
-from synthdet.errors import warn
+from synthdet.core.cli import run_stage
+from synthdet.core.data import DataError
+from synthdet.core.errors import warn
+from synthdet.core.tracking import stage_run
+from synthdet.detectors import detection, variants
 from synthdet.params import Params, ParamsError, TrainDetectorParams
-from synthdet.tracking import stage_run
 
 
 def images_per_epoch(config: TrainDetectorParams, prepare_metrics: Path | None) -> int:
@@ -184,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
-    what = parser.add_argument_group("the variant (synthdet.variants.Variant)")
+    what = parser.add_argument_group("the variant (synthdet.detectors.variants.Variant)")
     what.add_argument(
         "--real", default=None, help="labelled real train images: all, handful, none or a count"
     )

@@ -16,8 +16,8 @@ from typing import Any
 
 from synthdet.artifacts.evaluation import Comparison, Evaluation, MeanStd
 from synthdet.artifacts.metrics import AnnotateMetrics, ExtraImagesMetrics, PrepareMetrics
+from synthdet.detectors.variants import REAL, Variant
 from synthdet.params import Params
-from synthdet.variants import REAL, Variant
 
 
 def _number(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -293,7 +293,8 @@ def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def object_fidelity(images: Mapping[str, Any]) -> list[str]:
-    """The generated objects against the handful's and real val's (`synthdet.fidelity`)."""
+    """The generated objects against the handful's and real val's
+    (`synthdet.image_checks.fidelity`)."""
     if "objects.valid" not in images:
         return []
     if images["objects.valid"] == 0:

@@ -3,13 +3,16 @@
 Each entry says what the method trains (its weight format: the setup, save and apply live in
 `synthdet.personalization.adapters`, one implementation per format), whether it uses DreamBooth's
 prior preservation, and how prompts and captions name the subject. Adding a method is one entry
-here (and a weight format there if it trains something new). Pure Python: params reads it.
+here (and a weight format there if it trains something new). No torch: params reads it.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+from synthdet.core.data import DataError
 
 
 class Weights(enum.Enum):
@@ -64,3 +67,48 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown personalisation method {name!r}; known: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def template_caption(template: str, identifier: str, class_noun: str, objects: str) -> str:
+    return template.format(identifier=identifier, class_noun=class_noun, objects=objects)
+
+
+def replace_concept(text: str, class_noun: str, placeholder: str) -> str:
+    """Captions of a new-token method: the class noun (or its head word, 'tree' of 'apple tree') is
+    replaced by the placeholder, which is learned to mean the subject; no duplicate placeholder."""
+    for word in (class_noun, class_noun.split()[-1]):
+        text = re.sub(rf"\b{re.escape(word)}\b", placeholder, text, flags=re.IGNORECASE)
+    doubled = rf"{re.escape(placeholder)}(\s+{re.escape(placeholder)})+"
+    return re.sub(r"\s+", " ", re.sub(doubled, placeholder, text)).strip()
+
+
+def subject_caption(
+    template: str,
+    identifier: str,
+    class_noun: str,
+    objects: str,
+    method_name: str,
+    description: str = "",
+    check: bool = True,
+) -> str:
+    """The training caption of one image of a subject; `description` is BLIP's text, if any.
+
+    DreamBooth / LoRA: 'a photo of sks apple tree with 12 apples'. A method with a new token
+    (textual inversion): the placeholder stands for the whole concept, so the class noun never
+    appears: 'a photo of <sks> with 12 apples'. Such a caption without the placeholder (it is all
+    the method trains) is an error unless `check` is False.
+    """
+    entry = method(method_name)
+    token = entry.concept_token(identifier)
+    caption = template_caption(template, token, entry.prompt_class_noun(class_noun), objects)
+    if description:
+        caption = f"{caption}, {description}"
+    if entry.new_token:
+        caption = replace_concept(caption, class_noun, token)
+        if check and token not in caption:
+            raise DataError(
+                f"textual inversion caption {caption!r} does not contain the placeholder {token}, "
+                "the only token the method trains, so this image would teach it nothing; add "
+                "{identifier} to caption.template"
+            )
+    return re.sub(r"\s+", " ", caption).strip()

@@ -37,7 +37,7 @@ from PIL import Image
 from scipy.stats import binomtest
 from torch import Tensor, nn
 
-from synthdet.data import DataError, Sample, verify_image
+from synthdet.core.data import DataError, Sample, verify_image
 from synthdet.params import ParamsError
 
 BATCH_SIZE = 32

@@ -41,7 +41,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
-from synthdet.errors import SynthdetError
+from synthdet.core.errors import SynthdetError
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
 URI_ENV = "MLFLOW_TRACKING_URI"

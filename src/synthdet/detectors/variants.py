@@ -12,8 +12,8 @@ folders use, is derived from the fields in one place, `Variant.name`; it is neve
   images (what `evaluate` inverts into a real-image equivalent).
 - `handful-<source>` (few_shot.sources): the handful plus few_shot.extra_images images of the
   source: `synthetic` (generated and auto-labelled), `copy-paste` (composites of the handful's
-  object crops, synthdet.copy_paste) or `pseudo` (real train images outside the handful, labels
-  withheld, labelled by the annotator).
+  object crops, synthdet.extra.copy_paste) or `pseudo` (real train images outside the handful,
+  labels withheld, labelled by the annotator).
 - `synthetic`: every generated image, no real one; `mixed`: every real and every generated one
   (train_detector.variants).
 - `mix-r<share>-f<fraction>` (train_detector.mix_*): the first `share` of the real train images
@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.data import DataError, label_file, link_yolo_folder, list_images
+from synthdet.core.data import DataError, label_file, link_yolo_folder, list_images
 from synthdet.params import FEW_SHOT_SOURCES, Params, ParamsError
 
 SYNTHETIC = "synthetic"  # the extra source made by generate + annotate-with-baseline

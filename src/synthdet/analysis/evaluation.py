@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from synthdet import metrics, stats, variants
+from synthdet.analysis import metrics, stats
 from synthdet.artifacts.evaluation import (
     CHANCE,
     MAP_KEYS,
@@ -39,7 +39,8 @@ from synthdet.artifacts.evaluation import (
     RealImageEquivalent,
     VariantRecord,
 )
-from synthdet.data import Sample, verify_image
+from synthdet.core.data import Sample, verify_image
+from synthdet.detectors import variants
 
 # The headroom rule of issue 23: below these gaps (mAP@[.5:.95]) the labelled images barely
 # matter to the detector, so no extra data can show its worth on this test split.

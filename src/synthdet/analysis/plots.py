@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from synthdet.data import Box, Sample, atomic_path
+from synthdet.core.data import Box, Sample, atomic_path
 
 # One outline colour per class id (cycled), chosen to stand out against foliage and fruit.
 BOX_COLOURS = ("#00e5ff", "#ffea00", "#ff00ff", "#ffffff", "#76ff03")

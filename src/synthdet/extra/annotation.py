@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torchvision.ops import batched_nms
 
-from synthdet import detection, formats, metrics
-from synthdet.data import (
+from synthdet import formats
+from synthdet.analysis import metrics
+from synthdet.core.data import (
     Box,
     DataError,
     Sample,
@@ -46,6 +47,7 @@ from synthdet.data import (
     read_yolo_folder,
     write_json,
 )
+from synthdet.detectors import detection
 from synthdet.diffusion.hashing import sha256_of
 from synthdet.params import AnnotateParams, Params
 

@@ -28,7 +28,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from synthdet.data import (
+from synthdet.core.data import (
     Box,
     atomic_path,
     link_yolo_folder,
@@ -36,8 +36,8 @@ from synthdet.data import (
     verify_image,
     write_dataset_yaml,
 )
-from synthdet.errors import ModelNotAvailableError, SynthdetError
-from synthdet.threads import cpu_threads
+from synthdet.core.errors import ModelNotAvailableError, SynthdetError
+from synthdet.core.threads import cpu_threads
 
 # A trained detector is a folder: the weights as safetensors (no pickle, so loading one cannot run
 # code) and the model's architecture as an ultralytics model yaml named after the model, so that
@@ -63,8 +63,9 @@ def _ultralytics() -> ModuleType:
     """Import ultralytics configured for this process only (offline, no integrations)."""
     if "ultralytics" in sys.modules:
         raise RuntimeError(
-            "ultralytics was imported before synthdet.detection configured it; its settings would "
-            "be written to the user's config dir. Import ultralytics only via synthdet.detection."
+            "ultralytics was imported before synthdet.detectors.detection configured it; its "
+            "settings would be written to the user's config dir. Import ultralytics only via "
+            "synthdet.detectors.detection."
         )
     config_dir = Path(tempfile.mkdtemp(prefix="synthdet-ultralytics-"))
     atexit.register(shutil.rmtree, config_dir, ignore_errors=True)

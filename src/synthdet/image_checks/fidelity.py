@@ -37,8 +37,8 @@ from PIL import Image
 from torch import nn
 
 from synthdet.artifacts.manifest import read_manifest
-from synthdet.data import DataError, Sample, verify_image
-from synthdet.metrics import kernel_inception_distance
+from synthdet.core.data import DataError, Sample, verify_image
+from synthdet.image_checks.metrics import kernel_inception_distance
 
 CHANNELS = ("l", "a", "b")  # CIE L*, a*, b*
 # A colour channel drifts when the generated objects' mean moved from the handful's by more than

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from synthdet.errors import SynthdetError
+from synthdet.core.errors import SynthdetError
 
 # What Pillow decodes and prepare reads; .jfif / .jpe / .mpo are JPEGs under other names.
 IMAGE_SUFFIXES = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from synthdet.data import Box, DataError, Sample
+from synthdet.core.data import Box, DataError, Sample
 
 
 @dataclass(frozen=True)

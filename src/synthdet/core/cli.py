@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from synthdet.errors import SynthdetError
+from synthdet.core.errors import SynthdetError
 from synthdet.params import Params, load_params
 
 
