@@ -171,6 +171,20 @@ def test_unopenable_store_is_one_line_error(monkeypatch, uri):
     assert f"MLFLOW_TRACKING_URI={uri}" in message
 
 
+@pytest.mark.parametrize("uri", ["./mlruns", "file:mlruns"])
+def test_refused_file_store_names_mlflows_switch(monkeypatch, tmp_path, uri):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(SynthdetError) as error, tracking.stage_run("prepare", "tracking-fs", {}):
+        pass
+    message = str(error.value)
+    assert "\n" not in message
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in message
+    assert "sqlite:///mlflow.db" in message
+    assert "start the tracking server" not in message
+
+
 # --- parallel stages on a fresh store -------------------------------------------------------
 
 # Every round is a head-on collision (the barrier); without the lock the first one already fails.

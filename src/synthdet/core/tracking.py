@@ -45,6 +45,7 @@ from synthdet.core.errors import SynthdetError
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
 URI_ENV = "MLFLOW_TRACKING_URI"
+FILE_STORE_SWITCH = "MLFLOW_ALLOW_FILE_STORE"  # MLflow's opt-in to file stores
 
 # How long a stage waits for another process that is creating or upgrading the store (seconds);
 # creating MLflow's SQLite schema takes about 2 s.
@@ -149,6 +150,15 @@ def _store_error(uri: str, exc: Exception) -> SynthdetError:
     reason = _reason(exc)
     given = os.environ.get(URI_ENV)
     setting = f"{URI_ENV}={given}" if given else f"{URI_ENV} unset"
+    if FILE_STORE_SWITCH in str(exc):
+        # the pinned MLflow refuses file stores unless opted in; its fix is past _reason's cut
+        return SynthdetError(
+            f"the MLflow store {uri} ({setting}) is a file store, which MLflow "
+            f"{mlflow.__version__} refuses (maintenance mode): set {FILE_STORE_SWITCH}=true to "
+            f"use it, or set {URI_ENV} to a database store such as sqlite:///mlflow.db (unset, it "
+            f"is sqlite:///{_project_root() / 'mlflow.db'}); `mlflow migrate-filestore` moves "
+            "existing runs"
+        )
     return SynthdetError(
         f"the MLflow store {uri} ({setting}) cannot be opened: {reason}; start the tracking "
         f"server or make the store's folder exist and be writable, or set {URI_ENV} to a working "
