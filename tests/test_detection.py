@@ -549,3 +549,27 @@ def test_detectors_train_and_predict_with_synthdet_threads(
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == list(last)
     assert rows[0]["metrics/mAP50-95"] == "" and rows[1]["metrics/mAP50-95"] != ""
+
+
+def test_validating_fewer_epochs_trains_the_same_weights(trained: dict, tmp_path: Path) -> None:
+    """train_detector.val_every: which epochs validate, never what the detector learns (a
+    skipped pass draws the random numbers a pass draws, detection._validation_schedule)."""
+    root = trained["root"]
+    yolo = {**tiny_params().train_detector.train_args(), "epochs": 3}
+    validated, weights = {}, {}
+    for val_every in (1, 0, 2):
+        out = tmp_path / f"every{val_every}"
+        result = detection.train_detector(
+            "yolov8n.yaml",
+            [root / "train"],
+            root / "val",
+            ("apple",),
+            0,
+            yolo,
+            out,
+            val_every=val_every,
+        )
+        validated[val_every] = [row["epoch"] for row in result.epochs if "metrics/mAP50-95" in row]
+        weights[val_every] = (out / detection.WEIGHTS_NAME).read_bytes()
+    assert validated == {1: [1, 2, 3], 0: [3], 2: [2, 3]}
+    assert weights[0] == weights[1] == weights[2]

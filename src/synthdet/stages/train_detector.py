@@ -59,6 +59,7 @@ def run(
         "model": config.model_source,
         "preset": config.preset,
         "seed": seed,
+        "val_every": config.val_every,
         **{f"{name}_dir": str(folder) for name, folder in folders.items()},
         "val": str(val_folder),
         "yolo": train_args,
@@ -101,6 +102,7 @@ def run(
             yolo_args=train_args,
             out_dir=out_dir,
             on_epoch=lambda row: mlflow_run.log_metrics(row, step=int(row["epoch"])),
+            val_every=config.val_every,
         )
         detection.write_epochs_csv(result.epochs, results_csv)
         DetectorVariant(variant, seed).write(out_dir)
