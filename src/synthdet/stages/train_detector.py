@@ -5,11 +5,17 @@ block, overridden by the `preset` if one is set); only the training images (`syn
 and the seed differ. The stage gets the variant's fields (`--real`, `--extra`, ...), not its
 name, and writes them next to the weights (`variant.json`, synthdet.artifacts.detector). The
 `real` detector of shared.seed is also the baseline that annotates the synthetic images.
+
+Several detectors can train in one process, each unit's flags after a `--then` (`--stage a ...
+--then --stage b ...`): interpreter start, imports and the MLflow store are paid once, each unit
+still writes its own folders and MLflow run, and trains to the same bits as alone in a process
+(tests/test_detection.py). Units run in order; a failing one stops the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,8 +152,25 @@ def variant_from_args(args: argparse.Namespace) -> variants.Variant:
     return variants.Variant(real, args.extra, args.extra_images, args.extra_fraction)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+UNIT_SEPARATOR = "--then"
+
+
+def split_units(argv: list[str]) -> list[list[str]]:
+    """`a --then b --then c` -> [a, b, c]: the command lines of the units to train in turn."""
+    units: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == UNIT_SEPARATOR:
+            units.append([])
+        else:
+            units[-1].append(arg)
+    return units
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=f"Several detectors in one process: UNIT {UNIT_SEPARATOR} UNIT ...",
+    )
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
     what = parser.add_argument_group("the variant (synthdet.variants.Variant)")
@@ -181,20 +204,23 @@ def main() -> None:
     parser.add_argument("--val", type=Path, required=True, help="YOLO folder to validate on")
     parser.add_argument("--out", type=Path, required=True, help="output detector folder")
     parser.add_argument("--results", type=Path, required=True, help="per-epoch results CSV")
-    args = parser.parse_args()
-    folders = {"real": args.train, "handful": args.handful, "extra": args.extra_folder}
-    run_stage(
-        lambda params: run(
-            params,
-            args.stage,
-            variant_from_args(args),
-            args.seed,
-            folders,
-            args.val,
-            args.out,
-            args.results,
-        )
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    units = [parser.parse_args(unit) for unit in split_units(argv)]
+
+    def train_units(params: Params) -> None:
+        for args in units:
+            run(
+                params,
+                args.stage,
+                variant_from_args(args),
+                args.seed,
+                {"real": args.train, "handful": args.handful, "extra": args.extra_folder},
+                args.val,
+                args.out,
+                args.results,
+            )
+
+    run_stage(train_units)
 
 
 if __name__ == "__main__":
