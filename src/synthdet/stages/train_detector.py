@@ -207,20 +207,24 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     units = [parser.parse_args(unit) for unit in split_units(argv)]
 
-    def train_units(params: Params) -> None:
-        for args in units:
-            run(
-                params,
-                args.stage,
-                variant_from_args(args),
-                args.seed,
-                {"real": args.train, "handful": args.handful, "extra": args.extra_folder},
-                args.val,
-                args.out,
-                args.results,
-            )
+    for args in units:
+        train(args)
 
-    run_stage(train_units)
+
+def train(args: argparse.Namespace) -> None:
+    """Train one unit; params are loaded and checked per unit (hundredths of a CPU-second)."""
+    run_stage(
+        lambda params: run(
+            params,
+            args.stage,
+            variant_from_args(args),
+            args.seed,
+            {"real": args.train, "handful": args.handful, "extra": args.extra_folder},
+            args.val,
+            args.out,
+            args.results,
+        )
+    )
 
 
 if __name__ == "__main__":
