@@ -550,3 +550,55 @@ def test_detectors_train_and_predict_with_synthdet_threads(
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == list(last)
     assert rows[0]["metrics/mAP50-95"] == "" and rows[1]["metrics/mAP50-95"] != ""
+
+
+def test_detectors_trained_in_one_process_are_the_bits_trained_alone(
+    trained: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """`--then`: the units train in turn in one process, each to its own folders; a unit trained
+    after another is the bits of the same unit trained first (the fixture's, also seed 42)."""
+    root = trained["root"]
+    monkeypatch.setattr(train_detector, "run_stage", lambda stage: stage(tiny_params()))
+
+    def unit(seed: int) -> list[str]:
+        return [
+            *("--stage", f"train-real@{seed}", "--real", "all", "--seed", str(seed)),
+            *("--train", str(root / "train"), "--val", str(root / "val")),
+            *("--out", str(tmp_path / f"seed{seed}")),
+            *("--results", str(tmp_path / f"seed{seed}.csv")),
+        ]
+
+    train_detector.main([*unit(7), "--then", *unit(42)])
+    weights = {
+        seed: (tmp_path / f"seed{seed}" / detection.WEIGHTS_NAME).read_bytes() for seed in (7, 42)
+    }
+    alone = (root / "models" / "real" / detection.WEIGHTS_NAME).read_bytes()
+    assert weights[42] == alone and weights[7] != alone
+    assert DetectorVariant.read(tmp_path / "seed7") == DetectorVariant(variants.REAL, 7)
+    assert (tmp_path / "seed42.csv").read_text() == (
+        root / "metrics" / "train" / "real.csv"
+    ).read_text()
+
+
+def test_validating_fewer_epochs_trains_the_same_weights(trained: dict, tmp_path: Path) -> None:
+    """train_detector.val_every: which epochs validate, never what the detector learns (a
+    skipped pass draws the random numbers a pass draws, detection._validation_schedule)."""
+    root = trained["root"]
+    yolo = {**tiny_params().train_detector.train_args(), "epochs": 3}
+    validated, weights = {}, {}
+    for val_every in (1, 0, 2):
+        out = tmp_path / f"every{val_every}"
+        result = detection.train_detector(
+            "yolov8n.yaml",
+            [root / "train"],
+            root / "val",
+            ("apple",),
+            0,
+            yolo,
+            out,
+            val_every=val_every,
+        )
+        validated[val_every] = [row["epoch"] for row in result.epochs if "metrics/mAP50-95" in row]
+        weights[val_every] = (out / detection.WEIGHTS_NAME).read_bytes()
+    assert validated == {1: [1, 2, 3], 0: [3], 2: [2, 3]}
+    assert weights[0] == weights[1] == weights[2]

@@ -485,6 +485,29 @@ def test_a_subject_with_images_is_enough(raw):
             "class 'item' instead of shared.class_names ['apple'], so annotate and evaluate would "
             "refuse the trained detectors; remove it (shared.class_names lists the classes)",
         ),
+        (  # validation is the stage's: train_detector.val_every says which epochs
+            {"train_detector.yolo.val": True},
+            "params: 'train_detector.yolo.val' is set by train_detector.val_every (0: the last "
+            "epoch only, 1: every epoch, k: every k-th epoch and the last); remove it",
+        ),
+        (
+            {"train_detector.yolo.patience": 3},
+            "params: 'train_detector.yolo.patience' stops training after that many epochs "
+            "without a better validation, so it needs every epoch validated, but "
+            "train_detector.val_every is 0; set train_detector.val_every=1 or remove patience",
+        ),
+        (
+            {"train_detector.yolo.save": True},
+            "params: 'train_detector.yolo.save' is true, which keeps the epoch best on "
+            "validation, but train_detector.val_every is 0 (the last epoch only), so the last "
+            "epoch would always be kept; set train_detector.val_every (1: every epoch), or save "
+            "false",
+        ),
+        (
+            {"train_detector.val_every": -1},
+            "params: 'train_detector.val_every' must be an integer >= 0 (0: validate the last "
+            "epoch only), got -1",
+        ),
     ],
 )
 def test_settings_that_would_have_no_effect(raw, changes, expected):

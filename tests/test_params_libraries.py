@@ -117,6 +117,7 @@ def test_valid_library_settings_and_siblings_still_load(raw):
     """Any ultralytics argument and LoraConfig field loads; personalize.lora's siblings
     (text_encoder_lora_modules) are synthdet's own keys, not LoraConfig's."""
     raw = changed(raw, "train_detector", "yolo", patience=5, cos_lr=True, conf=None, scale=0.3)
+    raw["train_detector"]["val_every"] = 1  # patience compares every epoch's validation
     raw = changed(raw, "personalize", "lora", use_rslora=True, rank_pattern={"^up.*": 4})
     raw["personalize"]["text_encoder_lora_modules"] = ["q_proj", "v_proj"]
     params = parse_params(raw)

@@ -13,6 +13,7 @@ import atexit
 import csv
 import functools
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -251,6 +252,29 @@ def _metric_name(name: str) -> str:
     return name.replace("(B)", "")
 
 
+def _validation_schedule(val_every: int) -> Callable[[Any], None]:
+    """An on_train_epoch_end callback: validate every `val_every`-th epoch (0: none but the
+    last, which ultralytics always validates), and let a skipped pass draw what it would have.
+
+    A validation pass draws Python's `random.uniform` once per image (ultralytics' `Format`
+    transform decides its `bgr` augmentation even while validating, where it is off), and
+    training's augmentations (mosaic, perspective, flips) draw from the same generator after
+    it. A skipped pass makes the same draws, so training sees the same random numbers and
+    trains the same weights as validating every epoch (tests/test_detection.py checks it).
+    """
+
+    def schedule(trainer: Any) -> None:
+        epoch = trainer.epoch + 1
+        trainer.args.val = val_every > 0 and epoch % val_every == 0
+        # ultralytics' own condition, read right after this callback (BaseTrainer._do_train)
+        final = epoch >= trainer.epochs
+        if not (trainer.args.val or final or trainer.stopper.possible_stop or trainer.stop):
+            for _ in range(len(trainer.test_loader.dataset)):
+                random.uniform(0, 1)
+
+    return schedule
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     train_images: int
@@ -267,14 +291,21 @@ def train_detector(
     yolo_args: dict[str, Any],
     out_dir: Path,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    val_every: int | None = None,
 ) -> TrainingResult:
     """Train a YOLO detector; write its best weights to `out_dir` (see `save_detector`) and the
     ultralytics train arguments to `out_dir/args.yaml`, atomically.
 
     `on_epoch` receives each epoch's row (losses, validation metrics, learning rates) as soon as
-    the epoch ends, e.g. to log it to MLflow.
+    the epoch ends, e.g. to log it to MLflow. `val_every` (train_detector.val_every): 0 validates
+    the last epoch only, k every k-th epoch and the last; None leaves `yolo_args`' `val` to say.
+    Validation does not change training: the weights are the same bits whichever it is.
     """
     detector = _initial_detector(model)
+    if val_every is not None:
+        yolo_args = {**yolo_args, "val": val_every == 1}
+        if val_every != 1:
+            detector.add_callback("on_train_epoch_end", _validation_schedule(val_every))
     rows: list[dict[str, float]] = []
     in_training_epoch = validated = False
 
@@ -293,7 +324,7 @@ def train_detector(
         if not in_training_epoch:
             return
         in_training_epoch = False
-        # With yolo.val false only the last epoch validates; trainer.metrics of the others
+        # With val false only the last epoch validates; trainer.metrics of the others
         # still hold an earlier epoch's (or zeros), which are not this epoch's numbers.
         val_metrics = trainer.metrics if validated else {}
         values = {**trainer.label_loss_items(trainer.tloss), **val_metrics, **trainer.lr}
@@ -330,7 +361,7 @@ def train_detector(
 
 def write_epochs_csv(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Per-epoch results as CSV (a DVC plot with x=epoch), written atomically; an epoch without
-    validation (yolo.val false) leaves the validation columns empty."""
+    validation (train_detector.val_every) leaves the validation columns empty."""
     if not rows:
         raise SynthdetError(f"no training epochs were recorded, nothing to write to {path}")
     columns = list(dict.fromkeys(key for row in (rows[-1], *rows) for key in row))

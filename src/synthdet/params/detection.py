@@ -112,6 +112,9 @@ class TrainDetectorParams:
     # only) and mixed (every real train image plus every generated one); see
     # synthdet.detectors.variants
     variants: tuple[Literal["synthetic", "mixed"], ...] = ("synthetic",)
+    # validation passes while training: 0 = the last epoch only (the detector the pipeline keeps
+    # and evaluates); k = every k-th epoch too (the validation columns of the per-epoch CSV)
+    val_every: int = 0
 
     def __post_init__(self) -> None:
         self._check_library_args()
@@ -150,6 +153,31 @@ class TrainDetectorParams:
             "holds 0 with train_detector.mix_real_shares 1.0: mix-r1.0-f0.0 is every real train "
             "image and no generated one, the variant `real` trained again; drop the 0 (`real` is "
             "that point of the curve), or use real shares below 1",
+        )
+        _require(
+            isinstance(self.val_every, int) and self.val_every >= 0,
+            "train_detector.val_every",
+            f"must be an integer >= 0 (0: validate the last epoch only), got {self.val_every!r}",
+        )
+        _require(
+            "val" not in self.yolo,
+            "train_detector.yolo.val",
+            "is set by train_detector.val_every (0: the last epoch only, 1: every epoch, k: "
+            "every k-th epoch and the last); remove it",
+        )
+        _require(
+            "patience" not in self.yolo or self.val_every == 1,
+            "train_detector.yolo.patience",
+            f"stops training after that many epochs without a better validation, so it needs "
+            f"every epoch validated, but train_detector.val_every is {self.val_every}; set "
+            "train_detector.val_every=1 or remove patience",
+        )
+        _require(
+            not self.yolo.get("save") or self.val_every > 0,
+            "train_detector.yolo.save",
+            "is true, which keeps the epoch best on validation, but train_detector.val_every is "
+            "0 (the last epoch only), so the last epoch would always be kept; set "
+            "train_detector.val_every (1: every epoch), or save false",
         )
         for owned in ("data", "project", "name", "seed", "exist_ok"):
             _require(

@@ -8,11 +8,17 @@ synthdet.artifacts.detector). The `real` detector of shared.seed is also the bas
 the synthetic images. Training sets smaller than `images_per_epoch` (by default the train split's
 image count, from prepare's metrics) are repeated to that many images an epoch
 (synthdet.detectors.variants.epoch_plan).
+
+Several detectors can train in one process, each unit's flags after a `--then` (`--stage a ...
+--then --stage b ...`): interpreter start, imports and the MLflow store are paid once, each unit
+still writes its own folders and MLflow run, and trains to the same bits as alone in a process
+(tests/test_detection.py). Units run in order; a failing one stops the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,6 +101,7 @@ def run(
         "preset": config.preset,
         "seed": seed,
         "images_per_epoch": per_epoch,  # min_images_per_epoch as resolved (null: train split)
+        "val_every": config.val_every,
         **{f"{name}_dir": str(folder) for name, folder in folders.items()},
         "val": str(val_folder),
         "yolo": train_args,
@@ -138,6 +145,7 @@ def run(
             yolo_args=train_args,
             out_dir=out_dir,
             on_epoch=lambda row: mlflow_run.log_metrics(row, step=int(row["epoch"])),
+            val_every=config.val_every,
         )
         detection.write_epochs_csv(result.epochs, results_csv)
         DetectorVariant(variant, seed).write(out_dir)
@@ -181,8 +189,25 @@ def variant_from_args(args: argparse.Namespace) -> variants.Variant:
     return variants.Variant(real, args.extra, args.extra_images, args.extra_fraction)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+UNIT_SEPARATOR = "--then"
+
+
+def split_units(argv: list[str]) -> list[list[str]]:
+    """`a --then b --then c` -> [a, b, c]: the command lines of the units to train in turn."""
+    units: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == UNIT_SEPARATOR:
+            units.append([])
+        else:
+            units[-1].append(arg)
+    return units
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=f"Several detectors in one process: UNIT {UNIT_SEPARATOR} UNIT ...",
+    )
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
     what = parser.add_argument_group("the variant (synthdet.detectors.variants.Variant)")
@@ -223,15 +248,22 @@ def main() -> None:
         help="prepare's metrics/prepare.json: the train split's image count, read when "
         "train_detector.min_images_per_epoch is null",
     )
-    args = parser.parse_args()
-    folders = {"real": args.train, "handful": args.handful, "extra": args.extra_folder}
+    argv = sys.argv[1:] if argv is None else argv
+    units = [parser.parse_args(unit) for unit in split_units(argv)]
+
+    for args in units:
+        train(args)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train one unit; params are loaded and checked per unit (hundredths of a CPU-second)."""
     run_stage(
         lambda params: run(
             params,
             args.stage,
             variant_from_args(args),
             args.seed,
-            folders,
+            {"real": args.train, "handful": args.handful, "extra": args.extra_folder},
             args.val,
             args.out,
             args.results,
