@@ -104,6 +104,13 @@ def run(out: Path, protocols: dict[str, dict], plan: list[tuple[str, str, int, i
     targets = [metrics.target_boxes(sample) for sample in test]
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions").mkdir(exist_ok=True)
+    settings = out / "protocols.json"
+    known = json.loads(settings.read_text()) if settings.exists() else {}
+    for name, overrides in protocols.items():
+        if known.get(name, overrides) != overrides:
+            raise SystemExit(f"{settings}: protocol {name} was {known[name]}, now {overrides}")
+        known[name] = overrides
+    settings.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
     log = out / "runs.jsonl"
     done = (
         {json.loads(line)["unit"] for line in log.read_text().splitlines()}
@@ -162,6 +169,7 @@ def summarise(out: Path, group_pattern: str) -> None:
         match = re.fullmatch(group_pattern, sample.image.stem)
         groups.setdefault(match.group(1) if match else sample.image.stem, []).append(index)
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    protocols = json.loads((out / "protocols.json").read_text())
     by_cell: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         by_cell.setdefault((row["protocol"], row["size"]), []).append(row)
@@ -194,8 +202,11 @@ def summarise(out: Path, group_pattern: str) -> None:
             )
         key = f"{protocol}.{size}"
         noise[key] = {
+            "settings": ", ".join(f"{k}={v}" for k, v in sorted(protocols[protocol].items()))
+            or "params.yaml",
             "units": len(cell),
             "mean": round(statistics.mean(scores), 6),
+            "mean_draw0": round(statistics.mean(draw0), 6) if draw0 else None,
             "std_all_units": sd(scores),
             "std_over_seeds_draw0": sd(draw0),
             "std_over_draws_same_seed": round(statistics.mean(draw_sd), 6) if draw_sd else None,
@@ -218,8 +229,32 @@ def summarise(out: Path, group_pattern: str) -> None:
             pooled = math.sqrt(
                 (real["std_over_seeds_draw0"] ** 2 + handful["std_over_seeds_draw0"] ** 2) / 2
             )
-            gap = real["mean"] - handful["mean"]
-            print(f"{protocol}: real - handful {gap:+.3f}, pooled seed std {pooled:.3f}")
+            gap = real["mean_draw0"] - handful["mean_draw0"]
+            print(f"{protocol}: real - handful (draw 0) {gap:+.3f}, pooled seed std {pooled:.3f}")
+    plot_curve(curve, out / "curve.png")
+
+
+def plot_curve(curve: list[list], path: Path) -> None:
+    """Mean test mAP@[.5:.95] +- std over units against the labelled images, a line per
+    protocol (matplotlib), next to curve.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    for protocol in sorted({row[0] for row in curve}):
+        points = sorted((row[2], row[4], row[5] or 0.0) for row in curve if row[0] == protocol)
+        images, means, stds = zip(*points, strict=True)
+        axes.errorbar(images, means, yerr=stds, marker="o", capsize=3, label=protocol)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("labelled real training images (handful = 8)")
+    axes.set_ylabel("test mAP@[.5:.95]")
+    axes.set_title("Real-image curve per detector protocol (mean +- std over units)")
+    axes.legend(title="protocol")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
 
 
 def main() -> None:
