@@ -98,7 +98,15 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         folders = {"real": real, "extra": synthetic}
         out = tmp_path / variant.name
         return train_detector.run(
-            params, "train", variant, 42, folders, real, out, tmp_path / "r.csv"
+            params,
+            "train",
+            variant,
+            42,
+            folders,
+            real,
+            out,
+            tmp_path / "r.csv",
+            draw=0 if variant.drawn else None,
         )
 
     metrics = run(variants.generated("synthetic"))

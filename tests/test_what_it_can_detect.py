@@ -16,7 +16,7 @@ from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.core.data import Box, DataError, Sample
 from synthdet.detectors import variants
 from tests.conftest import REPO
-from tests.test_report import ANNOTATED, EXTRAS, METRICS, PREPARED, params_with_seeds
+from tests.test_report import ANNOTATED, DRAW0, EXTRAS, PREPARED, params_with_seeds
 
 TRAINED = [variants.REAL, variants.HANDFUL, variants.few_shot("synthetic", 64)]
 PAIRS = [("handful-synthetic", "handful")]
@@ -32,7 +32,9 @@ def summarise(
     test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
     runs = {
         name: {
-            seed: evaluation.Run(evaluation.metrics.DetectionMetrics(m, m, m, (), ()), 0.9)
+            (None if name == "real" else 0, seed): evaluation.Run(
+                evaluation.metrics.DetectionMetrics(m, m, m, (), ()), 0.9
+            )
             for seed, m in by_seed.items()
         }
         for name, by_seed in scores.items()
@@ -53,7 +55,7 @@ def render(summary: Evaluation) -> str:
     return report.render(
         params_with_seeds((42,)),
         summary,
-        json.loads((METRICS / "images.json").read_text()),
+        json.loads((DRAW0 / "images.json").read_text()),
         PREPARED,
         ANNOTATED,
         EXTRAS,

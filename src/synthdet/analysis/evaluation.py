@@ -12,8 +12,10 @@ HEADROOM_STDS seed stds.
 
 Comparisons (`variants.comparisons`): each `handful-<source>` against `handful`, the question a
 user with a handful of labels asks, and `handful-synthetic` against each cheap alternative;
-every generated-data variant against `real` (Genfusion's table). Holm's correction runs over
-all comparisons of one run.
+every generated-data variant against `real` (Genfusion's table). A detector is one unit, a
+(handful draw, seed) pair (few_shot.draws x train_detector.seeds): comparisons pair the units
+both sides have, `real`'s detector of a seed (no draw changes it) with every draw's of that
+seed. Holm's correction runs over all comparisons of one run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from synthdet.artifacts.evaluation import (
     VERSUS,
     ChanceScores,
     Comparison,
+    DrawScores,
     Evaluation,
     Headroom,
     MeanStd,
@@ -77,6 +80,9 @@ def chance_baseline(samples: Sequence[Sample]) -> metrics.DetectionMetrics:
     return metrics.detection_metrics(predictions, [metrics.target_boxes(s) for s in samples])
 
 
+Unit = tuple[int | None, int]  # (handful draw, seed); draw None: `real`, the same in every draw
+
+
 @dataclass(frozen=True)
 class Run:
     """One trained detector scored on the test split."""
@@ -85,8 +91,21 @@ class Run:
     max_confidence: float  # the highest score it gave any test box (0 if none)
 
 
+def paired_units(runs: Mapping[str, Mapping[Unit, Run]]) -> dict[str, dict[Unit, float]]:
+    """{variant: {unit: test mAP@[.5:.95]}} keyed for pairing: a detector of no draw (`real`)
+    stands in every draw the run trained (its (None, seed) as (d, seed) for each d)."""
+    draws = sorted({draw for units in runs.values() for draw, _ in units if draw is not None})
+    paired: dict[str, dict[Unit, float]] = {}
+    for name, units in runs.items():
+        paired[name] = {}
+        for (draw, seed), run in units.items():
+            for each in [draw] if draw is not None or not draws else draws:
+                paired[name][each, seed] = run.scores.map50_95
+    return paired
+
+
 def summarise(
-    runs: Mapping[str, Mapping[int, Run]],
+    runs: Mapping[str, Mapping[Unit, Run]],
     chance: metrics.DetectionMetrics,
     real_curve: Sequence[tuple[str, int]],
     pairs: Sequence[tuple[str, str]],
@@ -103,14 +122,13 @@ def summarise(
     reference) of `pairs` (`variants.comparisons`) the paired difference (95 % t interval, raw
     and Holm-adjusted p, minimum detectable difference) and whether it is evidence for a
     difference of `target_difference` (mAP@[.5:.95]); the chance baseline; the headroom check;
-    the test split's size.
+    the test split's size; per variant and handful draw the mAP over its seeds.
 
-    `runs` by variant name; `real_curve`: (variant, labelled images) from `handful` to `real`,
-    increasing; `compositions`: every variant's training images (for the label counts); `test`:
-    the test split the runs were scored on."""
-    by_seed = {
-        name: {s: r.scores.map50_95 for s, r in seeds.items()} for name, seeds in runs.items()
-    }
+    `runs` by variant name, then (draw, seed) unit (`paired_units` pairs them); `real_curve`:
+    (variant, labelled images) from `handful` to `real`, increasing; `compositions`: every
+    variant's training images (one draw's, for the label counts); `test`: the test split the
+    runs were scored on."""
+    by_seed = paired_units(runs)
     scores: dict[str, dict[str, MeanStd]] = {}
     for name, seeds in runs.items():
         scores[name] = {}
@@ -172,7 +190,24 @@ def summarise(
         test_boxes=sum(len(sample.boxes) for sample in test),
         target_difference=target_difference,
         headroom=_headroom(scores, chance.map50_95),
+        draws=_per_draw(runs),
     )
+
+
+def _per_draw(runs: Mapping[str, Mapping[Unit, Run]]) -> dict[str, dict[int, DrawScores]]:
+    """{variant: {draw: mAP@[.5:.95] over its seeds}} of the variants trained per draw."""
+    found: dict[str, dict[int, DrawScores]] = {}
+    for name, units in runs.items():
+        by_draw: dict[int, list[float]] = {}
+        for (draw, _), run in sorted(units.items(), key=lambda item: item[0]):
+            if draw is not None:
+                by_draw.setdefault(draw, []).append(run.scores.map50_95)
+        for draw, values in by_draw.items():
+            spread = metrics.spread(values)
+            found.setdefault(name, {})[draw] = DrawScores(
+                len(values), MeanStd(_round(spread.mean), _round(spread.std))
+            )
+    return found
 
 
 def _evidence_reason(diff: stats.PairedDifference, mdd: float | None, target: float) -> str | None:
@@ -239,7 +274,7 @@ def _headroom(scores: Mapping[str, Mapping[str, MeanStd]], chance: float) -> Hea
 
 
 def _equivalents(
-    by_seed: Mapping[str, Mapping[int, float]],
+    by_seed: Mapping[str, Mapping[Unit, float]],
     scores: Mapping[str, Mapping[str, MeanStd]],
     real_curve: Sequence[tuple[str, int]],
 ) -> dict[str, RealImageEquivalent]:
@@ -267,7 +302,7 @@ def _equivalents(
 
 
 def _unidentifiable(
-    by_seed: Mapping[str, Mapping[int, float]], first: str, last: str
+    by_seed: Mapping[str, Mapping[Unit, float]], first: str, last: str
 ) -> str | None:
     """Why the real-image curve (`first` -> `last`, its ends) cannot be inverted: it must rise
     beyond its noise, the 95 % paired t interval of last - first over >= 2 seeds above 0 (a flat
@@ -298,7 +333,7 @@ def _bounds(scores: MeanStd) -> tuple[float | None, float | None]:
 
 def tables(
     evaluation: Evaluation,
-    runs: Mapping[str, Mapping[int, Run]],
+    runs: Mapping[str, Mapping[Unit, Run]],
     trained: Sequence[variants.Variant],
     compositions: Mapping[str, variants.Composition],
 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -311,11 +346,11 @@ def tables(
     keys = MAP_KEYS + SIZE_KEYS
     result: dict[str, tuple[list[str], list[list[Any]]]] = {}
     result["detection_runs.csv"] = (
-        ["variant", "seed", *keys],
+        ["variant", "draw", "seed", *keys],
         [
-            [name, seed, *(_round(getattr(run.scores, key)) for key in keys)]
-            for name, seeds in runs.items()
-            for seed, run in seeds.items()
+            [name, draw, seed, *(_round(getattr(run.scores, key)) for key in keys)]
+            for name, units in runs.items()
+            for (draw, seed), run in units.items()
         ],
     )
     table = []
@@ -378,20 +413,25 @@ def headline(
     evaluation: Evaluation, trained: Sequence[variants.Variant], images: Mapping[str, Any]
 ) -> dict[str, Any]:
     """About fifteen numbers, as flat keys of evaluation.json: mAP@[.5:.95] of `real`, `handful`,
-    each `handful-<source>` and `synthetic` (of those in `trained`), the generated images' gain
-    over the handful and their real-image equivalent, chance; `comparisons_with_evidence` (a
-    count) and `headroom.ok` (0/1), `headroom.real_minus_handful` and
-    `headroom.real_minus_chance` (mAP@[.5:.95]); FID and KID from `images` (check-images'
-    metrics)."""
+    each `handful-<source>` and `synthetic` (of those in `trained`; over every draw and seed,
+    and with several handful draws also per draw, `<variant>.draw<d>.map50_95`), the generated
+    images' gain over the handful and their real-image equivalent, chance;
+    `comparisons_with_evidence` (a count) and `headroom.ok` (0/1), `headroom.real_minus_handful`
+    and `headroom.real_minus_chance` (mAP@[.5:.95]); FID and KID from `images` (check-images'
+    metrics of the first draw)."""
     shown = [
         v
         for v in trained
         if v in (variants.REAL, variants.HANDFUL, variants.generated(variants.SYNTHETIC))
         or v.is_few_shot
     ]
-    numbers: dict[str, Any] = {
-        f"{v.name}.map50_95": evaluation.variant(v.name).map50_95.mean for v in shown
-    }
+    numbers: dict[str, Any] = {}
+    for variant in shown:
+        numbers[f"{variant.name}.map50_95"] = evaluation.variant(variant.name).map50_95.mean
+        by_draw = evaluation.draws.get(variant.name, {})
+        if len(by_draw) > 1:  # one draw: the pooled number is the draw's
+            for draw, scores in by_draw.items():
+                numbers[f"{variant.name}.draw{draw}.map50_95"] = scores.map50_95.mean
     for variant in trained:
         if not (variant.is_few_shot and variant.extra == variants.SYNTHETIC):
             continue

@@ -68,6 +68,25 @@ def detection_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str
     return rows
 
 
+def draw_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
+    """A row per variant and handful draw (mean ± std over its seeds) of `variants` trained per
+    draw; no table with one draw (the rows above are that draw's)."""
+    drawn = [name for name in variants if len(evaluation.draws.get(name, {})) > 1]
+    if not drawn:
+        return []
+    rows = [
+        "Per handful draw (each its own handful, personalisation, extra images and detectors; "
+        "`real` is the same in every draw):",
+        "",
+        "| variant | draw | seeds | mAP@[.5:.95] |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in drawn:
+        for draw, scores in evaluation.draws[name].items():
+            rows.append(f"| `{name}` | {draw} | {scores.seeds} | {_mean_std(scores.map50_95)} |")
+    return [*rows, ""]
+
+
 def _evidence(found: Comparison) -> str:
     """The evidence cell: yes, or no with evaluate's reason."""
     if found.evidence is None:
@@ -329,7 +348,7 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
     return [
         f"- Base model: `{params.personalize.base_model}`; `{params.personalize.method}` "
         f"personalisation for {params.personalize.max_train_steps} steps on the "
-        f"{_number(prepared.personalize.images)} handful images.",
+        f"{_handful_images(params)} handful images (each draw).",
         f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
         f"{params.shared.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
@@ -355,6 +374,23 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
         )
         + f"; {_number(annotated.corrected_images)} images with reviewed labels.",
     ]
+
+
+def _over_draws(params: Params) -> str:
+    """How the units pool with several handful draws (few_shot.draws); nothing with one."""
+    draws = params.few_shot.draws
+    if len(draws) == 1:
+        return ""
+    return (
+        f", pooled over the {len(draws)} handful draws {list(draws)}: the seeds column counts "
+        "(draw, seed) units, and comparisons pair the units both sides have (`real` of a seed "
+        "with every draw's detector of that seed)"
+    )
+
+
+def _handful_images(params: Params) -> int:
+    """The images of one handful draw: every subject's `images`."""
+    return sum(subject.images for subject in params.shared.subjects.values())
 
 
 def _data(
@@ -396,15 +432,16 @@ def render(
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
         "",
-        f"## The few-shot question: {_number(prepared.personalize.images)} labelled "
+        f"## The few-shot question: {_handful_images(params)} labelled "
         f"images, and {params.few_shot.extra_images} more of each kind",
         "",
         f"Real test split: {evaluation.test_images} images, "
         f"{evaluation.test_boxes} boxes. Mean ± sample std over seeds (no ± with one "
-        "seed).",
+        f"seed){_over_draws(params)}.",
         "",
         *detection_table(evaluation, few_shot),
         "",
+        *draw_table(evaluation, few_shot),
         *comparison_table(evaluation, few_shot_pairs),
         "",
         "What the extra images are worth, read off the curve of mAP against labelled real "
