@@ -156,7 +156,10 @@ def test_report_limits_name_one_seed_and_an_empty_label_set() -> None:
     assert "**One seed per variant (42, the default's time budget)" in page
     assert "No box in any generated image" not in page
     page = render((42,), dataclasses.replace(ANNOTATED, boxes=0, empty_label_set=True))
-    assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
+    assert (
+        "**No box in any generated image** (`empty_label_set` in "
+        "metrics/draws/draw<d>/annotate.json)" in page
+    )
 
 
 def test_without_a_real_image_curve_the_report_says_so() -> None:

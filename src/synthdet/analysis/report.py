@@ -215,7 +215,8 @@ def size_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
 
 
 def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
-    """The generated images' checks, from check-images' metrics (`metrics/images.json`)."""
+    """The generated images' checks, from check-images' metrics
+    (`metrics/draws/draw<d>/images.json`)."""
     lines = [
         f"- FID {_number(images.get('fid'), 2)} and KID "
         f"{_number(images.get('kid_mean'), 4)} ± {_number(images.get('kid_std'), 4)} "
@@ -548,9 +549,10 @@ def limits(
         )
     if annotated.empty_label_set:
         found.append(
-            "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
-            "detectors on generated images trained on background only, so their mAP measures "
-            "nothing and the generated images only teach the others to miss objects."
+            "**No box in any generated image** (`empty_label_set` in "
+            "metrics/draws/draw<d>/annotate.json): the detectors on generated images trained on "
+            "background only, so their mAP measures nothing and the generated images only teach "
+            "the others to miss objects."
         )
     for name, extra in extras.items():
         if extra.empty_label_set:

@@ -115,10 +115,11 @@ def read_prepare_metrics(path: Path) -> PrepareMetrics:
 
 
 def read_annotate_metrics(path: Path) -> AnnotateMetrics:
-    """annotate-with-baseline's metrics file (`metrics/annotate.json`)."""
+    """annotate-with-baseline's metrics file (`metrics/draws/draw<d>/annotate.json`)."""
     return AnnotateMetrics.from_dict(read_metrics_json(path))
 
 
 def read_extra_images_metrics(path: Path) -> ExtraImagesMetrics:
-    """copy-paste's or pseudo-label's metrics file (`metrics/copy_paste.json`, `pseudo.json`)."""
+    """copy-paste's or pseudo-label's metrics file (`metrics/draws/draw<d>/copy_paste.json`,
+    `pseudo.json`)."""
     return ExtraImagesMetrics.from_dict(read_metrics_json(path))

@@ -1,8 +1,8 @@
 """copy-paste: the handful's objects pasted onto the handful's images (synthdet.extra.copy_paste).
 
 Writes `few_shot.extra_images` composites as a YOLO folder (`images/*.png`, `labels/*.txt`,
-boxes by construction) and `metrics/copy_paste.json` (images, boxes, pasted, dropped). Reads
-only the handful: one draw's subject folders (synthdet.stages.handful).
+boxes by construction) and `metrics/draws/draw<d>/copy_paste.json` (images, boxes, pasted,
+dropped). Reads only the handful: one draw's subject folders (synthdet.stages.handful).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The `handful-pseudo` variant's extra images: `few_shot.extra_images` real train 
 not in the handful, drawn with shared.seed, labelled by the annotator detector
 (`annotate_with_baseline.annotator`, at its confidence and NMS IoU). Only the images folder is
 read, never a label file of these images: they compete with the generated images on equal terms
-(real unlabelled photos against generated ones). Writes a YOLO folder and `metrics/pseudo.json`.
+(real unlabelled photos against generated ones). Writes a YOLO folder and
+`metrics/draws/draw<d>/pseudo.json`.
 """
 
 from __future__ import annotations
