@@ -104,8 +104,16 @@ def test_evaluate_finds_each_draws_detectors_and_names_a_missing_draw(params, tm
         (1, 42): tmp_path / "draw1" / "handful" / "seed42",
     }
     assert list(found[variants.REAL]) == [(None, 42)]
+    # a detector of the layout before draws (variant.json without a draw) is no candidate
+    old = tmp_path / "handful" / "seed42"
+    DetectorVariant(variants.HANDFUL, 42, 0).write(old)
+    raw = json.loads((old / VARIANT_INFO).read_text())
+    (old / VARIANT_INFO).write_text(json.dumps({k: v for k, v in raw.items() if k != "draw"}))
+    assert evaluate.find_detectors(tmp_path, params) == found
     (tmp_path / "draw1" / "handful" / "seed42" / VARIANT_INFO).unlink()
-    with pytest.raises(DataError, match=r"no detector for handful draw 1 seed 42 \(draw1/"):
+    with pytest.raises(DataError, match=r"no detector for handful draw 1 seed 42 \(draw1/handf"):
+        evaluate.find_detectors(tmp_path, params)
+    with pytest.raises(DataError, match=r", handful/seed42 hold no readable variant.json"):
         evaluate.find_detectors(tmp_path, params)
 
 

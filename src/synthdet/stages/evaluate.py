@@ -53,17 +53,20 @@ def find_detectors(
     """{variant: {(draw, seed): folder}} for every variant, handful draw (few_shot.draws; None
     for `real`, which no draw changes) and seed params ask for, the baseline first, found by the
     `variant.json` each train stage writes next to its weights (folder names are not read: DVC
-    spells a share 1.0 as `1`). Folders of other variants and draws are ignored. Raises
-    DataError naming the missing detectors, and two folders holding the same one."""
+    spells a share 1.0 as `1`). Folders of other variants and draws are ignored, and so are
+    folders whose variant.json is missing or unreadable (e.g. left by a stage of an older layout)
+    unless a detector is missing: then the DataError naming the missing detectors names them
+    too. Raises DataError for two folders holding the same detector."""
     by_key: dict[tuple[variants.Variant, int | None, int], Path] = {}
     unrecorded = []
     for folder in sorted(Path(detectors_dir).glob("**/seed*")):
         if not folder.is_dir():
             continue
-        if not (folder / VARIANT_INFO).is_file():
+        try:
+            info = DetectorVariant.read(folder)
+        except DataError:
             unrecorded.append(str(folder.relative_to(detectors_dir)))
             continue
-        info = DetectorVariant.read(folder)
         key = (info.variant, info.draw, info.seed)
         if key in by_key:
             raise DataError(
@@ -83,7 +86,8 @@ def find_detectors(
                     missing.append(_unit_name(variant, draw, seed))
     if missing:
         hint = (
-            f" ({', '.join(unrecorded)} hold no {VARIANT_INFO}: trained by an older synthdet)"
+            f" ({', '.join(unrecorded)} hold no readable {VARIANT_INFO}: trained by an older "
+            "synthdet)"
             if unrecorded
             else ""
         )
