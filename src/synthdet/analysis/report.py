@@ -294,7 +294,7 @@ def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = [
         "Measured apart from this run by `benchmarks/protocol.py` on the embedded data "
         "(`metrics/protocol/`: protocols `base` = params.yaml's detector, `long` = 30 epochs; "
-        "the handful drawn as `prepare` draws it, draw 0 = this run's; rerun it for your "
+        "the handful drawn as `handful@<draw>` draws it, draw 0 = this run's; rerun it for your "
         "data). Std over detector seeds (draw 0), over handful draws at one seed, and over "
         "the test split's photos (bootstrap of one detector's predictions):",
         "",
