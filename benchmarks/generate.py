@@ -7,7 +7,7 @@ generate params (batches of `generate.batch_size`, prompt embeddings once per pr
 inference mode, SDPA attention, LoRA fused, DPM-Solver++). Rounds alternate between the two so
 that a busy machine slows both alike; the median round counts.
 
-    python benchmarks/generate.py                    # models/base + models/personalize/<subject>
+    python benchmarks/generate.py                    # models/base + draw 0's adapter
     python benchmarks/generate.py --untrained        # builtin:tiny shapes, random weights
 
 Writes metrics/bench/generate.json.
@@ -49,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--builtin-base", type=Path, default=Path("models/base"))
-    parser.add_argument("--adapter", type=Path, help="default: models/personalize/<1st subject>")
+    parser.add_argument(
+        "--adapter", type=Path, help="default: models/personalize/draw0/<1st subject>"
+    )
     parser.add_argument("--untrained", action="store_true", help="random builtin:tiny weights")
     parser.add_argument("--images", type=int, default=16, help="images per round and method")
     parser.add_argument("--rounds", type=int, default=3)
@@ -58,7 +60,7 @@ def main() -> None:
     params = load_params(args.params)
     settings = params.generate
     subject_name, subject = next(iter(params.shared.subjects.items()))
-    args.adapter = args.adapter or Path("models/personalize") / subject_name
+    args.adapter = args.adapter or Path("models/personalize/draw0") / subject_name
     device = configure_torch()
     prompts = [
         template.format(identifier=subject.identifier, class_noun=subject.class_noun)

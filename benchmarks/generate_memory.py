@@ -1,7 +1,7 @@
 """Benchmark: peak memory of the generate stage as the number of images grows.
 
 Each count N runs the whole stage (`synthdet.stages.generate.run`: plan, generate, filters,
-manifest) in a fresh process on the committed models (models/base + models/personalize) into an
+manifest) in a fresh process on the committed models (models/base, models/personalize/draw0) in an
 empty folder, and records that process's peak resident memory (`ru_maxrss`) and its resident
 memory in use (after `malloc_trim`) when 25, 50, 75 and 100 % of the images had been written
 (sampled every 0.25 s). Images are streamed
@@ -76,9 +76,9 @@ def child(count: int, resolution: int, steps: int, out: Path) -> dict:
     metrics = generate.run(
         params,
         ROOT / "models/base",
-        ROOT / "models/personalize",
+        ROOT / "models/personalize/draw0",
         ROOT / "data/prepared/train",
-        ROOT / "data/prepared/personalize",
+        ROOT / "data/handfuls/draw0",
         out / "generated",
         out / "generate.json",
     )

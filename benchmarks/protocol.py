@@ -11,8 +11,9 @@ split with COCO mAP@[.5:.95] (torchmetrics, as `evaluate` does). Every subset is
 pipeline's equal-steps rule.
 
 A unit is (protocol, subset, draw, seed):
-- subset `handful`: `shared.subjects.*.images` train images drawn as `prepare` draws them
-  (`data.subject_images`, seed = shared.seed + draw; draw 0 is the pipeline's handful);
+- subset `handful`: `shared.subjects.*.images` train images drawn as the `handful@<draw>` stages
+  draw them (`data.subject_images`, seed `data.draw_seed`: shared.seed + draw; draw 0 is the
+  pipeline's first handful);
 - subset `n<k>`: the draw's handful, then other train images shuffled by the draw's seed, the
   first k (nested, as `variants.compose` builds real-n<k>);
 - subset `real`: every train image.
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from synthdet.analysis import metrics
-from synthdet.core.data import link_yolo_folder, read_yolo_folder, subject_images
+from synthdet.core.data import draw_seed, link_yolo_folder, read_yolo_folder, subject_images
 from synthdet.detectors import detection
 from synthdet.params import load_params
 from synthdet.stages.train_detector import images_per_epoch
@@ -122,7 +123,12 @@ def run(out: Path, protocols: dict[str, dict], plan: list[tuple[str, str, int, i
         if unit in done:
             continue
         images = subset_images(
-            train, subject, settings.stem_pattern, settings.images, params.shared.seed + draw, size
+            train,
+            subject,
+            settings.stem_pattern,
+            settings.images,
+            draw_seed(params.shared.seed, draw),
+            size,
         )
         started = time.time()
         with tempfile.TemporaryDirectory(prefix="synthdet-protocol-") as scratch:

@@ -277,20 +277,21 @@ def test_img2img_source_boxes_are_merged_with_the_predictions(tmp_path: Path) ->
 
 
 def few_shot_project(root: Path, tmp_path: Path) -> dict[str, Path]:
-    """The folders evaluate reads: the tiny train split as train, its first 2 images as the
-    handful, and one extra folder per few-shot source (copies of the train split)."""
-    handful = tmp_path / "personalize" / "apple_tree"
+    """The folders evaluate reads, as dvc.yaml lays out handful draw 0: the tiny train split as
+    train, its first 2 images as the handful, and one extra folder per few-shot source (copies
+    of the train split)."""
+    handful = tmp_path / "handfuls" / "draw0" / "apple_tree"
     for sub, suffix in (("images", ".jpg"), ("labels", ".txt")):
         (handful / sub).mkdir(parents=True)
         for index in (0, 1):
             shutil.copy(root / "train" / sub / f"tile_{index}{suffix}", handful / sub)
     for source in ("synthetic", "copy-paste", "pseudo"):
-        shutil.copytree(root / "train", tmp_path / "extra" / source)
+        shutil.copytree(root / "train", tmp_path / "extra" / "draw0" / source)
     return {
         "test": root / "val",
         "detectors": tmp_path / "detectors",
         "real": root / "train",
-        "handful": tmp_path / "personalize",
+        "handful": tmp_path / "handfuls",
         "extra": tmp_path / "extra",
     }
 
@@ -324,14 +325,16 @@ def test_evaluate_scores_every_variant_with_paired_statistics(
         for seed in (42, 7):
             folder = folders["detectors"] / variant.name / f"seed{seed}"
             shutil.copytree(root / "models" / "real", folder)
-            DetectorVariant(variant, seed).write(folder)  # the copied real one's, replaced
+            # the copied real one's, replaced
+            DetectorVariant(variant, seed, 0 if variant.drawn else None).write(folder)
     stale = folders["detectors"] / "stale-variant" / "seed42"  # a variant params no longer ask for
     shutil.copytree(root / "models" / "real", stale)
     count = variants.RealImages(variants.RealKind.COUNT, count=2)
-    DetectorVariant(variants.Variant(count), 42).write(stale)
-    (tmp_path / "images.json").write_text(json.dumps({"fid": 100.0, "kid_mean": 0.2}))
+    DetectorVariant(variants.Variant(count), 42, 0).write(stale)
+    (tmp_path / "draws" / "draw0").mkdir(parents=True)
+    (tmp_path / "draws/draw0/images.json").write_text(json.dumps({"fid": 100.0, "kid_mean": 0.2}))
     out = tmp_path / "metrics"
-    summary = evaluate.run(params, folders, tmp_path / "images.json", out)
+    summary = evaluate.run(params, folders, tmp_path / "draws", out)
     assert Evaluation.read(out / "evaluation.json").to_flat() == summary.to_flat()
     # same weights everywhere: every paired difference is exactly 0, with no spread
     compared = summary.comparison("handful-synthetic", "handful")
@@ -371,7 +374,7 @@ def test_pseudo_labels_read_no_label_of_their_images(trained: dict, tmp_path: Pa
     metrics = pseudo_label.run(
         params,
         train / "images",
-        folders["handful"],
+        folders["handful"] / "draw0",
         root / "models" / "real",
         tmp_path / "pseudo",
         tmp_path / "pseudo.json",
@@ -388,7 +391,7 @@ def test_pseudo_labels_read_no_label_of_their_images(trained: dict, tmp_path: Pa
         assert label.read_text() == format_label(box for box, _ in found.yolo_boxes())
     # val: 4 images, 2 of them named like handful images, so 2 outside it
     with pytest.raises(DataError, match="2 train images outside the handful.*is 4; lower it"):
-        pseudo_label.unlabelled_pool(root / "val" / "images", folders["handful"], 4, 0)
+        pseudo_label.unlabelled_pool(root / "val" / "images", folders["handful"] / "draw0", 4, 0)
 
 
 @pytest.mark.slow  # the FID alone takes seconds to tens of seconds on 2 CPU cores

@@ -142,6 +142,7 @@ def test_editing_a_module_reruns_only_the_stages_that_import_it():
     train = {name for name in code if name.startswith("train-")}
     assert rerun["src/synthdet/image_checks/fidelity.py"] == {"check-images"}
     assert rerun["src/synthdet/personalization/captioning.py"] == {"caption"}
+    assert rerun["src/synthdet/stages/handful.py"] == {"handful"}
     assert rerun["src/synthdet/analysis/report.py"] == {"report"}
     assert rerun["src/synthdet/analysis/stats.py"] == {"evaluate"}
     assert rerun["src/synthdet/extra/copy_paste.py"] == {"copy-paste"}
@@ -228,7 +229,69 @@ def test_mix_matrix_expands_to_one_stage_per_share_fraction_and_seed(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)
     listed = done.stdout.split()
     assert sorted(name for name in listed if name.startswith("train-mix@")) == [
-        f"train-mix@{share}-0.1-{seed}" for share in ("0.5", "1.0") for seed in (1, 2)
+        f"train-mix@0-{share}-0.1-{seed}" for share in ("0.5", "1.0") for seed in (1, 2)
+    ]
+
+
+def expanded_stages(root: Path, draws: list[int]) -> dict[str, tuple]:
+    """Each stage of dvc.yaml with few_shot.draws=`draws`, as a DVC project at `root` (made):
+    {name: (cmd, deps and params, outs)}."""
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["few_shot"]["draws"] = draws
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
+    stages = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            deps = sorted(
+                f"{dep.def_path}:{sorted(dep.params)}" if hasattr(dep, "params") else dep.def_path
+                for dep in stage.deps
+            )
+            stages[stage.name] = (stage.cmd, deps, sorted(out.def_path for out in stage.outs))
+    return stages
+
+
+def test_adding_a_draw_adds_only_its_own_stages(tmp_path):
+    """few_shot.draws [0] -> [0, 1]: every stage of draw 0 (and real, base, class images) keeps
+    its name, command, deps, params and outs, so `dvc repro` trains only draw 1's stages (and
+    evaluates and reports again); draw 1 writes only into its own draw1 folders."""
+    one = expanded_stages(tmp_path / "one", [0])
+    two = expanded_stages(tmp_path / "two", [0, 1])
+    shared = {"evaluate", "report"}  # read every draw: they run again
+    assert set(one) <= set(two)
+    for name in set(one) - shared:
+        assert one[name] == two[name], name
+    added = set(two) - set(one)
+    drawn = {name.split("@")[0] for name in one if "@0" in name}
+    assert {
+        "handful",
+        "caption",
+        "personalize",
+        "generate",
+        "check-images",
+        "train-handful",
+        "train-real-curve",
+        "annotate-with-baseline",
+        "copy-paste",
+        "pseudo-label",
+        "train-few-shot",
+        "train-synthetic",
+    } == drawn
+    assert added == {name.replace("@0", "@1", 1) for name in one if "@0" in name}
+    outs_one = {out for _, _, outs in one.values() for out in outs}
+    for name in added:
+        outs = two[name][2]
+        assert outs and all("draw1" in out for out in outs), name
+        assert not set(outs) & outs_one, name
+        # few_shot.draws is no param of a draw's stage: adding a draw changes none of them
+        assert not any("draws" in dep for dep in two[name][1]), name
+    assert two["train-few-shot@1-synthetic-42"][1][:3] == [
+        "data/extra/draw1/synthetic",
+        "data/handfuls/draw1",
+        "data/prepared/val",
     ]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.analysis import evaluation
+from synthdet.analysis import evaluation, report
 from synthdet.core.data import Box, Sample
 from synthdet.detectors import variants
 
@@ -47,14 +47,18 @@ def test_summary_pairs_seeds_and_inverts_the_real_curve(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
     chance = evaluation.chance_baseline([Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))])
 
-    def runs(scores: dict[int, float], confidence: float = 0.9) -> dict[int, evaluation.Run]:
+    def runs(
+        scores: dict[int, float], confidence: float = 0.9, draw: int | None = 0
+    ) -> dict[evaluation.Unit, evaluation.Run]:
         return {
-            seed: evaluation.Run(evaluation.metrics.DetectionMetrics(m, m, m, (), ()), confidence)
+            (draw, seed): evaluation.Run(
+                evaluation.metrics.DetectionMetrics(m, m, m, (), ()), confidence
+            )
             for seed, m in scores.items()
         }
 
     scored = {
-        "real": runs({1: 0.30, 2: 0.32}),
+        "real": runs({1: 0.30, 2: 0.32}, draw=None),
         "handful": runs({1: 0.10, 2: 0.12}),
         "real-n16": runs({1: 0.20, 2: 0.22}),
         "handful-synthetic": runs({1: 0.14, 2: 0.18}, confidence=0.1),
@@ -112,7 +116,7 @@ def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
     test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
     scores = evaluation.metrics.DetectionMetrics(0.2, 0.4, 0.1, (), ())
-    runs = {"real": {42: evaluation.Run(scores, 0.9)}}
+    runs = {"real": {(None, 42): evaluation.Run(scores, 0.9)}}
     summary = evaluation.summarise(
         runs,
         evaluation.chance_baseline(test),
@@ -134,3 +138,65 @@ def test_one_curve_point_gives_no_real_image_equivalent(tmp_path: Path) -> None:
         "fid",
         "kid_mean",
     }
+
+
+def test_draws_pair_over_draw_and_seed_units_and_keep_a_row_per_draw(tmp_path: Path) -> None:
+    """Two handful draws x two seeds: `handful` pairs with `handful-synthetic` over the four
+    (draw, seed) units; `real` (no draw) pairs over the two seeds with each seed's mean over the
+    draws (its one detector per seed is not counted once per draw); each drawn variant keeps one
+    record per draw, and the flat files read back the same."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
+
+    def run(m: float) -> evaluation.Run:
+        return evaluation.Run(evaluation.metrics.DetectionMetrics(m, m, m, (), ()), 0.9)
+
+    scored = {
+        "real": {(None, 1): run(0.30), (None, 2): run(0.34)},
+        "handful": {(0, 1): run(0.10), (0, 2): run(0.12), (1, 1): run(0.20), (1, 2): run(0.22)},
+        "handful-synthetic": {
+            (0, 1): run(0.11),
+            (0, 2): run(0.14),
+            (1, 1): run(0.20),
+            (1, 2): run(0.25),
+        },
+    }
+    assert evaluation.comparison_units(scored["real"], scored["handful"]) == (
+        {1: 0.30, 2: 0.34},
+        {1: pytest.approx(0.15), 2: pytest.approx(0.17)},
+    )
+    summary = evaluation.summarise(
+        scored,
+        evaluation.chance_baseline(test),
+        [("handful", 8), ("real", 116)],
+        [("handful-synthetic", "handful"), ("real", "handful-synthetic")],
+        0.25,
+        {name: variants.Composition((image,), ()) for name in scored},
+        test,
+        target_difference=0.03,
+    )
+    few = summary.comparison("handful-synthetic", "handful")
+    assert few.seeds == 4 and few.diff_map50_95 == pytest.approx((0.01 + 0.02 + 0 + 0.03) / 4)
+    against_real = summary.comparison("real", "handful-synthetic")
+    assert against_real.seeds == 2
+    assert against_real.diff_map50_95 == pytest.approx((0.145 + 0.145) / 2)
+    assert against_real.diff_std == 0 and not against_real.evidence  # equal differences
+    assert "all equal" in against_real.evidence_reason
+    assert summary.variant("handful").seeds == 4 and summary.variant("real").seeds == 2
+    assert "real" not in summary.draws
+    assert summary.draws["handful"][1] == evaluation.DrawScores(
+        2, evaluation.MeanStd(0.21, pytest.approx(0.014142, abs=1e-6))
+    )
+    flat = summary.to_flat()
+    assert flat["handful.draw0.map50_95"] == pytest.approx(0.11)
+    assert flat["handful.map50_95"] == pytest.approx(0.16)  # pooled: today's key
+    assert evaluation.Evaluation.from_flat(flat) == summary
+    trained = [variants.REAL, variants.HANDFUL, variants.few_shot("synthetic", 4)]
+    headline = evaluation.headline(summary, trained, {})
+    assert headline["handful.map50_95"] == pytest.approx(0.16)
+    assert headline["handful.draw1.map50_95"] == pytest.approx(0.21)
+    assert "real.draw0.map50_95" not in headline
+    rows = report.draw_table(summary, ["real", "handful", "handful-synthetic"])
+    assert "| `handful` | 1 | 2 | 0.210 ± 0.014 |" in rows
+    assert not any("`real`" in row for row in rows if row.startswith("|"))

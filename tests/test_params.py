@@ -85,6 +85,11 @@ def test_unknown_section(raw):
         ("prepare", "test_groups", 0, r"'prepare.test_groups' must be >= 1"),
         ("prepare", "format", "kitti", r"'prepare.format' must be one of"),
         ("base", "vae_kl_weight", float("inf"), r"'base.vae_kl_weight' must be a finite number"),
+        ("few_shot", "draws", [], r"'few_shot.draws' must list handful draw indices >= 0"),
+        ("few_shot", "draws", [0, -1], r"'few_shot.draws' must list handful draw indices >= 0"),
+        ("few_shot", "draws", [0, 1, 0], r"'few_shot.draws' holds 0 more than once"),
+        ("few_shot", "draws", 2, r"'few_shot.draws' must be a list"),
+        ("few_shot", "draws", ["1"], r"'few_shot.draws\[0\]' must be an integer"),
     ],
 )
 def test_bad_values_name_the_key(raw, section, key, value, message):

@@ -148,17 +148,17 @@ def test_the_image_checks_run_before_any_detector_trains(dry_project):
     """A leak found by check-images stops `dvc repro` before a detector has trained."""
     order = repro_plan(dry_project)
     first_training = min(i for i, name in enumerate(order) if name.startswith("train-"))
-    assert order.index("check-images") < first_training
+    assert order.index("check-images@0") < first_training
     assert order[0] == "prepare" and order[-1] == "report" and len(order) == len(set(order))
 
 
 def test_changing_generated_images_reruns_only_downstream(dry_project):
     """What depends on generate (dvc.yaml's deps): a new num_images reruns exactly these."""
-    assert set(repro_plan(dry_project, "generate", downstream=True)) == {
-        "generate",
-        "check-images",
-        "annotate-with-baseline",
-        "train-few-shot@synthetic-42",
+    assert set(repro_plan(dry_project, "generate@0", downstream=True)) == {
+        "generate@0",
+        "check-images@0",
+        "annotate-with-baseline@0",
+        "train-few-shot@0-synthetic-42",
         "evaluate",
         "report",
     }
@@ -175,7 +175,7 @@ def test_repro_writes_every_metric(micro_project):
     assert "handful-synthetic-vs-handful.diff_map50_95" in metrics
     assert "## The few-shot question" in (micro_project / "metrics/report.md").read_text()
     assert (micro_project / "metrics/synthetic_grid.png").stat().st_size > 0
-    manifest = (micro_project / "data/generated/manifest.jsonl").read_text().splitlines()
+    manifest = (micro_project / "data/generated/draw0/manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 3
 
 
@@ -197,7 +197,35 @@ def test_a_new_num_images_leaves_the_upstream_stages_cached(micro_project):
         stages = would_run(micro_project, "--force-downstream")
     finally:
         params_file.write_text(original)
-    assert stages == set(repro_plan(micro_project, "generate", downstream=True))
+    assert stages == set(repro_plan(micro_project, "generate@0", downstream=True))
+
+
+@pytest.mark.slow
+def test_adding_a_draw_runs_only_the_new_draws_stages(micro_project):
+    """few_shot.draws [0] -> [0, 1] on the run project: DVC sees draw 1's stages and the
+    evaluation and report changed, nothing of draw 0 (its lock entries stay valid). `dvc status`,
+    as `dvc repro --dry` stops at the first stage whose dep a new stage would make."""
+    params_file = micro_project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["few_shot"]["draws"] = [0, 1]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = subprocess.run(
+            ["dvc", "status", "--json"],
+            cwd=micro_project,
+            env=repro_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        listed = run(["dvc", "stage", "list", "--name-only"], micro_project).split()
+    finally:
+        params_file.write_text(original)
+    new = {name for name in listed if "@1" in name and not name.startswith("class-images")}
+    assert {"handful@1", "personalize@1-apple_tree", "train-few-shot@1-synthetic-42"} <= new
+    changed = {name.rpartition(":")[2] for name in json.loads(status.stdout)}
+    assert changed == new | {"evaluate", "report"}
 
 
 def file_hashes(root: Path, folders: list[str]) -> dict[str, str]:
@@ -225,7 +253,14 @@ def test_remote_round_trip_to_a_fresh_clone(micro_project, tmp_path):
     assert file_hashes(clone, shared) == file_hashes(micro_project, shared)
 
 
-OUTPUTS = ["data/prepared", "data/generated", "data/extra", "models", "data/captions"]
+OUTPUTS = [
+    "data/prepared",
+    "data/handfuls",
+    "data/generated",
+    "data/extra",
+    "models",
+    "data/captions",
+]
 
 
 def stage_processes(parent: int) -> list:
@@ -250,7 +285,7 @@ def kill(processes: list) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["prepare", "generate", "annotate-with-baseline"])
+@pytest.mark.parametrize("stage", ["prepare", "generate@0", "annotate-with-baseline@0"])
 def test_stage_killed_at_random_points_reruns_to_identical_outputs(micro_project, stage):
     import random
     import time

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from synthdet.artifacts.metrics import PREPARE_METRICS, SplitCounts, read_prepare_metrics
-from synthdet.core.data import DataError, read_jsonl
+from synthdet.core.data import DataError, draw_seed, read_jsonl, read_yolo_folder, subject_images
 from synthdet.params import SubjectParams
-from synthdet.stages import caption, prepare
+from synthdet.stages import caption, handful, prepare
 
 
 def with_prepare(params, **changes):
@@ -45,12 +45,12 @@ def test_prepare_writes_splits_yaml_and_stats(small_params, tiny_yolo_folder, tm
     stats = prepare.run(small_params, tiny_yolo_folder, out, metrics)
     assert json.loads(metrics.read_text()) == stats
     assert stats["train.images"] + stats["val.images"] + stats["test.images"] == 18
-    assert stats["personalize.images"] == stats["personalize.apple_tree.images"] == 3
-    for split in ("train", "val", "test", "personalize/apple_tree"):
+    assert not any(key.startswith("personalize") for key in stats)  # the handful@ stages' now
+    for split in ("train", "val", "test"):
         images = sorted(p.stem for p in (out / split / "images").iterdir())
         labels = sorted(p.stem for p in (out / split / "labels").iterdir())
         assert images == labels and len(images) == stats[f"{split.replace('/', '.')}.images"]
-    assert sorted(p.name for p in (out / "personalize").iterdir()) == ["apple_tree"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.yaml", "test", "train", "val"]
     dataset = yaml.safe_load((out / "dataset.yaml").read_text())
     assert dataset == {
         "train": "train/images",
@@ -65,7 +65,7 @@ def test_prepare_metrics_read_back_typed(small_params, tiny_yolo_folder, tmp_pat
     path = tmp_path / PREPARE_METRICS
     stats = prepare.run(small_params, tiny_yolo_folder, tmp_path / "out", path)
     read = read_prepare_metrics(path)
-    assert list(read.splits()) == ["train", "val", "test", "personalize"]
+    assert list(read.splits()) == ["train", "val", "test"]
     for split, counts in read.splits().items():
         assert counts == SplitCounts(stats[f"{split}.images"], stats[f"{split}.boxes"])
 
@@ -83,11 +83,12 @@ def test_prepare_bad_label_keeps_previous_outputs(small_params, tiny_yolo_folder
 def test_template_captions_count_objects(small_params, tiny_yolo_folder, tmp_path):
     out = tmp_path / "prepared"
     prepare.run(small_params, tiny_yolo_folder, out, tmp_path / "prepare.json")
-    rows = caption.run(small_params, out / "personalize", tmp_path / "captions")["apple_tree"]
+    handful.run(small_params, 0, out / "train", out / "handful", tmp_path / "handful.json")
+    rows = caption.run(small_params, out / "handful", tmp_path / "captions")["apple_tree"]
     assert rows == read_jsonl(tmp_path / "captions" / "apple_tree.jsonl")
     assert len(rows) == 3
     for row in rows:
-        label = (out / "personalize/apple_tree/labels" / row["file"]).with_suffix(".txt")
+        label = (out / "handful/apple_tree/labels" / row["file"]).with_suffix(".txt")
         n = len(label.read_text().splitlines())
         noun = "apple" if n == 1 else "apples"
         assert row["caption"] == f"a photo of sks apple tree with {n} {noun}"
@@ -153,7 +154,8 @@ def test_blip_captioner_appends_description(small_params, tiny_yolo_folder, tmp_
             max_new_tokens=4,
         ),
     )
-    rows = caption.run(blip_params, out / "personalize", tmp_path / "captions")["apple_tree"]
+    handful.run(blip_params, 0, out / "train", out / "handful", tmp_path / "handful.json")
+    rows = caption.run(blip_params, out / "handful", tmp_path / "captions")["apple_tree"]
     assert len(rows) == 3
     for row in rows:
         assert row["caption"].startswith("a photo of sks apple tree, apple")
@@ -169,26 +171,38 @@ def test_blip_model_missing_says_how_to_fix():
 
 def test_subjects_draw_from_train_only_and_independently(params, tiny_yolo_folder, tmp_path):
     """Each subject gets its own train images (stem_pattern), never a val/test image, and its
-    draw does not depend on the other subjects (the test params: 1 val and 1 test group)."""
+    draw does not depend on the other subjects (the test params: 1 val and 1 test group); each
+    handful draw is another handful, draw 0 the one of seed shared.seed."""
     red = SubjectParams("sks", "apple tree", 2, ".*")
     green = SubjectParams("zwx", "apple tree", 2, r"tree_[01]$")
     out = tmp_path / "prepared"
-    prepare.run(with_subjects(params, red=red, green=green), tiny_yolo_folder, out, tmp_path / "m")
-    stems = {
-        name: sorted(p.stem for p in (out / "personalize" / name / "images").iterdir())
-        for name in ("red", "green")
-    }
+    both = with_subjects(params, red=red, green=green)
+    prepare.run(both, tiny_yolo_folder, out, tmp_path / "m")
+
+    def drawn(params, draw: int, folder: str) -> dict[str, list[str]]:
+        metrics = handful.run(params, draw, out / "train", tmp_path / folder, tmp_path / "h.json")
+        found = {
+            name: sorted(p.stem for p in (tmp_path / folder / name / "images").iterdir())
+            for name in params.shared.subjects
+        }
+        assert metrics["images"] == sum(len(stems) for stems in found.values())
+        return found
+
+    stems = drawn(both, 0, "draw0")
     train = {p.stem for p in (out / "train" / "images").iterdir()}
     held_out = {p.stem for split in ("val", "test") for p in (out / split / "images").iterdir()}
     for chosen in stems.values():
         assert len(chosen) == 2 and set(chosen) <= train and not set(chosen) & held_out
     assert all(stem.endswith(("tree_0", "tree_1")) for stem in stems["green"])
-    alone = tmp_path / "alone"
-    prepare.run(with_subjects(params, red=red), tiny_yolo_folder, alone, tmp_path / "m2")
-    assert sorted(p.stem for p in (alone / "personalize/red/images").iterdir()) == stems["red"]
-    too_many = SubjectParams("zwx", "apple tree", 50, ".*")
+    assert drawn(with_subjects(params, red=red), 0, "alone")["red"] == stems["red"]
+    records = read_yolo_folder(out / "train", 1)
+    seed = draw_seed(params.shared.seed, 1)
+    assert seed == params.shared.seed + 1
+    other = [s.image.stem for s in subject_images(records, "red", ".*", 2, seed)]
+    assert drawn(both, 1, "draw1")["red"] == sorted(other)
+    too_many = with_subjects(params, green=SubjectParams("zwx", "apple tree", 50, ".*"))
     with pytest.raises(DataError, match=r"shared.subjects.green: images=50"):
-        prepare.run(with_subjects(params, green=too_many), tiny_yolo_folder, alone, tmp_path / "m")
+        handful.run(too_many, 0, out / "train", tmp_path / "x", tmp_path / "h.json")
 
 
 def test_textual_inversion_captions_use_the_placeholder_not_the_concept(
@@ -197,7 +211,8 @@ def test_textual_inversion_captions_use_the_placeholder_not_the_concept(
     out = tmp_path / "prepared"
     prepare.run(small_params, tiny_yolo_folder, out, tmp_path / "prepare.json")
     params = with_method(small_params, "textual_inversion")
-    rows = caption.run(params, out / "personalize", tmp_path / "captions")["apple_tree"]
+    handful.run(params, 0, out / "train", out / "handful", tmp_path / "handful.json")
+    rows = caption.run(params, out / "handful", tmp_path / "captions")["apple_tree"]
     for row in rows:
         assert row["caption"].startswith("a photo of <sks> with ")
         assert "tree" not in row["caption"]
@@ -247,7 +262,6 @@ def test_prepare_new_users_voc_with_each_image_its_own_group(small_params, tmp_p
         "prepare: 12 images read as images + Annotations/<stem>.xml (Pascal VOC)\n"
         "  train 7 images (7 groups), 7 boxes | val 2 images (2 groups), 2 boxes | test 3 images "
         "(3 groups), 3 boxes\n"
-        "  personalize: apple_tree 3\n"
         "  repaired: nothing\n"
         "  dropped: nothing\n"
     )

@@ -29,6 +29,7 @@ from synthdet.params import Params, load_params
 from tests.conftest import REPO
 
 METRICS = REPO / "metrics"
+DRAW0 = METRICS / "draws" / "draw0"  # the data metrics of handful draw 0's stages
 # the committed evaluation with three seeds' worth of spread, intervals and p-values
 THREE_SEEDS = {
     "real.seeds": 3,
@@ -54,9 +55,7 @@ THREE_SEEDS = {
     "synthetic-vs-real.diff_map50_95": -0.15,
     "chance.map50": 0.01,
 }
-PREPARED = PrepareMetrics.from_dict(
-    {"train.images": 116, "train.boxes": 1059, "personalize.images": 8}
-)
+PREPARED = PrepareMetrics.from_dict({"train.images": 116, "train.boxes": 1059})
 ANNOTATED = AnnotateMetrics.from_dict(
     {"images": 32, "boxes": 40, "annotator.precision": None, "annotator.recall": 0.4}
 )
@@ -89,7 +88,7 @@ def render(
     return report.render(
         params_with_seeds(seeds),
         evaluation or Evaluation.from_flat(committed_flat() | THREE_SEEDS),
-        read_metrics_json(METRICS / "images.json"),
+        read_metrics_json(DRAW0 / "images.json"),
         PREPARED,
         annotated,
         EXTRAS,
@@ -104,12 +103,12 @@ def test_the_report_renders_from_the_committed_metrics_files() -> None:
     page = report.render(
         params,
         Evaluation.read(METRICS / EVALUATION),
-        read_metrics_json(METRICS / "images.json"),
+        read_metrics_json(DRAW0 / "images.json"),
         read_prepare_metrics(METRICS / PREPARE_METRICS),
-        read_annotate_metrics(METRICS / ANNOTATE_METRICS),
+        read_annotate_metrics(DRAW0 / ANNOTATE_METRICS),
         {
-            "copy-paste (handful crops)": read_extra_images_metrics(METRICS / COPY_PASTE_METRICS),
-            "pseudo-labelled real": read_extra_images_metrics(METRICS / PSEUDO_METRICS),
+            "copy-paste (handful crops)": read_extra_images_metrics(DRAW0 / COPY_PASTE_METRICS),
+            "pseudo-labelled real": read_extra_images_metrics(DRAW0 / PSEUDO_METRICS),
         },
         configured,
         variants.comparisons(configured),
@@ -157,7 +156,10 @@ def test_report_limits_name_one_seed_and_an_empty_label_set() -> None:
     assert "**One seed per variant (42, the default's time budget)" in page
     assert "No box in any generated image" not in page
     page = render((42,), dataclasses.replace(ANNOTATED, boxes=0, empty_label_set=True))
-    assert "**No box in any generated image** (`empty_label_set` in metrics/annotate.json)" in page
+    assert (
+        "**No box in any generated image** (`empty_label_set` in "
+        "metrics/draws/draw<d>/annotate.json)" in page
+    )
 
 
 def test_without_a_real_image_curve_the_report_says_so() -> None:
@@ -176,7 +178,7 @@ def test_a_variant_the_evaluation_lacks_is_an_error_not_a_blank() -> None:
 
 def test_invalid_checks_and_drifting_objects_are_said_not_shared() -> None:
     params = load_params(REPO / "params.yaml")
-    images = json.loads((REPO / "metrics/images.json").read_text())
+    images = json.loads((DRAW0 / "images.json").read_text())
     invalid = dict(
         images,
         **{

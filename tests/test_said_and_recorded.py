@@ -68,7 +68,7 @@ def test_an_annotation_pass_without_boxes_is_said_and_flagged(
     assert warnings(capsys) == [
         "warning: annotate-with-baseline labelled no box in any of the 2 generated images "
         "(annotate_with_baseline.confidence=0.25): the synthetic variant trains on background "
-        "only, and metrics/annotate.json says empty_label_set: true. Lower "
+        "only, and metrics/draws/draw<d>/annotate.json says empty_label_set: true. Lower "
         "annotate_with_baseline.confidence, label by construction with generate.mode=img2img "
         "and annotate_with_baseline.source_boxes=true, or look at the images "
         "(metrics/synthetic_grid.png)."
@@ -98,7 +98,15 @@ def test_a_variant_without_boxes_is_said_and_flagged(params, tmp_path, no_traini
         folders = {"real": real, "extra": synthetic}
         out = tmp_path / variant.name
         return train_detector.run(
-            params, "train", variant, 42, folders, real, out, tmp_path / "r.csv"
+            params,
+            "train",
+            variant,
+            42,
+            folders,
+            real,
+            out,
+            tmp_path / "r.csv",
+            draw=0 if variant.drawn else None,
         )
 
     metrics = run(variants.generated("synthetic"))

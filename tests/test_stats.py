@@ -56,3 +56,10 @@ def test_real_image_equivalent_inverts_the_curve() -> None:
     assert dipped.images == pytest.approx(24)
     with pytest.raises(ValueError, match="increase"):
         stats.real_image_equivalent([16, 8], [0.1, 0.2], 0.15)
+
+
+def test_differences_equal_up_to_rounding_have_no_spread():
+    # 0.30 - 0.155 and 0.34 - 0.195 differ by ~1e-17 in floats: no p-value, no detectable size
+    diff = stats.paired_difference({1: 0.30, 2: 0.34}, {1: 0.155, 2: 0.195})
+    assert diff.std == 0.0 and diff.p_value is None
+    assert stats.minimum_detectable_difference(diff.std, diff.seeds) == 0.0

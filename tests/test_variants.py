@@ -216,7 +216,16 @@ def test_the_handful_trains_the_train_splits_images_an_epoch_unless_set(
         folders = {"handful": tmp_path / "personalize"}
         out = tmp_path / f"out{len(seen)}"
         return train_detector.run(
-            settings, "t", variants.HANDFUL, 42, folders, train, out, out / "r.csv", prepare_metrics
+            settings,
+            "t",
+            variants.HANDFUL,
+            42,
+            folders,
+            train,
+            out,
+            out / "r.csv",
+            prepare_metrics,
+            draw=0,
         )
 
     default = load_params(REPO / "params.yaml").train_detector.min_images_per_epoch

@@ -16,7 +16,7 @@ from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.core.data import Box, DataError, Sample
 from synthdet.detectors import variants
 from tests.conftest import REPO
-from tests.test_report import ANNOTATED, EXTRAS, METRICS, PREPARED, params_with_seeds
+from tests.test_report import ANNOTATED, DRAW0, EXTRAS, PREPARED, params_with_seeds
 
 TRAINED = [variants.REAL, variants.HANDFUL, variants.few_shot("synthetic", 64)]
 PAIRS = [("handful-synthetic", "handful")]
@@ -32,7 +32,9 @@ def summarise(
     test = [Sample(image, (Box(0, 0.2, 0.2, 0.2, 0.2),))]
     runs = {
         name: {
-            seed: evaluation.Run(evaluation.metrics.DetectionMetrics(m, m, m, (), ()), 0.9)
+            (None if name == "real" else 0, seed): evaluation.Run(
+                evaluation.metrics.DetectionMetrics(m, m, m, (), ()), 0.9
+            )
             for seed, m in by_seed.items()
         }
         for name, by_seed in scores.items()
@@ -53,7 +55,7 @@ def render(summary: Evaluation) -> str:
     return report.render(
         params_with_seeds((42,)),
         summary,
-        json.loads((METRICS / "images.json").read_text()),
+        json.loads((DRAW0 / "images.json").read_text()),
         PREPARED,
         ANNOTATED,
         EXTRAS,
@@ -78,7 +80,7 @@ def test_the_default_one_seed_is_a_demonstration_without_an_equivalent(tmp_path:
     headroom = summary.headroom
     assert not headroom.ok and headroom.seed_std is None
     assert headroom.reason.startswith("real - handful +0.016 (needs >= 0.05)")
-    assert "-S train_detector.yolo.epochs=30" in headroom.reason
+    assert "-S train_detector.yolo.epochs=60" in headroom.reason
     assert headroom.reason.endswith(
         "the seed-to-seed std is unknown with one seed, so the gaps are judged by their means "
         "alone (-S 'train_detector.seeds=[42,43,44]' measures it)"

@@ -1,6 +1,7 @@
-"""Export a split (data/prepared/<split>) or the auto-labelled synthetic set (data/extra/synthetic).
+"""Export a split (data/prepared/<split>) or a draw's auto-labelled synthetic set
+(data/extra/draw<d>/synthetic).
 
-    python -m synthdet.export data/extra/synthetic --format coco --out exports/synthetic
+    python -m synthdet.export data/extra/draw0/synthetic --format coco --out exports/synthetic
     python -m synthdet.export data/prepared/test --format yolo --out exports/test
 
 `coco` writes images/ and annotations.json (for CVAT, Label Studio, pycocotools); `yolo` writes

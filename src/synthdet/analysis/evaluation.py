@@ -12,8 +12,10 @@ HEADROOM_STDS seed stds.
 
 Comparisons (`variants.comparisons`): each `handful-<source>` against `handful`, the question a
 user with a handful of labels asks, and `handful-synthetic` against each cheap alternative;
-every generated-data variant against `real` (Genfusion's table). Holm's correction runs over
-all comparisons of one run.
+every generated-data variant against `real` (Genfusion's table). A detector is one unit, a
+(handful draw, seed) pair (few_shot.draws x train_detector.seeds): comparisons pair the units
+both sides have, `real`'s detector of a seed (no draw changes it) with every draw's of that
+seed. Holm's correction runs over all comparisons of one run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from synthdet.artifacts.evaluation import (
     VERSUS,
     ChanceScores,
     Comparison,
+    DrawScores,
     Evaluation,
     Headroom,
     MeanStd,
@@ -49,8 +52,8 @@ HEADROOM_STDS = 3  # real - handful must also exceed this many pooled seed stds 
 # the settings that give more headroom or more units, named in the reasons
 MORE_SEEDS = "-S 'train_detector.seeds=[42,43,44]'"
 LONGER_TRAINING = (
-    "longer detector training (-S train_detector.yolo.epochs=30; on the embedded orchard data it "
-    "did not open the gap: docs/evidence.md)"
+    "longer detector training (-S train_detector.yolo.epochs=60; on the embedded orchard data "
+    "30 epochs did not open the gap, 60 did: docs/evidence.md)"
 )
 PRETRAINED_DETECTOR = (
     "on web photos a pretrained detector (-S train_detector.model=yolov8n.pt, on a GPU machine)"
@@ -77,6 +80,9 @@ def chance_baseline(samples: Sequence[Sample]) -> metrics.DetectionMetrics:
     return metrics.detection_metrics(predictions, [metrics.target_boxes(s) for s in samples])
 
 
+Unit = tuple[int | None, int]  # (handful draw, seed); draw None: `real`, the same in every draw
+
+
 @dataclass(frozen=True)
 class Run:
     """One trained detector scored on the test split."""
@@ -85,8 +91,35 @@ class Run:
     max_confidence: float  # the highest score it gave any test box (0 if none)
 
 
+def comparison_units(
+    variant: Mapping[Unit, Run], reference: Mapping[Unit, Run]
+) -> tuple[dict, dict]:
+    """The two sides' test mAP@[.5:.95] keyed by the units a comparison pairs over: (draw, seed)
+    when both sides are trained per draw (or neither is); the seed when only one side is (e.g.
+    `handful` against `real`), that side averaged over its draws first, since the other side's
+    one detector per seed would otherwise count once per draw as if the draws were
+    independent units."""
+
+    def drawn(units: Mapping[Unit, Run]) -> bool:
+        return any(draw is not None for draw, _ in units)
+
+    def score(units: Mapping[Unit, Run]) -> dict:
+        return {unit: run.scores.map50_95 for unit, run in units.items()}
+
+    if drawn(variant) == drawn(reference):
+        return score(variant), score(reference)
+
+    def per_seed(units: Mapping[Unit, Run]) -> dict[int, float]:
+        by_seed: dict[int, list[float]] = {}
+        for (_, seed), run in units.items():
+            by_seed.setdefault(seed, []).append(run.scores.map50_95)
+        return {seed: sum(values) / len(values) for seed, values in by_seed.items()}
+
+    return per_seed(variant), per_seed(reference)
+
+
 def summarise(
-    runs: Mapping[str, Mapping[int, Run]],
+    runs: Mapping[str, Mapping[Unit, Run]],
     chance: metrics.DetectionMetrics,
     real_curve: Sequence[tuple[str, int]],
     pairs: Sequence[tuple[str, str]],
@@ -103,14 +136,12 @@ def summarise(
     reference) of `pairs` (`variants.comparisons`) the paired difference (95 % t interval, raw
     and Holm-adjusted p, minimum detectable difference) and whether it is evidence for a
     difference of `target_difference` (mAP@[.5:.95]); the chance baseline; the headroom check;
-    the test split's size.
+    the test split's size; per variant and handful draw the mAP over its seeds.
 
-    `runs` by variant name; `real_curve`: (variant, labelled images) from `handful` to `real`,
-    increasing; `compositions`: every variant's training images (for the label counts); `test`:
-    the test split the runs were scored on."""
-    by_seed = {
-        name: {s: r.scores.map50_95 for s, r in seeds.items()} for name, seeds in runs.items()
-    }
+    `runs` by variant name, then (draw, seed) unit (`comparison_units` pairs them); `real_curve`:
+    (variant, labelled images) from `handful` to `real`, increasing; `compositions`: every
+    variant's training images (one draw's, for the label counts); `test`: the test split the
+    runs were scored on."""
     scores: dict[str, dict[str, MeanStd]] = {}
     for name, seeds in runs.items():
         scores[name] = {}
@@ -121,7 +152,7 @@ def summarise(
             scores[name][key] = MeanStd(
                 _round(spread.mean) if spread else None, _round(spread.std) if spread else None
             )
-    equivalents = _equivalents(by_seed, scores, real_curve)
+    equivalents = _equivalents(runs, scores, real_curve)
     records = {}
     for name, seeds in runs.items():
         composition = compositions[name]
@@ -140,7 +171,7 @@ def summarise(
         )
     tested = []
     for name, reference in pairs:
-        diff = stats.paired_difference(by_seed[name], by_seed[reference])
+        diff = stats.paired_difference(*comparison_units(runs[name], runs[reference]))
         tested.append((name, reference, diff))
     # keyed by the flat prefix, as Holm breaks ties of equal p-values by key
     adjusted = stats.holm({f"{a}{VERSUS}{b}": diff.p_value for a, b, diff in tested})
@@ -172,7 +203,24 @@ def summarise(
         test_boxes=sum(len(sample.boxes) for sample in test),
         target_difference=target_difference,
         headroom=_headroom(scores, chance.map50_95),
+        draws=_per_draw(runs),
     )
+
+
+def _per_draw(runs: Mapping[str, Mapping[Unit, Run]]) -> dict[str, dict[int, DrawScores]]:
+    """{variant: {draw: mAP@[.5:.95] over its seeds}} of the variants trained per draw."""
+    found: dict[str, dict[int, DrawScores]] = {}
+    for name, units in runs.items():
+        by_draw: dict[int, list[float]] = {}
+        for (draw, _), run in sorted(units.items(), key=lambda item: item[0]):
+            if draw is not None:
+                by_draw.setdefault(draw, []).append(run.scores.map50_95)
+        for draw, values in by_draw.items():
+            spread = metrics.spread(values)
+            found.setdefault(name, {})[draw] = DrawScores(
+                len(values), MeanStd(_round(spread.mean), _round(spread.std))
+            )
+    return found
 
 
 def _evidence_reason(diff: stats.PairedDifference, mdd: float | None, target: float) -> str | None:
@@ -180,6 +228,12 @@ def _evidence_reason(diff: stats.PairedDifference, mdd: float | None, target: fl
     when it can."""
     if mdd is None:
         return f"{diff.seeds} seed: no spread of the differences, no minimum detectable difference"
+    if diff.std == 0:
+        # every unit gave the same difference (e.g. all mAP 0): the spread is not estimated
+        return (
+            f"the {diff.seeds} units' differences are all equal: no spread measured, so no "
+            "minimum detectable difference"
+        )
     if mdd <= target:
         return None
     needed = stats.seeds_to_detect(diff.std, target) if diff.std is not None else None
@@ -239,22 +293,22 @@ def _headroom(scores: Mapping[str, Mapping[str, MeanStd]], chance: float) -> Hea
 
 
 def _equivalents(
-    by_seed: Mapping[str, Mapping[int, float]],
+    runs: Mapping[str, Mapping[Unit, Run]],
     scores: Mapping[str, Mapping[str, MeanStd]],
     real_curve: Sequence[tuple[str, int]],
 ) -> dict[str, RealImageEquivalent]:
     """Each variant's real-image equivalent; none when fewer than two curve points trained, and
     no number (the reason instead) when the curve is not identifiable."""
-    curve = [(name, count) for name, count in real_curve if name in by_seed]
+    curve = [(name, count) for name, count in real_curve if name in runs]
     if len(curve) < 2:
         return {}
-    reason = _unidentifiable(by_seed, curve[0][0], curve[-1][0])
+    reason = _unidentifiable(runs, curve[0][0], curve[-1][0])
     if reason is not None:
-        return {name: RealImageEquivalent(None, None, None, None, reason) for name in by_seed}
+        return {name: RealImageEquivalent(None, None, None, None, reason) for name in runs}
     counts = [count for _, count in curve]
     means = [scores[name]["map50_95"].mean for name, _ in curve]
     found = {}
-    for name in by_seed:
+    for name in runs:
         mean, std = scores[name]["map50_95"].mean, scores[name]["map50_95"].std or 0.0
         at_mean, low, high = (
             stats.real_image_equivalent(counts, means, score)
@@ -266,14 +320,12 @@ def _equivalents(
     return found
 
 
-def _unidentifiable(
-    by_seed: Mapping[str, Mapping[int, float]], first: str, last: str
-) -> str | None:
+def _unidentifiable(runs: Mapping[str, Mapping[Unit, Run]], first: str, last: str) -> str | None:
     """Why the real-image curve (`first` -> `last`, its ends) cannot be inverted: it must rise
     beyond its noise, the 95 % paired t interval of last - first over >= 2 seeds above 0 (a flat
     curve inverts noise: the same commit gave 8.55 and 21.6 images on two CPUs). None when it
     can."""
-    diff = stats.paired_difference(by_seed[last], by_seed[first])
+    diff = stats.paired_difference(*comparison_units(runs[last], runs[first]))
     if diff.low is None:
         return (
             f"not identifiable: 1 seed, no spread ({last} - {first} {diff.mean:+.3f} on one seed; "
@@ -298,7 +350,7 @@ def _bounds(scores: MeanStd) -> tuple[float | None, float | None]:
 
 def tables(
     evaluation: Evaluation,
-    runs: Mapping[str, Mapping[int, Run]],
+    runs: Mapping[str, Mapping[Unit, Run]],
     trained: Sequence[variants.Variant],
     compositions: Mapping[str, variants.Composition],
 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -311,11 +363,11 @@ def tables(
     keys = MAP_KEYS + SIZE_KEYS
     result: dict[str, tuple[list[str], list[list[Any]]]] = {}
     result["detection_runs.csv"] = (
-        ["variant", "seed", *keys],
+        ["variant", "draw", "seed", *keys],
         [
-            [name, seed, *(_round(getattr(run.scores, key)) for key in keys)]
-            for name, seeds in runs.items()
-            for seed, run in seeds.items()
+            [name, draw, seed, *(_round(getattr(run.scores, key)) for key in keys)]
+            for name, units in runs.items()
+            for (draw, seed), run in units.items()
         ],
     )
     table = []
@@ -378,20 +430,25 @@ def headline(
     evaluation: Evaluation, trained: Sequence[variants.Variant], images: Mapping[str, Any]
 ) -> dict[str, Any]:
     """About fifteen numbers, as flat keys of evaluation.json: mAP@[.5:.95] of `real`, `handful`,
-    each `handful-<source>` and `synthetic` (of those in `trained`), the generated images' gain
-    over the handful and their real-image equivalent, chance; `comparisons_with_evidence` (a
-    count) and `headroom.ok` (0/1), `headroom.real_minus_handful` and
-    `headroom.real_minus_chance` (mAP@[.5:.95]); FID and KID from `images` (check-images'
-    metrics)."""
+    each `handful-<source>` and `synthetic` (of those in `trained`; over every draw and seed,
+    and with several handful draws also per draw, `<variant>.draw<d>.map50_95`), the generated
+    images' gain over the handful and their real-image equivalent, chance;
+    `comparisons_with_evidence` (a count) and `headroom.ok` (0/1), `headroom.real_minus_handful`
+    and `headroom.real_minus_chance` (mAP@[.5:.95]); FID and KID from `images` (check-images'
+    metrics of the first draw)."""
     shown = [
         v
         for v in trained
         if v in (variants.REAL, variants.HANDFUL, variants.generated(variants.SYNTHETIC))
         or v.is_few_shot
     ]
-    numbers: dict[str, Any] = {
-        f"{v.name}.map50_95": evaluation.variant(v.name).map50_95.mean for v in shown
-    }
+    numbers: dict[str, Any] = {}
+    for variant in shown:
+        numbers[f"{variant.name}.map50_95"] = evaluation.variant(variant.name).map50_95.mean
+        by_draw = evaluation.draws.get(variant.name, {})
+        if len(by_draw) > 1:  # one draw: the pooled number is the draw's
+            for draw, scores in by_draw.items():
+                numbers[f"{variant.name}.draw{draw}.map50_95"] = scores.map50_95.mean
     for variant in trained:
         if not (variant.is_few_shot and variant.extra == variants.SYNTHETIC):
             continue

@@ -68,6 +68,25 @@ def detection_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str
     return rows
 
 
+def draw_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
+    """A row per variant and handful draw (mean ± std over its seeds) of `variants` trained per
+    draw; no table with one draw (the rows above are that draw's)."""
+    drawn = [name for name in variants if len(evaluation.draws.get(name, {})) > 1]
+    if not drawn:
+        return []
+    rows = [
+        "Per handful draw (each its own handful, personalisation, extra images and detectors; "
+        "`real` is the same in every draw):",
+        "",
+        "| variant | draw | seeds | mAP@[.5:.95] |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in drawn:
+        for draw, scores in evaluation.draws[name].items():
+            rows.append(f"| `{name}` | {draw} | {scores.seeds} | {_mean_std(scores.map50_95)} |")
+    return [*rows, ""]
+
+
 def _evidence(found: Comparison) -> str:
     """The evidence cell: yes, or no with evaluate's reason."""
     if found.evidence is None:
@@ -196,7 +215,8 @@ def size_table(evaluation: Evaluation, variants: Sequence[str]) -> list[str]:
 
 
 def image_quality(params: Params, images: Mapping[str, Any]) -> list[str]:
-    """The generated images' checks, from check-images' metrics (`metrics/images.json`)."""
+    """The generated images' checks, from check-images' metrics
+    (`metrics/draws/draw<d>/images.json`)."""
     lines = [
         f"- FID {_number(images.get('fid'), 2)} and KID "
         f"{_number(images.get('kid_mean'), 4)} ± {_number(images.get('kid_std'), 4)} "
@@ -274,7 +294,7 @@ def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = [
         "Measured apart from this run by `benchmarks/protocol.py` on the embedded data "
         "(`metrics/protocol/`: protocols `base` = params.yaml's detector, `long` = 30 epochs; "
-        "the handful drawn as `prepare` draws it, draw 0 = this run's; rerun it for your "
+        "the handful drawn as `handful@<draw>` draws it, draw 0 = this run's; rerun it for your "
         "data). Std over detector seeds (draw 0), over handful draws at one seed, and over "
         "the test split's photos (bootstrap of one detector's predictions):",
         "",
@@ -329,7 +349,7 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
     return [
         f"- Base model: `{params.personalize.base_model}`; `{params.personalize.method}` "
         f"personalisation for {params.personalize.max_train_steps} steps on the "
-        f"{_number(prepared.personalize.images)} handful images.",
+        f"{_handful_images(params)} handful images (each draw).",
         f"- Generation: {generate.mode}{sources}, {generate.num_images} images at "
         f"{params.shared.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
@@ -355,6 +375,23 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
         )
         + f"; {_number(annotated.corrected_images)} images with reviewed labels.",
     ]
+
+
+def _over_draws(params: Params) -> str:
+    """How the units pool with several handful draws (few_shot.draws); nothing with one."""
+    draws = params.few_shot.draws
+    if len(draws) == 1:
+        return ""
+    return (
+        f", pooled over the {len(draws)} handful draws {list(draws)}: the seeds column counts "
+        "(draw, seed) units, and comparisons pair the units both sides have (`real` of a seed "
+        "with every draw's detector of that seed)"
+    )
+
+
+def _handful_images(params: Params) -> int:
+    """The images of one handful draw: every subject's `images`."""
+    return sum(subject.images for subject in params.shared.subjects.values())
 
 
 def _data(
@@ -396,15 +433,16 @@ def render(
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
         "",
-        f"## The few-shot question: {_number(prepared.personalize.images)} labelled "
+        f"## The few-shot question: {_handful_images(params)} labelled "
         f"images, and {params.few_shot.extra_images} more of each kind",
         "",
         f"Real test split: {evaluation.test_images} images, "
         f"{evaluation.test_boxes} boxes. Mean ± sample std over seeds (no ± with one "
-        "seed).",
+        f"seed){_over_draws(params)}.",
         "",
         *detection_table(evaluation, few_shot),
         "",
+        *draw_table(evaluation, few_shot),
         *comparison_table(evaluation, few_shot_pairs),
         "",
         "What the extra images are worth, read off the curve of mAP against labelled real "
@@ -511,9 +549,10 @@ def limits(
         )
     if annotated.empty_label_set:
         found.append(
-            "**No box in any generated image** (`empty_label_set` in metrics/annotate.json): the "
-            "detectors on generated images trained on background only, so their mAP measures "
-            "nothing and the generated images only teach the others to miss objects."
+            "**No box in any generated image** (`empty_label_set` in "
+            "metrics/draws/draw<d>/annotate.json): the detectors on generated images trained on "
+            "background only, so their mAP measures nothing and the generated images only teach "
+            "the others to miss objects."
         )
     for name, extra in extras.items():
         if extra.empty_label_set:

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+# Differences equal up to float rounding (e.g. 0.30 - 0.155 vs 0.34 - 0.195) have no spread:
+# their std of ~1e-17 would give p = 0 and a minimum detectable difference of 0.
+NO_SPREAD = 1e-12
+
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -42,6 +46,8 @@ def paired_difference(
     if len(seeds) < 2:
         return PairedDifference(mean, None, 1, None, None, None)
     std = float(differences.std(ddof=1))
+    if std < NO_SPREAD:
+        std = 0.0
     half = float(stats.t.ppf(1 - alpha / 2, len(seeds) - 1)) * std / math.sqrt(len(seeds))
     p_value = None
     if std > 0:

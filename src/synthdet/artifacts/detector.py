@@ -1,4 +1,5 @@
-"""`variant.json`: which variant and seed a detector folder holds, written by its train stage.
+"""`variant.json`: which variant, handful draw and seed a detector folder holds, written by its
+train stage.
 
 Written next to the weights by `train-*`; evaluate reads it to find each configured variant's
 detectors, so a folder's name (which DVC spells from the params, e.g. `mix-r1-f0.1` for the
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from synthdet.core.data import DataError, write_json
-from synthdet.detectors.variants import RealImages, RealKind, Variant
+from synthdet.detectors.variants import REAL, RealImages, RealKind, Variant
 from synthdet.params import ParamsError
 
 VARIANT_INFO = "variant.json"
@@ -21,16 +22,32 @@ VARIANT_INFO = "variant.json"
 
 @dataclass(frozen=True)
 class DetectorVariant:
-    """The variant a detector was trained on and its training seed."""
+    """The variant a detector was trained on, its handful draw and its training seed; ParamsError
+    when the draw is missing for a drawn variant (`Variant.drawn`) or given for `real`."""
 
     variant: Variant
     seed: int
+    draw: int | None = None  # few_shot.draws index; None for `real`, which no draw changes
+
+    def __post_init__(self) -> None:
+        if self.variant.drawn != (self.draw is not None):
+            raise ParamsError(
+                f"detector {self.variant.name} seed {self.seed}: draw {self.draw!r}, but "
+                + (
+                    "it trains on a handful draw: give its draw (the train stage's --draw)"
+                    if self.variant.drawn
+                    else "it uses every real train image, which no draw changes: give no --draw"
+                )
+            )
+        if self.draw is not None and (isinstance(self.draw, bool) or self.draw < 0):
+            raise ParamsError(f"detector {self.variant.name}: draw {self.draw!r} is not >= 0")
 
     def to_json(self) -> dict[str, Any]:
         variant, real = self.variant, self.variant.real
         return {
             "name": variant.name,  # for people reading the folder; derived from the fields
             "seed": self.seed,
+            "draw": self.draw,
             "real": real.kind.value,
             "real_count": real.count,
             "real_share": real.share,
@@ -51,7 +68,7 @@ class DetectorVariant:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: cannot read ({exc}); rerun its train stage") from exc
-        expected = set(cls(Variant(RealImages(RealKind.ALL)), 0).to_json())
+        expected = set(cls(REAL, 0).to_json())
         missing, unknown = sorted(expected - set(raw)), sorted(set(raw) - expected)
         if missing or unknown:
             raise DataError(
@@ -65,11 +82,18 @@ class DetectorVariant:
             raise DataError(
                 f"{path}: not a detector variant ({exc}); rerun its train stage"
             ) from exc
-        if not isinstance(raw["seed"], int) or isinstance(raw["seed"], bool):
-            raise DataError(f"{path}: key 'seed' is {raw['seed']!r}, expected an integer")
+        for key in ("seed", "draw"):
+            value = raw[key]
+            if (value is not None or key == "seed") and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
+                raise DataError(f"{path}: key {key!r} is {value!r}, expected an integer")
         if raw["name"] != variant.name:
             raise DataError(
                 f"{path}: key 'name' is {raw['name']!r}, but its fields make {variant.name!r}; "
                 "rerun its train stage"
             )
-        return cls(variant, raw["seed"])
+        try:
+            return cls(variant, raw["seed"], raw["draw"])
+        except ParamsError as exc:
+            raise DataError(f"{path}: {exc}; rerun its train stage") from exc

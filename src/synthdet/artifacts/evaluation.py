@@ -1,13 +1,14 @@
 """`evaluation.json`: every number evaluate computed, read by the report (and MLflow).
 
-`Evaluation` is the typed record: the chance baseline, one `VariantRecord` per detector variant
-(mAP mean and std over seeds, margin over chance, real-image equivalent, flags), one
-`Comparison` per (variant, reference) pair with whether it is evidence, the headroom check and
-the test split's size. On disk it is a flat dict of dotted keys (`<variant>.<key>`,
-`<variant>-vs-<reference>.<key>`, `chance.<key>`, `headroom.<key>`, `target_difference`,
-`test_images`, `test_boxes`) so that `dvc metrics` and MLflow see plain numbers; `to_flat` and
-`from_flat` are the only code that knows those keys, and `from_flat` refuses a missing, mistyped
-or unknown key by name.
+`Evaluation` is the typed record: the chance baseline, one `VariantRecord` per detector variant (mAP
+mean and std over its units, a unit being a (handful draw, seed) pair, margin over chance,
+real-image equivalent, flags), one `DrawScores` per variant and handful draw (few_shot.draws; not
+for `real`, which no draw changes), one `Comparison` per (variant, reference) pair with whether it
+is evidence, the headroom check and the test split's size. On disk it is a flat dict of dotted keys
+(`<variant>.<key>`, `<variant>.draw<d>.<key>`, `<variant>-vs-<reference>.<key>`, `chance.<key>`,
+`headroom.<key>`, `target_difference`, `test_images`, `test_boxes`) so that `dvc metrics` and MLflow
+see plain numbers; `to_flat` and `from_flat` are the only code that knows those keys, and
+`from_flat` refuses a missing, mistyped or unknown key by name.
 
 A file without `target_difference` was written before evaluate judged evidence, headroom and
 identifiability (issue 23): it reads with those fields None, and every other key is still
@@ -17,8 +18,9 @@ required.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ VERSUS = "-vs-"  # joins a comparison's variant and reference in its key prefix
 EQUIVALENT = "real_image_equivalent"
 HEADROOM = "headroom"
 TARGET = "target_difference"
+DRAW = re.compile(r"^(?P<variant>.+)\.draw(?P<draw>\d+)$")  # `<variant>.draw<d>` prefixes
 BOUNDS = ("below", "above")  # outside the real-image curve (synthdet.analysis.stats.Equivalent)
 
 
@@ -59,10 +62,19 @@ class RealImageEquivalent:
 
 
 @dataclass(frozen=True)
-class VariantRecord:
-    """One detector variant on the real test split, over its seeds."""
+class DrawScores:
+    """One variant's detectors of one handful draw: test mAP@[.5:.95] over their seeds."""
 
     seeds: int
+    map50_95: MeanStd
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """One detector variant on the real test split, over its units: (draw, seed) pairs, one per
+    seed for `real` (no draw changes it), so with one draw the seeds."""
+
+    seeds: int  # units (draws x seeds)
     map50_95: MeanStd
     map50: MeanStd
     map75: MeanStd
@@ -80,7 +92,8 @@ class VariantRecord:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Paired difference in test mAP@[.5:.95] (variant - reference, over common seeds)."""
+    """Paired difference in test mAP@[.5:.95] (variant - reference), over the (draw, seed) units
+    both have; `real`'s detector of a seed pairs with every draw's of that seed."""
 
     variant: str
     reference: str
@@ -88,7 +101,7 @@ class Comparison:
     diff_std: float | None  # None with one seed: no std, interval, p-value nor MDD
     diff_low: float | None  # 95 % t interval
     diff_high: float | None
-    seeds: int
+    seeds: int  # paired units
     p_value: float | None
     p_holm: float | None  # Holm-adjusted over every comparison of the run
     mdd: float | None  # minimum detectable difference at 80 % power, 5 % level
@@ -137,6 +150,8 @@ class Evaluation:
     # in a file written before evaluate judged evidence
     target_difference: float | None = None
     headroom: Headroom | None = None  # None without both `real` and `handful` (or an old file)
+    # {variant: {draw: scores}} of the variants trained per handful draw (every one but `real`)
+    draws: Mapping[str, Mapping[int, DrawScores]] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantRecord:
         """The record of variant `name`; DataError if evaluate did not score it."""
@@ -178,9 +193,14 @@ class Evaluation:
                 flat[f"{name}.{EQUIVALENT}_bound"] = equivalent.bound
                 if self.target_difference is not None:
                     flat[f"{name}.{EQUIVALENT}_reason"] = equivalent.reason
+        for name, by_draw in self.draws.items():
+            for draw, scores in by_draw.items():
+                flat[f"{name}.draw{draw}.seeds"] = scores.seeds
+                flat[f"{name}.draw{draw}.map50_95"] = scores.map50_95.mean
+                flat[f"{name}.draw{draw}.map50_95_std"] = scores.map50_95.std
         for comparison in self.comparisons:
-            for field in _COMPARISON_FIELDS:
-                flat[f"{comparison.key}.{field}"] = getattr(comparison, field)
+            for key in _COMPARISON_FIELDS:
+                flat[f"{comparison.key}.{key}"] = getattr(comparison, key)
             if self.target_difference is not None:
                 flat[f"{comparison.key}.evidence"] = int(bool(comparison.evidence))
                 flat[f"{comparison.key}.evidence_reason"] = comparison.evidence_reason
@@ -212,7 +232,8 @@ class Evaluation:
         prefixes = sorted(
             {key.rpartition(".")[0] for key in raw if "." in key} - {CHANCE, HEADROOM}
         )
-        names = [p for p in prefixes if VERSUS not in p]
+        drawn = [match for match in map(DRAW.match, prefixes) if match]
+        names = [p for p in prefixes if VERSUS not in p and not DRAW.match(p)]
         with_curve = [n for n in names if any(f"{n}.{EQUIVALENT}{s}" in raw for s in _EQ_SUFFIX)]
         judged = TARGET in raw  # written since evaluate judges evidence (module docstring)
         records = {name: keys.variant(name, bool(with_curve), judged) for name in names}
@@ -228,6 +249,7 @@ class Evaluation:
             keys.count("test_boxes"),
             target_difference=keys.number(TARGET) if judged else None,
             headroom=headroom,
+            draws=keys.draws(drawn),
         )
         keys.refuse_unknown()
         return evaluation
@@ -355,6 +377,16 @@ class _Keys:
             evidence=self.flag(f"{prefix}.evidence") if judged else None,
             evidence_reason=self.text(f"{prefix}.evidence_reason") if judged else None,
         )
+
+    def draws(self, prefixes: list[re.Match]) -> dict[str, dict[int, DrawScores]]:
+        found: dict[str, dict[int, DrawScores]] = {}
+        for match in sorted(prefixes, key=lambda m: (m["variant"], int(m["draw"]))):
+            prefix = match.group(0)
+            found.setdefault(match["variant"], {})[int(match["draw"])] = DrawScores(
+                self.count(f"{prefix}.seeds"),
+                MeanStd(self.number(f"{prefix}.map50_95"), self.optional(f"{prefix}.map50_95_std")),
+            )
+        return found
 
     def headroom(self) -> Headroom:
         return Headroom(

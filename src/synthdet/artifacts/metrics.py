@@ -18,6 +18,8 @@ PREPARE_METRICS = "prepare.json"
 ANNOTATE_METRICS = "annotate.json"
 COPY_PASTE_METRICS = "copy_paste.json"
 PSEUDO_METRICS = "pseudo.json"
+IMAGES_METRICS = "images.json"  # check-images'
+DRAW_METRICS = "draws"  # under metrics/: draw<d>/ holds the files of one handful draw's stages
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,6 @@ class PrepareMetrics:
     train: SplitCounts
     val: SplitCounts
     test: SplitCounts
-    personalize: SplitCounts  # every subject's personalisation images together
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PrepareMetrics:
@@ -41,7 +42,7 @@ class PrepareMetrics:
         return cls(**{n: SplitCounts(raw.get(f"{n}.images"), raw.get(f"{n}.boxes")) for n in names})
 
     def splits(self) -> dict[str, SplitCounts]:
-        """{split name: counts}, in the order train, val, test, personalize."""
+        """{split name: counts}, in the order train, val, test."""
         return {split.name: getattr(self, split.name) for split in fields(self)}
 
 
@@ -114,10 +115,11 @@ def read_prepare_metrics(path: Path) -> PrepareMetrics:
 
 
 def read_annotate_metrics(path: Path) -> AnnotateMetrics:
-    """annotate-with-baseline's metrics file (`metrics/annotate.json`)."""
+    """annotate-with-baseline's metrics file (`metrics/draws/draw<d>/annotate.json`)."""
     return AnnotateMetrics.from_dict(read_metrics_json(path))
 
 
 def read_extra_images_metrics(path: Path) -> ExtraImagesMetrics:
-    """copy-paste's or pseudo-label's metrics file (`metrics/copy_paste.json`, `pseudo.json`)."""
+    """copy-paste's or pseudo-label's metrics file (`metrics/draws/draw<d>/copy_paste.json`,
+    `pseudo.json`)."""
     return ExtraImagesMetrics.from_dict(read_metrics_json(path))

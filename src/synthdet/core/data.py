@@ -412,6 +412,19 @@ def split_by_group(
     }
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of handful draw `draw` (few_shot.draws) under `seed` (shared.seed): seed + draw,
+    so draw 0 is the pipeline's first handful. The one rule of the handful stages, the train
+    stages' image orders and benchmarks/protocol.py."""
+    return seed + draw
+
+
+def draw_folder(root: Path, draw: int) -> Path:
+    """Handful draw `draw`'s folder under `root` (`<root>/draw<draw>`), as dvc.yaml spells it for
+    the handfuls, captions, adapters, generated and extra images, detectors and metrics."""
+    return Path(root) / f"draw{draw}"
+
+
 def subject_images(
     train: list[Sample], subject: str, stem_pattern: str, count: int, seed: int
 ) -> list[Sample]:
@@ -422,7 +435,11 @@ def subject_images(
     leaves the images of the others unchanged.
     """
     compiled = re.compile(stem_pattern)
-    candidates = [s for s in train if compiled.search(s.image.stem)]
+    # by file name: the draw does not depend on the order the split was read in (prepare's
+    # import order and a YOLO folder's sorted order give the same handful)
+    candidates = sorted(
+        (s for s in train if compiled.search(s.image.stem)), key=lambda s: s.image.name
+    )
     if len(candidates) < count:
         raise DataError(
             f"shared.subjects.{subject}: images={count} but only {len(candidates)} train images "

@@ -21,8 +21,11 @@ folders use, is derived from the fields in one place, `Variant.name`; it is neve
   n_synthetic = round(fraction / (1 - fraction) * n_real).
 
 Subsets are nested and do not depend on the detector's seed: real images are ordered once (the
-handful first, then the rest shuffled with shared.seed), extra images by a shuffle seeded with
-shared.seed, and each variant takes a prefix. Seeds of one variant differ in training only.
+handful first, then the rest shuffled with the draw's seed), extra images by a shuffle seeded
+with the draw's seed, and each variant takes a prefix. Seeds of one variant differ in training
+only. Every variant but `real` is trained once per handful draw (few_shot.draws: the handful of
+draw d and its extra images, orders seeded with `core.data.draw_seed(shared.seed, d)`), so draw 0
+is the pipeline's first handful.
 The train stages get the fields as arguments and write them next to the detector
 (synthdet.artifacts.detector), where evaluate reads them.
 """
@@ -35,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.core.data import DataError, label_file, link_yolo_folder, list_images
+from synthdet.core.data import DataError, draw_seed, label_file, link_yolo_folder, list_images
 from synthdet.params import FEW_SHOT_SOURCES, Params, ParamsError
 
 SYNTHETIC = "synthetic"  # the extra source made by generate + annotate-with-baseline
@@ -152,6 +155,12 @@ class Variant:
         return self.real.kind is RealKind.HANDFUL and self.extra is not None
 
     @property
+    def drawn(self) -> bool:
+        """Whether it trains on a handful draw's data (few_shot.draws): its handful, the real
+        order that starts with it, or the draw's generated images; every variant but `real`."""
+        return self != REAL
+
+    @property
     def on_real_image_curve(self) -> bool:
         """Labelled real images only, nested from the handful to all (`handful`, `real-n…`,
         `real`): the curve evaluate inverts."""
@@ -233,7 +242,7 @@ def real_order(real_images: Sequence[Path], handful: Sequence[Path], seed: int) 
     if missing:
         raise DataError(
             f"handful images {', '.join(missing[:5])} are not among the {len(by_name)} real "
-            "train images; rerun prepare (personalize images are train images)"
+            "train images; rerun its handful@<draw> stage (a handful is drawn from train images)"
         )
     first = [by_name[name] for name in sorted(Path(p).name for p in handful)]
     chosen = set(first)
@@ -349,10 +358,12 @@ def training_folders(
     extra_dir: Path | None,
     scratch: Path,
     images_per_epoch: int,
+    draw: int = 0,
 ) -> TrainingSet:
     """YOLO folders holding exactly the variant's images (linked subsets in `scratch`), repeated
     and topped up to `images_per_epoch` (train_detector.min_images_per_epoch, resolved by the
-    train stage) when the set is smaller (`epoch_plan`)."""
+    train stage) when the set is smaller (`epoch_plan`); `handful_dir` is handful draw `draw`'s,
+    whose seed orders the images (`core.data.draw_seed`)."""
     kind = variant.real.kind
     needs = {
         "--train": real_dir is None and kind not in (RealKind.HANDFUL, RealKind.NONE),
@@ -365,10 +376,11 @@ def training_folders(
     real = list_images(Path(real_dir) / "images") if real_dir is not None else []
     handful = handful_images(handful_dir) if handful_dir is not None else []
     extra = list_images(Path(extra_dir) / "images") if variant.extra else []
-    composition = compose(variant, real, handful, extra, params.shared.seed)
+    order_seed = draw_seed(params.shared.seed, draw)
+    composition = compose(variant, real, handful, extra, order_seed)
     copies, top_up = epoch_plan(len(composition.images), images_per_epoch)
     # The top-up is a seeded part of the set, the same for every detector seed.
-    once_more = set(_shuffled(composition.images, params.shared.seed)[:top_up])
+    once_more = set(_shuffled(composition.images, order_seed)[:top_up])
     parts = [(composition.real, composition.extra)] * copies
     if top_up:
         parts.append(

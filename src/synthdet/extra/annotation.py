@@ -224,8 +224,8 @@ def empty_labels_warning(images: int, config: AnnotateParams) -> str:
     return (
         f"annotate-with-baseline labelled no box in any of the {images} generated images "
         f"(annotate_with_baseline.confidence={config.confidence}): the synthetic variant trains "
-        "on background only, and metrics/annotate.json says empty_label_set: true. Lower "
-        "annotate_with_baseline.confidence, label by construction with generate.mode=img2img "
-        "and annotate_with_baseline.source_boxes=true, or look at the images "
+        "on background only, and metrics/draws/draw<d>/annotate.json says empty_label_set: "
+        "true. Lower annotate_with_baseline.confidence, label by construction with "
+        "generate.mode=img2img and annotate_with_baseline.source_boxes=true, or look at the images "
         "(metrics/synthetic_grid.png)."
     )

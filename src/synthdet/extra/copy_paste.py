@@ -56,7 +56,7 @@ def object_crops(
     if not crops:
         raise DataError(
             "copy-paste: the handful's labels hold no box with at least 2 px a side, so there "
-            "is no object to paste; check the labels of the personalize images"
+            "is no object to paste; check the labels of the handful images"
         )
     return crops
 

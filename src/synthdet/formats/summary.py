@@ -128,9 +128,7 @@ def warnings(
     return lines
 
 
-def summary(
-    stats: dict[str, float], imported: Imported, groups: dict[str, int], subjects: list[str]
-) -> list[str]:
+def summary(stats: dict[str, float], imported: Imported, groups: dict[str, int]) -> list[str]:
     """What a successful prepare did, in a few lines."""
 
     def counted(keys: tuple[str, ...], prefix: str) -> str:
@@ -146,8 +144,6 @@ def summary(
     return [
         f"prepare: {len(imported.samples)} images read as {LAYOUT[imported.format]}",
         f"  {splits}",
-        "  personalize: "
-        + ", ".join(f"{name} {stats[f'personalize.{name}.images']}" for name in subjects),
         f"  repaired: {counted(REPAIR_KEYS, 'repairs') or 'nothing'}",
         f"  dropped: {counted(DROP_KEYS, 'dropped') or 'nothing'}",
         *(f"  {note}" for note in imported.notes),

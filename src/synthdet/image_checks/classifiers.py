@@ -178,8 +178,8 @@ class TwoSampleResult:
         return self.invalid_reason is None
 
     def summary(self) -> dict[str, float | int | str | None]:
-        """The flat metrics written to metrics/images.json (`real_vs_generated.<key>`);
-        `valid` is 1 or 0 (a number, for MLflow and `dvc metrics`)."""
+        """The flat metrics written to metrics/draws/draw<d>/images.json
+        (`real_vs_generated.<key>`); `valid` is 1 or 0 (a number, for MLflow and `dvc metrics`)."""
         return {
             "accuracy": round(self.accuracy, 6),
             "correct": self.correct,
@@ -278,8 +278,8 @@ class SubjectResult:
         return self.invalid_reason is None
 
     def summary(self) -> dict[str, float | int | str | None]:
-        """The flat metrics written to metrics/images.json (`subject.<key>`); `valid` is 1 or 0
-        and the shares are null when it is 0."""
+        """The flat metrics written to metrics/draws/draw<d>/images.json (`subject.<key>`);
+        `valid` is 1 or 0 and the shares are null when it is 0."""
 
         def rounded(value: float | None) -> float | None:
             return None if value is None else round(value, 6)

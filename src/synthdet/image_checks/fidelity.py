@@ -97,7 +97,7 @@ class ObjectFidelity:
         return reasons
 
     def summary(self) -> dict[str, float | int | str | None]:
-        """The flat metrics written to metrics/images.json (`objects.<key>`)."""
+        """The flat metrics written to metrics/draws/draw<d>/images.json (`objects.<key>`)."""
         out: dict[str, float | int | str | None] = {
             "valid": 1,
             "invalid_reason": None,

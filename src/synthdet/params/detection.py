@@ -52,6 +52,12 @@ class AnnotateParams:
         )
         _require(0 < self.merge_iou <= 1, "annotate_with_baseline.merge_iou", "must be in (0, 1]")
 
+    def annotator_folder(self, real: Path, handful: Path) -> Path:
+        """The annotator's detector folder: `real` (every labelled image, one for all draws) or
+        `handful` (the draw's handful detector), both of shared.seed; the stages get both, as
+        dvc.yaml spells each draw's paths without a case for the annotator."""
+        return {"real": Path(real), "handful": Path(handful)}[self.annotator]
+
 
 # Genfusion's fair comparison: no ultralytics augmentation, SGD with YOLO's classic settings.
 # A preset's values win over the same keys in `train_detector.yolo`.
@@ -404,12 +410,21 @@ class FewShotParams:
     # curve runs handful (k) -> counts -> all (`real`); mAP against count gives what an extra
     # source is worth in real labelled images
     real_image_counts: tuple[int, ...]
+    # handful draws (indices): draw d is the handful drawn with seed shared.seed + d
+    # (core.data.draw_seed), each with its own personalisation, extra images and detectors;
+    # draw 0 is the pipeline's first handful
+    draws: tuple[int, ...]
     copy_paste: CopyPasteParams
 
     def __post_init__(self) -> None:
         _require(self.extra_images >= 1, "few_shot.extra_images", "must be >= 1")
-        for key in ("sources", "real_image_counts"):
+        for key in ("sources", "real_image_counts", "draws"):
             _check_matrix_values(getattr(self, key), f"few_shot.{key}")
+        _require(
+            len(self.draws) >= 1 and all(draw >= 0 for draw in self.draws),
+            "few_shot.draws",
+            f"must list handful draw indices >= 0, e.g. [0] or [0, 1, 2]; got {list(self.draws)}",
+        )
         counts = self.real_image_counts
         _require(
             list(counts) == sorted(set(counts)) and all(c >= 1 for c in counts),

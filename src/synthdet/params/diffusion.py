@@ -287,7 +287,7 @@ class PersonalizeParams:
         )
         if methods.method(self.method).weights is methods.Weights.LORA_LAYERS:
             self._check_lora()
-        # The validation grid (base vs personalised, metrics/personalize/<subject>/) needs a
+        # The validation grid (base vs personalised, metrics/personalize/draw<d>/<subject>/) needs a
         # prompt and a seed; an empty list would end training in a traceback.
         _check_prompt_templates(self.validation_prompts, "personalize.validation_prompts")
         _require(

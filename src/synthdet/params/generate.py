@@ -39,7 +39,8 @@ def _least_steps(strength: float) -> int:
 
 @dataclass(frozen=True)
 class GenerateFilterParams:
-    """Quality control of generated images; every drop is counted in metrics/generate.json."""
+    """Quality control of generated images; every drop is counted in
+    metrics/draws/draw<d>/generate.json."""
 
     blank_max_std: float  # pixel std (0-255) at or below which an image is blank (safety checker)
     max_attempts: int  # seeds tried per image (derived from the image's seed) before dropping it

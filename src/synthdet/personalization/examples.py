@@ -79,7 +79,7 @@ class Examples:
         )
 
 
-CAPTIONS_SEEN = "captions.jsonl"  # in metrics/personalize/<subject>/: what the model read
+CAPTIONS_SEEN = "captions.jsonl"  # in metrics/personalize/draw<d>/<subject>/: what the model read
 
 
 def captions_seen(

@@ -58,8 +58,8 @@ def validation_grid(
 def write_metrics_folder(
     folder: Path, grid: Image.Image, loss_tsv: str, captions: Sequence[dict], metrics: dict
 ) -> None:
-    """metrics/personalize/<subject>/, written atomically: validation.png (the grid), loss.tsv,
-    CAPTIONS_SEEN (each caption as the text encoder read it) and metrics.json."""
+    """metrics/personalize/draw<d>/<subject>/, written atomically: validation.png (the grid),
+    loss.tsv, CAPTIONS_SEEN (each caption as the text encoder read it) and metrics.json."""
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         grid.save(tmp / "validation.png")

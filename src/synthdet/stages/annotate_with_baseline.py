@@ -88,7 +88,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--generated", type=Path, required=True, help="generate's folder: images/, manifest.jsonl")
-    add("--baseline", type=Path, required=True, help="baseline detector folder")
+    add(
+        "--baseline",
+        type=Path,
+        nargs=2,
+        required=True,
+        metavar=("REAL", "HANDFUL"),
+        help="the real and the draw's handful detector folders: annotate_with_baseline.annotator "
+        "picks one",
+    )
     add("--val", type=Path, required=True, help="real labelled YOLO folder to measure it on")
     add("--source-labels", type=Path, help="labels/ of the real images img2img started from")
     add("--corrections", type=Path, help="reviewed YOLO folder whose labels replace auto-labels")
@@ -99,7 +107,7 @@ def main() -> None:
         lambda params: run(
             params,
             args.generated,
-            args.baseline,
+            params.annotate_with_baseline.annotator_folder(*args.baseline),
             args.val,
             args.out,
             args.metrics,

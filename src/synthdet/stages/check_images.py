@@ -9,7 +9,7 @@ when `evaluate.clip_model` is set (else `clip_score: null` and the reason), the 
 classifier test and the subject check (`synthdet.image_checks.classifiers`; each with `valid`
 1/0 and `invalid_reason`, and a warning when invalid), and the object-level fidelity of the
 generated boxes' crops (`synthdet.image_checks.fidelity`, `objects.*`; a warning when they
-drift). Writes `metrics/images.json`.
+drift). Writes `metrics/draws/draw<d>/images.json`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """copy-paste: the handful's objects pasted onto the handful's images (synthdet.extra.copy_paste).
 
 Writes `few_shot.extra_images` composites as a YOLO folder (`images/*.png`, `labels/*.txt`,
-boxes by construction) and `metrics/copy_paste.json` (images, boxes, pasted, dropped). Reads
-only the handful: the subjects' personalize folders.
+boxes by construction) and `metrics/draws/draw<d>/copy_paste.json` (images, boxes, pasted,
+dropped). Reads only the handful: one draw's subject folders (synthdet.stages.handful).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run(params: Params, handful_dir: Path, out_dir: Path, metrics_path: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--handful", type=Path, required=True, help="prepare's personalize folder")
+    parser.add_argument("--handful", type=Path, required=True, help="the draw's handful folder")
     parser.add_argument("--out", type=Path, required=True, help="output YOLO folder")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args = parser.parse_args()

@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--builtin-base", type=Path, required=True, help="builtin:tiny folder")
     parser.add_argument("--adapter", type=Path, required=True, help="personalize outputs")
     parser.add_argument("--train", type=Path, required=True, help="real train split (YOLO)")
-    parser.add_argument("--personalize", type=Path, required=True, help="personalize images")
+    parser.add_argument("--personalize", type=Path, required=True, help="the draw's handful folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (persistent)")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
     args = parser.parse_args()

@@ -1,17 +1,17 @@
 """prepare: validate the raw dataset and split it by photo into train/val/test.
 
-Each subject of `shared.subjects` gets `personalize/<subject>/` (YOLO): its handful of images,
-drawn from the train split only. A dataset, or a train / val / test split, without a single box
-stops the stage; the end prints a summary (images, groups and boxes per split, repairs, what
-was dropped or skipped: `formats.summary`) and warns when a class of `shared.class_names` has no
-box in a split, a val / test split holds under 5 % of the images or the median object at
-`train_detector.yolo.imgsz` is under 8 px or over 128 px (`formats.summary.fitting_imgsz`).
+The subjects' handfuls are drawn from the train split by the `handful@<draw>` stages
+(synthdet.stages.handful), one per few_shot.draws value. A dataset, or a train / val / test split,
+without a single box stops the stage; the end prints a summary (images, groups and boxes per split,
+repairs, what was dropped or skipped: `formats.summary`) and warns when a class of
+`shared.class_names` has no box in a split, a val / test split holds under 5 % of the images or the
+median object at `train_detector.yolo.imgsz` is under 8 px or over 128 px
+(`formats.summary.fitting_imgsz`).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 from synthdet import formats
@@ -38,11 +38,11 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
     """Import the dataset at `raw_dir` and split it by photo.
 
     Inputs: `raw_dir`, a YOLO, COCO or Pascal VOC dataset (`prepare.format`, auto-detected by
-    default). Outputs: under `out_dir`, the YOLO folders `train/`, `val/`, `test/` and
-    `personalize/<subject>/` (each written whole or not at all) and `dataset.yaml`;
+    default). Outputs: under `out_dir`, the YOLO folders `train/`, `val/`, `test/` (each
+    written whole or not at all) and `dataset.yaml`;
     `metrics_path` (images and boxes per split, repairs, drops: `artifacts.metrics`), also logged
     to MLflow; prints a summary; returns the metrics. Errors: DataError for unreadable data, a
-    dataset or split without a box, too few groups, or a subject with too few train images.
+    dataset or split without a box, or too few groups.
     """
     p = params.prepare
     logged = {"prepare": vars(p)}
@@ -53,30 +53,12 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
             samples, p.group_pattern, p.val_groups, p.test_groups, params.shared.seed
         )
         summary.check_boxes(imported, split, Path(raw_dir))
-        subjects = {
-            name: data.subject_images(
-                split["train"], name, subject.stem_pattern, subject.images, params.shared.seed
-            )
-            for name, subject in params.shared.subjects.items()
-        }
-        train_images = {s.image for s in split["train"]}
-        held_out = {s.image for name in ("val", "test") for s in split[name]}
-        for name, chosen in subjects.items():
-            # The leakage guard at the source: personalisation sees train images only.
-            if not {s.image for s in chosen} <= train_images - held_out:
-                raise data.DataError(f"subject {name}: a val/test image reached personalisation")
         # Each split is its own DVC output, written whole or not at all.
         for name in ("train", "val", "test"):
             with data.atomic_path(out_dir / name) as tmp:
                 formats.write_yolo_folder(split[name], tmp, repairs)
-        with data.atomic_path(out_dir / "personalize") as tmp:
-            for name, chosen in subjects.items():
-                # personalize images are train images too: count their repairs once.
-                formats.write_yolo_folder(chosen, tmp / name, Counter())
         names = params.shared.class_names
         data.write_dataset_yaml(out_dir, names, "train/images", "val/images", "test/images")
-        split["personalize"] = [s for chosen in subjects.values() for s in chosen]
-        split.update({f"personalize.{name}": chosen for name, chosen in subjects.items()})
         stats = (
             split_statistics(split)
             | {f"repairs.{key}": repairs.get(key, 0) for key in formats.REPAIR_KEYS}
@@ -89,7 +71,7 @@ def run(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dic
         data.write_json(metrics_path, stats)
         mlflow_run.log_metrics(stats)
     groups = summary.group_counts(split, p.group_pattern)
-    print("\n".join(summary.summary(stats, imported, groups, list(subjects))), flush=True)
+    print("\n".join(summary.summary(stats, imported, groups)), flush=True)
     warnings = summary.warnings(
         imported, split, groups, params.train_detector.imgsz, params.shared.class_names
     )

@@ -4,7 +4,8 @@ The `handful-pseudo` variant's extra images: `few_shot.extra_images` real train 
 not in the handful, drawn with shared.seed, labelled by the annotator detector
 (`annotate_with_baseline.annotator`, at its confidence and NMS IoU). Only the images folder is
 read, never a label file of these images: they compete with the generated images on equal terms
-(real unlabelled photos against generated ones). Writes a YOLO folder and `metrics/pseudo.json`.
+(real unlabelled photos against generated ones). Writes a YOLO folder and
+`metrics/draws/draw<d>/pseudo.json`.
 """
 
 from __future__ import annotations
@@ -95,14 +96,27 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, required=True, help="train images folder only")
-    parser.add_argument("--handful", type=Path, required=True, help="prepare's personalize folder")
-    parser.add_argument("--annotator", type=Path, required=True, help="annotator detector folder")
+    parser.add_argument("--handful", type=Path, required=True, help="the draw's handful folder")
+    parser.add_argument(
+        "--annotator",
+        type=Path,
+        nargs=2,
+        required=True,
+        metavar=("REAL", "HANDFUL"),
+        help="the real and the draw's handful detector folders: annotate_with_baseline.annotator "
+        "picks one",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output YOLO folder")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args = parser.parse_args()
     run_stage(
         lambda params: run(
-            params, args.images, args.handful, args.annotator, args.out, args.metrics
+            params,
+            args.images,
+            args.handful,
+            params.annotate_with_baseline.annotator_folder(*args.annotator),
+            args.out,
+            args.metrics,
         )
     )
 

@@ -17,6 +17,8 @@ from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
     COPY_PASTE_METRICS,
+    DRAW_METRICS,
+    IMAGES_METRICS,
     PREPARE_METRICS,
     PSEUDO_METRICS,
     read_annotate_metrics,
@@ -26,7 +28,7 @@ from synthdet.artifacts.metrics import (
 )
 from synthdet.core import tracking
 from synthdet.core.cli import run_stage
-from synthdet.core.data import write_json, write_text
+from synthdet.core.data import draw_folder, write_json, write_text
 from synthdet.detectors import variants
 from synthdet.params import Params
 
@@ -35,21 +37,24 @@ NOISE = Path("protocol/noise.json")  # benchmarks/protocol.py --summarise, under
 
 def run(params: Params, metrics_dir: Path) -> str:
     """Render `metrics_dir/report.md` from the metrics files in `metrics_dir` (the detector
-    protocol's noise table when `metrics_dir/protocol/noise.json` exists); return it."""
+    protocol's noise table when `metrics_dir/protocol/noise.json` exists); return it. The data
+    rows (generated, copy-paste, pseudo-labelled images, the annotator) are those of the first
+    handful draw of few_shot.draws (`metrics_dir/draws/draw<d>/`); the scores cover every draw."""
     noise_file = metrics_dir / NOISE
     noise = read_metrics_json(noise_file) if noise_file.is_file() else None
+    draw_dir = draw_folder(metrics_dir / DRAW_METRICS, params.few_shot.draws[0])
     extras = {
-        "copy-paste (handful crops)": read_extra_images_metrics(metrics_dir / COPY_PASTE_METRICS),
-        "pseudo-labelled real": read_extra_images_metrics(metrics_dir / PSEUDO_METRICS),
+        "copy-paste (handful crops)": read_extra_images_metrics(draw_dir / COPY_PASTE_METRICS),
+        "pseudo-labelled real": read_extra_images_metrics(draw_dir / PSEUDO_METRICS),
     }
     configured = variants.configured(params)
     with tracking.stage_run("report", params.shared.mlflow_experiment, {}) as mlflow_run:
         page = report.render(
             params,
             Evaluation.read(metrics_dir / EVALUATION),
-            read_metrics_json(metrics_dir / "images.json"),
+            read_metrics_json(draw_dir / IMAGES_METRICS),
             read_prepare_metrics(metrics_dir / PREPARE_METRICS),
-            read_annotate_metrics(metrics_dir / ANNOTATE_METRICS),
+            read_annotate_metrics(draw_dir / ANNOTATE_METRICS),
             extras,
             configured,
             variants.comparisons(configured),

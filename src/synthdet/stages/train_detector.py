@@ -68,20 +68,23 @@ def run(
     out_dir: Path,
     results_csv: Path,
     prepare_metrics: Path | None = None,
+    draw: int | None = None,
 ) -> dict:
     """Train the detector of one variant and seed; return its metrics (also logged to MLflow).
 
-    `folders`: `real` (labelled train YOLO folder), `handful` (prepare's personalize folder,
-    one YOLO folder per subject) and `extra` (the variant's extra source), each None when the
+    `folders`: `real` (labelled train YOLO folder), `handful` (the draw's handful folder, one
+    YOLO folder per subject) and `extra` (the variant's extra source), each None when the
     variant does not use it. `prepare_metrics`: prepare's metrics/prepare.json, read for the
     train split's image count when train_detector.min_images_per_epoch is null
-    (`images_per_epoch`). Writes the detector to `out_dir` and its per-epoch validation
-    metrics to `results_csv` and the variant and seed to `out_dir/variant.json`. Raises
-    DataError when a folder the variant needs is missing or holds too few images, ParamsError or
-    DataError when the images per epoch cannot be resolved; warns (and sets `empty_label_set`)
-    when no training label has a box.
+    (`images_per_epoch`). `draw`: the handful draw (few_shot.draws) whose folders these are,
+    None for `real`; its seed orders the images. Writes the detector to `out_dir`, its
+    per-epoch validation metrics to `results_csv` and the variant, draw and seed to
+    `out_dir/variant.json`. Raises DataError when a folder the variant needs is missing or holds
+    too few images, ParamsError or DataError when the images per epoch cannot be resolved; warns
+    (and sets `empty_label_set`) when no training label has a box.
     """
     config = params.train_detector
+    recorded = DetectorVariant(variant, seed, draw)  # before training: a drawn variant needs a draw
     per_epoch = images_per_epoch(config, prepare_metrics)
     train_args = config.train_args()
     if overridden := config.overridden_by_preset():
@@ -91,6 +94,7 @@ def run(
         )
     logged_params = {
         "variant": variant.name,
+        "draw": draw,
         "real": variant.real.kind.value,
         "real_count": variant.real.count,
         "real_share": variant.real.share,
@@ -118,6 +122,7 @@ def run(
             folders.get("extra"),
             Path(scratch),
             per_epoch,
+            draw or 0,
         )
         composition = training.composition
         boxes = {
@@ -148,7 +153,7 @@ def run(
             val_every=config.val_every,
         )
         detection.write_epochs_csv(result.epochs, results_csv)
-        DetectorVariant(variant, seed).write(out_dir)
+        recorded.write(out_dir)
         metrics = {
             "train_images": result.train_images,
             "real_images": len(composition.real),
@@ -210,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--stage", required=True, help="the DVC stage name (the MLflow run name)")
     parser.add_argument("--seed", type=int, required=True, help="training seed")
+    parser.add_argument(
+        "--draw", type=int, default=None, help="handful draw (few_shot.draws); none for real"
+    )
     what = parser.add_argument_group("the variant (synthdet.detectors.variants.Variant)")
     what.add_argument(
         "--real", default=None, help="labelled real train images: all, handful, none or a count"
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train", type=Path, default=None, help="labelled real train YOLO folder")
     parser.add_argument(
-        "--handful", type=Path, default=None, help="prepare's personalize folder (the handful)"
+        "--handful", type=Path, default=None, help="the draw's handful folder (one per subject)"
     )
     parser.add_argument(
         "--extra-folder", type=Path, default=None, help="YOLO folder of the extra images"
@@ -268,6 +276,7 @@ def train(args: argparse.Namespace) -> None:
             args.out,
             args.results,
             args.prepare_metrics,
+            args.draw,
         )
     )
 
