@@ -229,7 +229,7 @@ def summarise(out: Path, group_pattern: str) -> None:
         for row in curve:
             file.write(",".join(str(c) for c in row) + "\n")
     print(json.dumps(noise, indent=2))
-    for (protocol, _), _cell in sorted(by_cell.items()):
+    for protocol in sorted({protocol for protocol, _ in by_cell}):
         real, handful = noise.get(f"{protocol}.real"), noise.get(f"{protocol}.handful")
         if real and handful and real["std_over_seeds_draw0"] and handful["std_over_seeds_draw0"]:
             pooled = math.sqrt(
@@ -256,8 +256,8 @@ def plot_curve(curve: list[list], path: Path) -> None:
     axes.set_xscale("log", base=2)
     axes.set_xlabel("labelled real training images (handful = 8)")
     axes.set_ylabel("test mAP@[.5:.95]")
-    axes.set_title("Real-image curve per detector protocol (mean +- std over units)")
-    axes.legend(title="protocol")
+    axes.set_title("Real-image curve per detector protocol (mean +- std)")
+    axes.legend(title="protocol", loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)

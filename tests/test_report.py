@@ -203,3 +203,16 @@ def test_invalid_checks_and_drifting_objects_are_said_not_shared() -> None:
     assert "Object fidelity: not measured (txt2img)" in "\n".join(
         report.image_quality(params, unmeasured)
     )
+
+
+def test_noise_table_names_each_protocols_settings():
+    cell = {
+        "settings": "epochs=60",
+        "units": 3,
+        "mean": 0.335,
+        "std_over_seeds_draw0": 0.008,
+        "std_over_draws_same_seed": None,
+        "std_test_photo_bootstrap": 0.05,
+    }
+    rows = report.noise_table({"e60.real": cell})
+    assert "| e60.real | epochs=60 | 3 | 0.335 | 0.008 | n/a | 0.050 |" in rows

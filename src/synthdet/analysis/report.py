@@ -293,13 +293,13 @@ def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
     `benchmarks/protocol.py --summarise` (keys `<protocol>.<subset>`)."""
     rows = [
         "Measured apart from this run by `benchmarks/protocol.py` on the embedded data "
-        "(`metrics/protocol/`: protocols `base` = params.yaml's detector, `long` = 30 epochs; "
+        "(`metrics/protocol/`: each protocol is params.yaml's detector with the settings shown; "
         "the handful drawn as `handful@<draw>` draws it, draw 0 = this run's; rerun it for your "
         "data). Std over detector seeds (draw 0), over handful draws at one seed, and over "
         "the test split's photos (bootstrap of one detector's predictions):",
         "",
-        "| protocol.subset | units | mean | std seeds | std draws | std test photos |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| protocol.subset | settings | units | mean | std seeds | std draws | std test photos |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for key, cell in sorted(noise.items()):
         values = (
@@ -308,7 +308,11 @@ def noise_table(noise: Mapping[str, Mapping[str, Any]]) -> list[str]:
             cell["std_over_draws_same_seed"],
             cell["std_test_photo_bootstrap"],
         )
-        rows.append(f"| {key} | {cell['units']} | " + " | ".join(_number(v) for v in values) + " |")
+        rows.append(
+            f"| {key} | {cell['settings']} | {cell['units']} | "
+            + " | ".join(_number(v) for v in values)
+            + " |"
+        )
     return rows
 
 
