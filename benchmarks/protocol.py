@@ -42,7 +42,7 @@ import torch
 
 from synthdet.analysis import metrics
 from synthdet.core.data import draw_seed, link_yolo_folder, read_yolo_folder, subject_images
-from synthdet.detectors import detection
+from synthdet.detectors import detection, variants
 from synthdet.params import load_params
 from synthdet.stages.train_detector import images_per_epoch
 
@@ -75,9 +75,7 @@ def subset_images(
 def train_unit(params, protocol: dict, images: list[Path], seed: int, scratch: Path, out: Path):
     config = params.train_detector
     wanted = images_per_epoch(config, Path("metrics/prepare.json"))
-    copies, top_up = divmod(wanted, len(images))
-    if len(images) >= wanted:
-        copies, top_up = 1, 0
+    copies, top_up = variants.epoch_plan(len(images), wanted)
     once_more = sorted(images)
     random.Random(params.shared.seed).shuffle(once_more)
     parts = [images] * copies + ([once_more[:top_up]] if top_up else [])
