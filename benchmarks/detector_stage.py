@@ -70,7 +70,8 @@ def child(out_json: str, stage_args: list[str]) -> None:
         started_cpu,
         started_wall - float(os.environ["BENCH_T0"]),
     ]
-    from synthdet import cli, detection, variants
+    from synthdet.core import cli
+    from synthdet.detectors import detection, variants
     from synthdet.stages import train_detector
 
     timeline.switch("import ultralytics")
@@ -221,6 +222,8 @@ def main() -> None:
     )
     parser.add_argument("--one-process", action="store_true", help="every unit in one process")
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--handful", type=Path, default=Path("data/handfuls/draw0"))
+    parser.add_argument("--prepare-metrics", type=Path, default=Path("metrics/prepare.json"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("metrics/bench/detector_stage.json"))
     args = parser.parse_args()
@@ -241,6 +244,7 @@ def main() -> None:
         key, _, value = item.partition("=")
         params["train_detector"][key] = yaml.safe_load(value)
     data = args.data.resolve()
+    handful, prepare_metrics = args.handful.resolve(), args.prepare_metrics.resolve()
     units = [(variant, seed) for variant in args.variant for seed in args.seed or [42]]
     with tempfile.TemporaryDirectory(prefix="synthdet-bench-") as scratch:
         scratch = Path(scratch)
@@ -248,7 +252,7 @@ def main() -> None:
 
         def unit_args(variant: str, seed: int) -> list[str]:
             where = ["--train", str(data / "train")] if variant == "real" else []
-            where += ["--handful", str(data / "personalize")] if variant == "handful" else []
+            where += ["--handful", str(handful), "--draw", "0"] if variant == "handful" else []
             real = "all" if variant == "real" else "handful"
             return [
                 *("--stage", f"train-{variant}@{seed}", "--real", real, "--seed", str(seed)),
@@ -256,6 +260,7 @@ def main() -> None:
                 *("--val", str(data / "val")),
                 *("--out", str(scratch / "models" / variant / f"seed{seed}")),
                 *("--results", str(scratch / "metrics" / variant / f"seed{seed}.csv")),
+                *("--prepare-metrics", str(prepare_metrics)),
             ]
 
         runs = (
@@ -267,7 +272,7 @@ def main() -> None:
         # The pipeline's store exists after its first stage: create it (and the experiment)
         # outside the measurement.
         warm_up = (
-            "from synthdet.tracking import stage_run\n"
+            "from synthdet.core.tracking import stage_run\n"
             f"with stage_run('warm-up', {params['shared']['mlflow_experiment']!r}, {{}}): pass"
         )
         subprocess.run(
