@@ -5,6 +5,7 @@ to params.yaml by DVC's own override code and gives params that load; internal l
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import shlex
 import shutil
@@ -344,3 +345,24 @@ def test_internal_links_resolve():
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert broken == []
+
+
+def _evidence_script():
+    spec = importlib.util.spec_from_file_location("evidence", REPO / "benchmarks/evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evidence_script_runs_the_readme_profile(tmp_path):
+    """benchmarks/evidence.py queues the README's evidence profile: its parts together list the
+    README's overrides and every draw, and each part's overrides load."""
+    evidence = _evidence_script()
+    readme = [c for c in commands((REPO / "README.md").read_text()) if "epochs=60" in c]
+    assert readme, "README shows no evidence-profile command"
+    documented = sorted(set_params(readme[0])[0])
+    assert sorted(evidence.overrides(evidence.DRAWS, [])[1::2]) == documented
+    parts = evidence.groups(evidence.DRAWS, 2)
+    assert sorted(d for part in parts for d in part) == evidence.DRAWS and len(parts) == 2
+    for draws in parts:
+        load_params(apply_with_dvc(tmp_path, evidence.overrides(draws, [])[1::2]))

@@ -1,0 +1,177 @@
+"""The evidence profile spread over CPU cores with DVC's queue, collected into metrics/evidence/.
+
+    python benchmarks/evidence.py run --jobs 2          # queue, run, combine, collect
+    python benchmarks/evidence.py combine --parts evidence-part0 evidence-part1
+    python benchmarks/evidence.py collect --parts ...   # the last two steps alone
+
+`run` does what docs/evidence.md describes, with DVC's own machinery:
+
+1. **queue**: the handful draws (`--draws`) are split into `--jobs` groups and one experiment per
+   group is queued (`dvc exp run --queue -n <name>-part<i>`), each with the evidence profile's
+   overrides (`PROFILE`) and its draws;
+2. **run**: `dvc queue start -j <jobs>` runs them side by side, each stage process on one torch
+   thread (`SYNTHDET_TORCH_THREADS=1` unless set: two 2-thread trainings on 2 cores spin against
+   each other, `metrics/bench/detector_stage.json`); waits until none is queued or running;
+3. **combine**: one more experiment in the workspace lists every draw; DVC restores every stage
+   the parts ran from its run-cache (same command, deps and params) instead of running it again,
+   so only `evaluate` and `report` (which read the draws and seeds lists) run, pairing all units;
+4. **collect**: copies that run's metrics and report into `--out` (default metrics/evidence/) and
+   writes `provenance.json`: the commit, overrides, threads, CPU, and each detector stage's wall
+   time and optimizer steps from the MLflow store (the stages' own runs).
+
+The `real` detectors carry no draw, so each part trains them (a part cannot use another's before
+it finishes); with 2 parts that is 2 extra detectors of the 18.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROFILE = [
+    "train_detector.yolo.epochs=60",
+    "train_detector.seeds=[42,43]",
+    "few_shot.sources=[synthetic]",
+    "few_shot.real_image_counts=[]",
+    "train_detector.variants=[]",
+]
+DRAWS = [0, 1, 2, 3]
+# evaluate's and report's outputs (dvc.yaml), copied as they are; the report links the PNGs
+COLLECTED = [
+    "evaluate.json",
+    "evaluation.json",
+    "report.md",
+    "environment.json",
+    "detection_table.csv",
+    "detection_runs.csv",
+    "real_image_curve.csv",
+    "pr_curve.csv",
+    "ratio_curve.csv",
+    "test_grid.png",
+    "synthetic_grid.png",
+]
+POLL_S = 30
+
+
+def dvc(*args: str, capture: bool = False) -> str:
+    """Run `dvc <args>` (the dvc next to this Python); raise with its output when it fails."""
+    command = [str(Path(sys.executable).with_name("dvc")), *args]
+    done = subprocess.run(command, capture_output=capture, text=True)
+    if done.returncode:
+        detail = (done.stderr or done.stdout or "").strip() if capture else "see above"
+        raise SystemExit(f"`{' '.join(command[1:])}` failed ({detail})")
+    return done.stdout if capture else ""
+
+
+def overrides(draws: list[int], extra: list[str]) -> list[str]:
+    """`-S` arguments of the profile with these draws and the user's extra overrides."""
+    values = [*PROFILE, *extra, f"few_shot.draws=[{','.join(map(str, draws))}]"]
+    return [arg for value in values for arg in ("-S", value)]
+
+
+def groups(draws: list[int], jobs: int) -> list[list[int]]:
+    """The draws in `jobs` contiguous groups of near-equal size (fewer when fewer draws)."""
+    size = math.ceil(len(draws) / jobs)
+    return [draws[start : start + size] for start in range(0, len(draws), size)]
+
+
+def wait_for_queue() -> None:
+    """Poll `dvc queue status` until nothing is queued or running; fail if a task failed."""
+    while True:
+        status = dvc("queue", "status", capture=True)
+        rows = [line.split() for line in status.splitlines()[1:] if line.strip()]
+        states = [row[-1] for row in rows if len(row) >= 4 and row[0] != "Worker"]
+        if "Failed" in states:
+            raise SystemExit(f"a queued part failed:\n{status}\nsee `dvc queue logs <name>`")
+        if not {"Queued", "Running"} & set(states):
+            return
+        time.sleep(POLL_S)
+
+
+def mlflow_stage_times(names: list[str]) -> list[dict]:
+    """Wall time and optimizer steps of every detector stage the experiments `names` ran, from
+    the MLflow store the stages logged to (`synthdet.core.tracking`)."""
+    import mlflow
+
+    from synthdet.core import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    rows = []
+    for run in runs:
+        name = run.info.run_name or ""
+        part, _, stage = name.partition("/")
+        if part not in names or not stage.startswith("train-") or run.info.end_time is None:
+            continue
+        params = run.data.params
+        steps = int(params["yolo.epochs"]) * math.ceil(
+            int(params["images_per_epoch"]) / int(params["yolo.batch"])
+        )
+        wall = (run.info.end_time - run.info.start_time) / 1000
+        rows.append({"experiment": part, "stage": stage, "wall_s": round(wall, 1), "steps": steps})
+    return sorted(rows, key=lambda row: (row["experiment"], row["stage"]))
+
+
+def collect(metrics: Path, out: Path, parts: list[str], name: str, args: list[str]) -> None:
+    """Copy the combined run's metrics to `out` and write `out/provenance.json`."""
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [file for file in COLLECTED if not (metrics / file).is_file()]
+    if missing:
+        raise SystemExit(f"{metrics}: no {', '.join(missing)}: run `combine` first")
+    for file in COLLECTED:
+        shutil.copy2(metrics / file, out / file)
+    environment = json.loads((metrics / "environment.json").read_text())
+    stages = mlflow_stage_times([*parts, name])
+    trained = [row for row in stages if row["experiment"] in parts]
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    provenance = {
+        "commit": commit,
+        "overrides": args,
+        "parts": parts,
+        "combined": name,
+        "torch_threads": os.environ.get("SYNTHDET_TORCH_THREADS", "all cores"),
+        "cpu_model": environment.get("cpu_model"),
+        "cpu_count": os.cpu_count(),
+        "detector_stages": stages,
+        "detector_stage_wall_s_total": round(sum(row["wall_s"] for row in trained), 1),
+        "optimizer_steps_total": sum(row["steps"] for row in trained),
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"collected {len(COLLECTED)} files and provenance.json into {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["run", "combine", "collect"])
+    parser.add_argument("--jobs", type=int, default=2, help="parts run side by side")
+    parser.add_argument("--draws", type=int, nargs="+", default=DRAWS)
+    parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
+    parser.add_argument("--name", default="evidence", help="experiment name (parts: -part<i>)")
+    parser.add_argument("--parts", nargs="+", help="combine/collect: the parts' names")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    parser.add_argument("--out", type=Path, default=Path("metrics/evidence"))
+    args = parser.parse_args()
+    os.environ.setdefault("SYNTHDET_TORCH_THREADS", "1")
+    split = groups(args.draws, args.jobs)
+    parts = args.parts or [f"{args.name}-part{i}" for i in range(len(split))]
+    if args.step == "run":
+        for part, draws in zip(parts, split, strict=True):
+            dvc("exp", "run", "--queue", "-n", part, *overrides(draws, args.set))
+        dvc("queue", "start", "-j", str(args.jobs))
+        wait_for_queue()
+    if args.step in ("run", "combine"):
+        dvc("exp", "run", "-n", args.name, *overrides(args.draws, args.set))
+    collect(args.metrics, args.out, parts, args.name, overrides(args.draws, args.set)[1::2])
+
+
+if __name__ == "__main__":
+    main()
