@@ -30,7 +30,7 @@ from synthdet.diffusion.images import fit_square
 from synthdet.diffusion.loading import load_pipeline
 from synthdet.generation.engine import Engine
 from synthdet.generation.filters import largest_cluster, realism_scores
-from synthdet.generation.modes import control_map, engine_record
+from synthdet.generation.modes import control_map, engine_description, engine_record
 from synthdet.generation.plan import SubjectPlan, engine_identity, plan_units, subject_images
 from synthdet.generation.run import generate_dataset
 from synthdet.generation.store import read_provenance
@@ -764,6 +764,29 @@ def test_img2img_with_one_denoising_step_runs_and_fewer_fail_at_params(tmp_path,
     assert engine_record(s, SAMPLE_SIZE)["denoising_steps"] == 1
     with pytest.raises(ParamsError, match=r"'generate\.strength' x 'generate\.num_inference_steps"):
         settings(mode="img2img", strength=0.04, num_inference_steps=20)
+
+
+def test_vae_residual_puts_the_denoisers_change_on_the_real_pixels(real):
+    """generate.vae_residual: each image is its source + (the plain img2img image - the source's
+    VAE round trip), so the VAE's own loss (the tiny random VAE's: everything) stays out."""
+    s = settings(mode="img2img", strength=0.5, num_inference_steps=2)
+    sources = sorted((real / "images").iterdir())[:2]
+    prompts = ["a photo of sks apple tree"] * 2
+    plain_engine = Engine(tiny_sd_pipeline(), s, SAMPLE_SIZE)
+    plain, _ = plain_engine(prompts, [1, 2], sources)
+    kept, _ = Engine(tiny_sd_pipeline(), dataclasses.replace(s, vae_residual=True), SAMPLE_SIZE)(
+        prompts, [1, 2], sources
+    )
+    source = np.stack([np.asarray(plain_engine._condition(p), dtype=np.float32) for p in sources])
+    round_trip = np.stack([plain_engine._round_trip(p) for p in sources]) * 255
+    expected = np.clip(source + plain.astype(np.float32) - round_trip, 0, 255)
+    assert np.abs(kept - expected).max() <= 1  # the plain image was rounded to uint8
+    # the untrained VAE loses the source: the plain images are far from it, the kept ones near
+    assert np.abs(kept - source).mean() < np.abs(plain - source).mean() / 2
+    assert engine_description(dataclasses.replace(s, vae_residual=True), 8)["vae_residual"]
+    assert "vae_residual" not in engine_description(s, 8)  # the default's image keys unchanged
+    with pytest.raises(ParamsError, match=r"'generate\.vae_residual' is true, but generate\.mode"):
+        settings(mode="txt2img", vae_residual=True)
 
 
 def lora_adapter(folder: Path, model: Path, train_text_encoder: bool) -> Path:

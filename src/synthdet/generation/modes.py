@@ -108,7 +108,10 @@ MODES = {
         Mode(
             "img2img",
             uses_source=True,
-            description=lambda s: {"strength": s.strength},
+            # vae_residual named only when on: the default's image keys stay as they were
+            description=lambda s: (
+                {"strength": s.strength} | ({"vae_residual": True} if s.vae_residual else {})
+            ),
             record=lambda s: {"denoising_steps": img2img_steps(s.strength, s.num_inference_steps)},
             identity=_nothing,
             pipeline=_image_to_image,
