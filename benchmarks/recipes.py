@@ -68,6 +68,9 @@ RECIPES = {
     "strength-0.5": ["generate.strength=0.5"],
     # LoRA on the transformer blocks' feed-forward layers and the 1x1 conv projections too
     "lora-wide": [f"personalize.lora.target_modules={WIDE_MODULES}"],
+    # the VAE left as it is, its round-trip loss taken out of each image (generate.vae_residual)
+    "vae-residual": ["generate.vae_residual=true"],
+    "vae-residual-0.5": ["generate.vae_residual=true", "generate.strength=0.5"],
 }
 
 COLUMNS = [
