@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from synthdet.core.data import Box, DataError, Sample
 from synthdet.image_checks import fidelity
 from synthdet.image_checks.metrics import FidInceptionFeatures
 from synthdet.stages import check_images
+from tests.conftest import load_test_params
 
 SIZE = 32
 GREEN = (40, 160, 40)
@@ -94,7 +96,10 @@ def test_hue_shifted_objects_drift_and_the_same_colours_do_not(
     world: dict, inception: FidInceptionFeatures, capsys: pytest.CaptureFixture
 ) -> None:
     train, val = world["train"], world["val"]
-    same = check_images.object_metrics(world["make"](GREEN), world["dir"], train, val, inception, 0)
+    img2img = dataclasses.replace(load_test_params().generate, mode="img2img", vae_residual=False)
+    same = check_images.object_metrics(
+        world["make"](GREEN), world["dir"], train, val, inception, 0, generate=img2img
+    )
     assert same["objects.valid"] == 1 and same["objects.drift"] == 0
     assert same["objects.generated_crops"] == 16 and same["objects.handful_crops"] == 8
     assert abs(same["objects.a_shift_z"]) < fidelity.DRIFT_Z
@@ -102,7 +107,7 @@ def test_hue_shifted_objects_drift_and_the_same_colours_do_not(
     assert "warning" not in capsys.readouterr().err
 
     shifted = check_images.object_metrics(
-        world["make"](RED), world["dir"], train, val, inception, 0
+        world["make"](RED), world["dir"], train, val, inception, 0, generate=img2img
     )
     assert shifted["objects.drift"] == 1
     assert shifted["objects.a_shift_z"] > 5  # far to the red side, in val standard deviations
@@ -111,7 +116,16 @@ def test_hue_shifted_objects_drift_and_the_same_colours_do_not(
     assert shifted["objects.kid_val_vs_handful"] == same["objects.kid_val_vs_handful"]
     warning = capsys.readouterr().err
     assert "warning: check-images: the generated objects drift" in warning
-    for key in ("base.init", "personalize.max_train_steps", "generate.strength"):
+    # img2img without vae_residual: the measured cause (the VAE's round trip) and its fixes
+    for key in ("-S generate.vae_residual=true", "base.vae_steps"):
+        assert key in warning
+    txt2img = dataclasses.replace(img2img, mode="txt2img")
+    check_images.object_metrics(
+        world["make"](RED), world["dir"], train, val, inception, 0, generate=txt2img
+    )
+    warning = capsys.readouterr().err
+    assert "vae_residual" not in warning
+    for key in ("base.init", "base.vae_steps", "personalize.max_train_steps"):
         assert key in warning
 
 
@@ -122,7 +136,13 @@ def test_without_source_boxes_the_check_says_why(
     rows = [{"file": p.name, "source": None} for p in generated]  # txt2img: no source
     (world["dir"] / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = check_images.object_metrics(
-        generated, world["dir"], world["train"], world["val"], inception, 0
+        generated,
+        world["dir"],
+        world["train"],
+        world["val"],
+        inception,
+        0,
+        generate=load_test_params().generate,
     )
     assert set(summary) == {"objects.valid", "objects.invalid_reason"}  # no number at all
     assert summary["objects.valid"] == 0

@@ -35,7 +35,7 @@ from synthdet.core.errors import warn
 from synthdet.core.tracking import stage_run
 from synthdet.generation.filters import FEATURES_FILE, FeatureCache
 from synthdet.image_checks import classifiers, fidelity, metrics
-from synthdet.params import Params
+from synthdet.params import GenerateParams, Params
 
 
 def check_test_leakage(
@@ -117,10 +117,13 @@ def object_metrics(
     val: Sequence[Sample],
     inception: torch.nn.Module,
     seed: int,
+    *,
+    generate: GenerateParams,
 ) -> dict[str, float | int | str | None]:
     """`objects.*`: the generated objects (their sources' boxes, from the manifest) against the
-    handful's and real val's (`fidelity.object_fidelity`); warns when they drift or when the
-    check cannot run (no manifest, no source boxes, too few crops)."""
+    handful's and real val's (`fidelity.object_fidelity`); warns when they drift, with what to
+    change for how `generate` made them, or when the check cannot run (no manifest, no source
+    boxes, too few crops)."""
     if not (generated_dir / MANIFEST).is_file():
         result: fidelity.ObjectFidelity | str = (
             f"{generated_dir / MANIFEST} is missing: no source boxes for the generated images"
@@ -136,10 +139,16 @@ def object_metrics(
         if summary["drift"]:
             warn(
                 f"check-images: the generated objects drift from the handful's beyond real "
-                f"objects' own spread: {summary['drift_reason']}. Start from a base checkpoint "
-                "whose domain has such objects (base.init), personalise longer "
-                "(personalize.max_train_steps) or keep more of the source (lower "
-                "generate.strength)"
+                f"objects' own spread: {summary['drift_reason']}. "
+                + (
+                    "With img2img the base VAE's round trip sets the objects' colour "
+                    "(docs/generation.md, recipes): -S generate.vae_residual=true keeps the "
+                    "source's colours; or fine-tune the VAE on your images (base.vae_steps)"
+                    if generate.mode == "img2img" and not generate.vae_residual
+                    else "Start from a base checkpoint whose domain has such objects "
+                    "(base.init), fine-tune it on your images (base.vae_steps, "
+                    "base.unet_steps) or personalise longer (personalize.max_train_steps)"
+                )
             )
     return {f"objects.{key}": value for key, value in summary.items()}
 
@@ -189,7 +198,13 @@ def run(
         val = read_yolo_folder(val_dir, classes)
         summary |= classifier_metrics(params, real, generated, train, val)
         summary |= object_metrics(
-            generated, generated_dir, train, val, inception, params.shared.seed
+            generated,
+            generated_dir,
+            train,
+            val,
+            inception,
+            params.shared.seed,
+            generate=params.generate,
         )
         write_json(metrics_path, summary)
         mlflow_run.log_metrics(summary)
