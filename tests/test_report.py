@@ -13,6 +13,7 @@ from synthdet.artifacts.evaluation import EVALUATION, Evaluation
 from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
     COPY_PASTE_METRICS,
+    HANDFUL_METRICS,
     PREPARE_METRICS,
     PSEUDO_METRICS,
     AnnotateMetrics,
@@ -112,7 +113,10 @@ def test_the_report_renders_from_the_committed_metrics_files() -> None:
         },
         configured,
         variants.comparisons(configured),
+        handful=read_extra_images_metrics(DRAW0 / HANDFUL_METRICS),
     )
+    assert "| handful (labelled train images) | 8 | 95 |" in page  # draw 0's, before the extras
+    assert page.index("| handful (labelled") < page.index("| synthetic (generated")
     assert "Real test split: 40 images, 351 boxes." in page
     assert "| `handful-synthetic` | 1 | 0.179 | 0.440 | 0.119 | +0.179 |" in page
     assert (

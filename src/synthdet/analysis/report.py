@@ -402,11 +402,13 @@ def _data(
     prepared: PrepareMetrics,
     annotated: AnnotateMetrics,
     extras: Mapping[str, ExtraImagesMetrics],
+    handful: ExtraImagesMetrics | None,
 ) -> list[str]:
     lines = ["| split | images | boxes |", "|---|---:|---:|"]
     for split, counts in prepared.splits().items():
         lines.append(f"| real {split} | {_number(counts.images)} | {_number(counts.boxes)} |")
-    rows = {"synthetic (generated, labelled)": annotated, **extras}
+    rows = {"handful (labelled train images)": handful} if handful else {}
+    rows |= {"synthetic (generated, labelled)": annotated, **extras}
     for name, counts in rows.items():
         lines.append(f"| {name} | {_number(counts.images)} | {_number(counts.boxes)} |")
     return lines
@@ -422,18 +424,20 @@ def render(
     variants: Sequence[Variant],
     comparisons: Sequence[tuple[str, str]],
     noise: Mapping[str, Mapping[str, Any]] | None = None,
+    handful: ExtraImagesMetrics | None = None,
 ) -> str:
     """The report as Markdown: `evaluation` (evaluate's evaluation.json), `images`
     (check-images), `prepared`, `annotated` and `extras` (copy-paste and pseudo-label metrics,
     by row name) are the run's metrics files; the tables and grids it links lie next to it.
     `noise`: the detector protocol's variance components (`benchmarks/protocol.py`'s
-    noise.json), shown in their own section when given."""
+    noise.json), shown in their own section when given. `handful`: the draw's handful counts
+    (the handful stage's metrics), a data row when given."""
     # the few-shot question: the real-image curve (real, handful, real-n…) and handful-<source>
     few_shot = [v.name for v in variants if v.on_real_image_curve or v.is_few_shot]
     others = [v.name for v in variants if v.name not in few_shot]
     few_shot_pairs = [c for c in comparisons if c[0] in few_shot]
     lines = ["# synthdet run report", "", *what_it_can_detect(evaluation), ""]
-    lines += ["## Data", "", *_data(prepared, annotated, extras)]
+    lines += ["## Data", "", *_data(prepared, annotated, extras, handful)]
     lines += ["", "## Settings", "", *_settings(params, prepared, annotated)]
     lines += [
         "",

@@ -15,6 +15,7 @@ from typing import Any
 from synthdet.core.data import DataError
 
 PREPARE_METRICS = "prepare.json"
+HANDFUL_METRICS = "handful.json"  # a handful draw's: images and boxes, in all and per subject
 ANNOTATE_METRICS = "annotate.json"
 COPY_PASTE_METRICS = "copy_paste.json"
 PSEUDO_METRICS = "pseudo.json"
@@ -120,6 +121,6 @@ def read_annotate_metrics(path: Path) -> AnnotateMetrics:
 
 
 def read_extra_images_metrics(path: Path) -> ExtraImagesMetrics:
-    """copy-paste's or pseudo-label's metrics file (`metrics/draws/draw<d>/copy_paste.json`,
-    `pseudo.json`)."""
+    """copy-paste's, pseudo-label's or the handful's metrics file (`metrics/draws/draw<d>/`
+    `copy_paste.json`, `pseudo.json`, `handful.json`): images and boxes."""
     return ExtraImagesMetrics.from_dict(read_metrics_json(path))

@@ -18,6 +18,7 @@ from synthdet.artifacts.metrics import (
     ANNOTATE_METRICS,
     COPY_PASTE_METRICS,
     DRAW_METRICS,
+    HANDFUL_METRICS,
     IMAGES_METRICS,
     PREPARE_METRICS,
     PSEUDO_METRICS,
@@ -38,8 +39,9 @@ NOISE = Path("protocol/noise.json")  # benchmarks/protocol.py --summarise, under
 def run(params: Params, metrics_dir: Path) -> str:
     """Render `metrics_dir/report.md` from the metrics files in `metrics_dir` (the detector
     protocol's noise table when `metrics_dir/protocol/noise.json` exists); return it. The data
-    rows (generated, copy-paste, pseudo-labelled images, the annotator) are those of the first
-    handful draw of few_shot.draws (`metrics_dir/draws/draw<d>/`); the scores cover every draw."""
+    rows (handful, generated, copy-paste, pseudo-labelled images, the annotator) are those of
+    the first handful draw of few_shot.draws (`metrics_dir/draws/draw<d>/`); the scores cover
+    every draw."""
     noise_file = metrics_dir / NOISE
     noise = read_metrics_json(noise_file) if noise_file.is_file() else None
     draw_dir = draw_folder(metrics_dir / DRAW_METRICS, params.few_shot.draws[0])
@@ -59,6 +61,7 @@ def run(params: Params, metrics_dir: Path) -> str:
             configured,
             variants.comparisons(configured),
             noise=noise,
+            handful=read_extra_images_metrics(draw_dir / HANDFUL_METRICS),
         )
         write_text(metrics_dir / "report.md", page)
         write_json(metrics_dir / "environment.json", tracking.environment())
