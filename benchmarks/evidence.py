@@ -1,7 +1,7 @@
 """The evidence profile spread over CPU cores with DVC's queue, collected into metrics/evidence/.
 
     python benchmarks/evidence.py run --jobs 2          # queue, run, combine, collect
-    python benchmarks/evidence.py combine --parts evidence-part0 evidence-part1
+    python benchmarks/evidence.py combine --parts evidence-part0 evidence-part1 --out DIR
     python benchmarks/evidence.py collect --parts ...   # the last two steps alone
 
 `run` does what docs/evidence.md describes, with DVC's own machinery:
@@ -12,9 +12,14 @@
 2. **run**: `dvc queue start -j <jobs>` runs them side by side, each stage process on one torch
    thread (`SYNTHDET_TORCH_THREADS=1` unless set: two 2-thread trainings on 2 cores spin against
    each other, `metrics/bench/detector_stage.json`); waits until none is queued or running;
-3. **combine**: one more experiment in the workspace lists every draw; DVC restores every stage
-   the parts ran from its run-cache (same command, deps and params) instead of running it again,
-   so only `evaluate` and `report` (which read the draws and seeds lists) run, pairing all units;
+3. **combine**: the parts' results are joined without running them again: the workspace takes
+   the first part's files, every other part adds the git-tracked outputs of its own stages
+   (per-draw metrics, per-detector CSVs), the parts' `dvc.lock` entries are merged (a stage two
+   parts ran, e.g. `train-real@42`, must have identical entries: same bits), params.yaml gets the
+   profile with every draw, `dvc checkout` restores every output from the cache, `dvc status`
+   must then list nothing but `evaluate` and `report`, and `dvc repro` runs those two, pairing
+   all units. (DVC's run-cache does not restore stages with `cache: false` outputs, measured:
+   a combining `dvc exp run` trained the draws' stages again);
 4. **collect**: copies that run's metrics and report into `--out` (default metrics/evidence/) and
    writes `provenance.json`: the commit, overrides, threads, CPU, and each detector stage's wall
    time and optimizer steps from the MLflow store (the stages' own runs).
@@ -58,6 +63,18 @@ COLLECTED = [
     "synthetic_grid.png",
 ]
 POLL_S = 30
+# stages a join must never rerun: they train or generate (minutes each)
+COSTLY = {
+    "base",
+    "personalize",
+    "generate",
+    "train-real",
+    "train-handful",
+    "train-real-curve",
+    "train-few-shot",
+    "train-synthetic",
+    "train-mix",
+}
 
 
 def dvc(*args: str, capture: bool = False) -> str:
@@ -119,7 +136,68 @@ def mlflow_stage_times(names: list[str]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["experiment"], row["stage"]))
 
 
-def collect(metrics: Path, out: Path, parts: list[str], name: str, args: list[str]) -> None:
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def exp_ref(name: str) -> str:
+    """The git ref of the DVC experiment `name` (refs/exps/.../<name>)."""
+    refs = [r for r in git("for-each-ref", "--format=%(refname)", "refs/exps").split() if r]
+    found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+    if len(found) != 1:
+        raise SystemExit(f"{len(found)} experiments named {name!r}: `dvc exp show` lists them")
+    return found[0]
+
+
+def combine(parts: list[str], draws: list[int], extra: list[str]) -> None:
+    """Join the finished parts into one workspace and run `evaluate` and `report` over all units
+    (step 3 of the module docstring). Fails, changing nothing more, when two parts disagree on a
+    stage or when `dvc status` finds any other stage out of date."""
+    import yaml
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    refs = [exp_ref(part) for part in parts]
+    git("checkout", refs[0], "--", ".")
+    merged = yaml.safe_load(git("show", f"{refs[0]}:dvc.lock"))
+    for part, ref in zip(parts[1:], refs[1:], strict=True):
+        stages = yaml.safe_load(git("show", f"{ref}:dvc.lock"))["stages"]
+        for name, entry in stages.items():
+            if name in ("evaluate", "report"):
+                continue
+            if name in merged["stages"]:
+                if merged["stages"][name] != entry:  # e.g. a detector's args.yaml temp paths
+                    print(f"{part}: stage {name}'s entry differs from {parts[0]}'s; kept the first")
+                continue
+            merged["stages"][name] = entry
+            for out in entry.get("outs", []):
+                if git("ls-tree", "-r", "--name-only", ref, "--", out["path"]).strip():
+                    git("checkout", ref, "--", out["path"])
+    Path("dvc.lock").write_text(yaml.safe_dump(merged, sort_keys=False))
+    changes = to_path_overrides(overrides(draws, extra)[1::2])
+    apply_overrides("params.yaml", changes["params.yaml"])
+    dvc("checkout", "--quiet")
+    # A stage whose dep is a shared stage's differing output (the second part's annotate on
+    # its own copy of train-real@42) reruns alone first; anything costly out of date stops here,
+    # and so does any stage still out of date after that (its output came out different).
+    stale = sorted(set(out_of_date()) - {"evaluate", "report"})
+    costly = [name for name in stale if name.split("@")[0] in COSTLY]
+    if costly:
+        raise SystemExit(f"after joining the parts these stages are out of date: {costly}")
+    for name in stale:
+        dvc("repro", "--single-item", name)
+    stale = sorted(set(out_of_date()) - {"evaluate", "report"})
+    if stale:
+        raise SystemExit(f"rerun stages changed their outputs, so these are out of date: {stale}")
+    dvc("repro")
+
+
+def out_of_date() -> list[str]:
+    """The stages `dvc status` finds out of date."""
+    return list(json.loads(dvc("status", "--json", capture=True) or "{}"))
+
+
+def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None:
     """Copy the combined run's metrics to `out` and write `out/provenance.json`."""
     out.mkdir(parents=True, exist_ok=True)
     missing = [file for file in COLLECTED if not (metrics / file).is_file()]
@@ -127,8 +205,11 @@ def collect(metrics: Path, out: Path, parts: list[str], name: str, args: list[st
         raise SystemExit(f"{metrics}: no {', '.join(missing)}: run `combine` first")
     for file in COLLECTED:
         shutil.copy2(metrics / file, out / file)
+    # what reproduces it: the joined params and lock (`dvc checkout` with them restores it all)
+    shutil.copy2("params.yaml", out / "params.yaml")
+    shutil.copy2("dvc.lock", out / "dvc.lock.yaml")
     environment = json.loads((metrics / "environment.json").read_text())
-    stages = mlflow_stage_times([*parts, name])
+    stages = mlflow_stage_times(parts)
     trained = [row for row in stages if row["experiment"] in parts]
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -137,7 +218,7 @@ def collect(metrics: Path, out: Path, parts: list[str], name: str, args: list[st
         "commit": commit,
         "overrides": args,
         "parts": parts,
-        "combined": name,
+        "combined": "the parts' dvc.lock entries joined, then `dvc repro` (evaluate, report)",
         "torch_threads": os.environ.get("SYNTHDET_TORCH_THREADS", "all cores"),
         "cpu_model": environment.get("cpu_model"),
         "cpu_count": os.cpu_count(),
@@ -169,8 +250,8 @@ def main() -> None:
         dvc("queue", "start", "-j", str(args.jobs))
         wait_for_queue()
     if args.step in ("run", "combine"):
-        dvc("exp", "run", "-n", args.name, *overrides(args.draws, args.set))
-    collect(args.metrics, args.out, parts, args.name, overrides(args.draws, args.set)[1::2])
+        combine(parts, args.draws, args.set)
+    collect(args.metrics, args.out, parts, overrides(args.draws, args.set)[1::2])
 
 
 if __name__ == "__main__":
