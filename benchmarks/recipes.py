@@ -153,19 +153,24 @@ def append(log: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def git_output(repo: Path, *args: str) -> str:
+    """stdout of `git -C repo <args>`; CalledProcessError when git fails."""
+    command = ["git", "-C", str(repo), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def draw0_metrics(root: Path) -> tuple[dict, dict]:
+    """(images.json, generate.json) of draw 0 in the project at `root`."""
+    draw = root / "metrics/draws/draw0"
+    return tuple(json.loads((draw / name).read_text()) for name in ("images.json", "generate.json"))
+
+
 def record_default(log: Path) -> None:
     """The embedded default from /work/main's committed run (no rerun; wall time unknown)."""
     if ("embedded", "default") in finished(log):
         return
-    draw = MAIN / "metrics/draws/draw0"
-    images = json.loads((draw / "images.json").read_text())
-    generate = json.loads((draw / "generate.json").read_text())
-    commit = subprocess.run(
-        ["git", "-C", str(MAIN), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    images, generate = draw0_metrics(MAIN)
+    commit = git_output(MAIN, "rev-parse", "--short", "HEAD").strip()
     row = screen_row("embedded", "default", [], images, generate)
     append(log, row | {"wall_s": None, "cpu_s": None, "source": f"/work/main@{commit} metrics"})
 
@@ -210,34 +215,40 @@ def prepare_scratch() -> None:
         )
 
 
+def exp_run(command: list[str], run_log: Path) -> tuple[int, float, float]:
+    """Run `command` (a `dvc exp run`) in SCRATCH from the baseline's params and lock (the
+    previous experiment leaves its own), its output in `run_log`; return (exit status, wall s,
+    CPU s of the child processes)."""
+    subprocess.run(
+        ["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], cwd=SCRATCH, check=True
+    )
+    run_log.parent.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    with run_log.open("w") as out:
+        done = subprocess.run(
+            command, cwd=SCRATCH, env=environment(), stdout=out, stderr=subprocess.STDOUT
+        )
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done.returncode, wall, cpu
+
+
 def run_one(dataset: str, recipe: str, log: Path) -> bool:
     """Run the pipeline to check-images@0 with the dataset's and recipe's overrides in SCRATCH,
     then append the row. Returns False (and prints the log's tail) when `dvc exp run` fails."""
     overrides = DATASETS[dataset] + RECIPES[recipe]
-    env = environment()
-    # Start from the baseline's params and lock: the previous experiment leaves its own.
-    subprocess.run(
-        ["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], cwd=SCRATCH, check=True
-    )
     command = ["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)], "check-images@0"]
     run_log = OUT / "logs" / f"{dataset}-{recipe}.log"
-    run_log.parent.mkdir(parents=True, exist_ok=True)
     print(f"{dataset}:{recipe}: {' '.join(command)}", flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.time()
-    with run_log.open("w") as out:
-        done = subprocess.run(command, cwd=SCRATCH, env=env, stdout=out, stderr=subprocess.STDOUT)
-    wall = time.time() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if done.returncode != 0:
+    done, wall, cpu = exp_run(command, run_log)
+    if done != 0:
         tail = run_log.read_text().splitlines()[-30:]
-        print(f"{dataset}:{recipe}: dvc exp run failed ({done.returncode}); {run_log}:", flush=True)
+        print(f"{dataset}:{recipe}: dvc exp run failed ({done}); {run_log}:", flush=True)
         print("\n".join(tail), flush=True)
         return False
-    draw = SCRATCH / "metrics/draws/draw0"
-    images = json.loads((draw / "images.json").read_text())
-    generate = json.loads((draw / "generate.json").read_text())
+    images, generate = draw0_metrics(SCRATCH)
     row = screen_row(dataset, recipe, overrides, images, generate)
     append(log, row | {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "source": "scratch run"})
     return True
@@ -253,23 +264,12 @@ def experiment_base(raw_dir: str, key: str) -> Path:
     """models/base of the clone's experiment with `prepare.raw_dir` = raw_dir and the `base.*`
     values of `key`, linked from the shared DVC cache into a temporary folder. Raises
     LookupError when no experiment in SCRATCH's refs/exps matches (run the recipe first)."""
-    refs = subprocess.run(
-        ["git", "-C", str(SCRATCH), "for-each-ref", "--format=%(refname)", "refs/exps"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    refs = git_output(SCRATCH, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     wanted = dict(item.split("=", 1) for item in key.split())
     for ref in (r for r in refs if "/exec/" not in r):
 
         def show(name: str, ref: str = ref) -> dict:
-            text = subprocess.run(
-                ["git", "-C", str(SCRATCH), "show", f"{ref}:{name}"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            return yaml.safe_load(text)
+            return yaml.safe_load(git_output(SCRATCH, "show", f"{ref}:{name}"))
 
         params = show("params.yaml")
         if params["prepare"]["raw_dir"] != raw_dir or any(
@@ -334,20 +334,12 @@ def probe_base(dataset: str, recipe: str, log: Path) -> dict:
     )
     if reference is None:
         raise SystemExit(f"--probe-base {dataset}:{recipe}: run a recipe of {dataset} first")
-    subprocess.run(
-        ["git", "checkout", "-q", "--", "params.yaml", "dvc.lock"], cwd=SCRATCH, check=True
-    )
     command = ["dvc", "exp", "run", *[a for o in overrides for a in ("-S", o)], "base"]
     run_log = OUT / "logs" / f"{dataset}-{recipe}-base.log"
-    run_log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with run_log.open("w") as out:
-        done = subprocess.run(
-            command, cwd=SCRATCH, env=environment(), stdout=out, stderr=subprocess.STDOUT
-        )
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}); see {run_log}")
-    print(f"{dataset}:{recipe}: base stage in {time.time() - started:.0f} s", flush=True)
+    done, wall, _ = exp_run(command, run_log)
+    if done != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done}); see {run_log}")
+    print(f"{dataset}:{recipe}: base stage in {wall:.0f} s", flush=True)
     keep = ("dataset", *(f"handful_{c}_mean" for c in "lab"), *(f"val_{c}_std" for c in "lab"))
     return {k: reference[k] for k in keep} | {"overrides": " ".join(overrides)}
 
