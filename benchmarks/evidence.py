@@ -88,8 +88,11 @@ def dvc(*args: str, capture: bool = False) -> str:
 
 
 def overrides(draws: list[int], extra: list[str]) -> list[str]:
-    """`-S` arguments of the profile with these draws and the user's extra overrides."""
-    values = [*PROFILE, *extra, f"few_shot.draws=[{','.join(map(str, draws))}]"]
+    """`-S` arguments of the profile with these draws and the user's extra overrides (an extra
+    override of a profile key replaces it: DVC refuses a key given twice)."""
+    keys = {value.split("=", 1)[0] for value in extra}
+    profile = [value for value in PROFILE if value.split("=", 1)[0] not in keys]
+    values = [*profile, *extra, f"few_shot.draws=[{','.join(map(str, draws))}]"]
     return [arg for value in values for arg in ("-S", value)]
 
 

@@ -366,3 +366,17 @@ def test_evidence_script_runs_the_readme_profile(tmp_path):
     assert sorted(d for part in parts for d in part) == evidence.DRAWS and len(parts) == 2
     for draws in parts:
         load_params(apply_with_dvc(tmp_path, evidence.overrides(draws, [])[1::2]))
+
+
+def test_evidence_script_extra_override_replaces_the_profiles_key(tmp_path):
+    """`--set train_detector.seeds=[42]` replaces the profile's seeds (DVC refuses a key given
+    twice) and the result loads."""
+    evidence = _evidence_script()
+    values = evidence.overrides([0, 1], ["train_detector.seeds=[42]", "generate.strength=0.4"])
+    values = values[1::2]
+    assert [v for v in values if v.startswith("train_detector.seeds=")] == [
+        "train_detector.seeds=[42]"
+    ]
+    params = load_params(apply_with_dvc(tmp_path, values))
+    assert list(params.train_detector.seeds) == [42]
+    assert params.generate.strength == 0.4
