@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
 from synthdet.artifacts.detector import DetectorVariant
@@ -121,6 +122,10 @@ def test_training_writes_weights_and_leaves_sources_untouched(trained: dict) -> 
         "yolov8n.yaml",
     ]
     assert DetectorVariant.read(root / "models" / "real") == DetectorVariant(variants.REAL, 42)
+    # no temporary path in the record: identical trainings give identical folders (DVC hashes)
+    train_args = yaml.safe_load((root / "models" / "real" / "args.yaml").read_text())
+    assert train_args["data"] == "TMPDIR/data/dataset.yaml"
+    assert train_args["save_dir"] == "TMPDIR/runs/train"
     assert trained["metrics"]["train_images"] == 8
     assert (trained["metrics"]["real_images"], trained["metrics"]["extra_images"]) == (8, 0)
     with (root / "metrics" / "train" / "real.csv").open() as file:

@@ -380,3 +380,22 @@ def test_evidence_script_extra_override_replaces_the_profiles_key(tmp_path):
     params = load_params(apply_with_dvc(tmp_path, values))
     assert list(params.train_detector.seeds) == [42]
     assert params.generate.strength == 0.4
+
+
+def test_embedded_dataset_card_counts_match_the_files():
+    """data/raw/README.md's tile and box counts and its per-photo tile list are the files'
+    (its box count once said 1453: `wc -l` misses label files without a final newline)."""
+    raw = REPO / "data/raw"
+    card = (raw / "README.md").read_text()
+    labels = sorted((raw / "labels").glob("*.txt"))
+    boxes = sum(len([line for line in p.read_text().splitlines() if line.strip()]) for p in labels)
+    tiles, card_boxes = map(
+        int, re.search(r"(\d+) tiles .*?with (\d+) `apple` boxes", card).groups()
+    )
+    assert (tiles, card_boxes) == (len(labels), boxes)
+    listed = dict(re.findall(r"- `(\S+)`: (\d+) tiles", card))
+    photos: dict[str, int] = {}
+    for label in labels:
+        photo = label.stem.rsplit("_", 1)[0]
+        photos[photo] = photos.get(photo, 0) + 1
+    assert {photo: int(n) for photo, n in listed.items()} == photos

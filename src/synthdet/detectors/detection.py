@@ -294,7 +294,8 @@ def train_detector(
     val_every: int | None = None,
 ) -> TrainingResult:
     """Train a YOLO detector; write its best weights to `out_dir` (see `save_detector`) and the
-    ultralytics train arguments to `out_dir/args.yaml`, atomically.
+    ultralytics train arguments to `out_dir/args.yaml` (the temporary training folder written
+    as TMPDIR, so identical trainings give identical folders), atomically.
 
     `on_epoch` receives each epoch's row (losses, validation metrics, learning rates) as soon as
     the epoch ends, e.g. to log it to MLflow. `val_every` (train_detector.val_every): 0 validates
@@ -354,7 +355,10 @@ def train_detector(
             staging.mkdir()
             # After training, ultralytics has reloaded its best checkpoint into detector.model.
             save_detector(detector.model, staging)
-            shutil.copy2(run_dir / TRAIN_ARGS_NAME, staging / TRAIN_ARGS_NAME)
+            # The temporary folder's name would make two identical trainings' folders differ
+            # (and DVC rerun what depends on them), so the record names it TMPDIR.
+            train_args = (run_dir / TRAIN_ARGS_NAME).read_text().replace(tmp, "TMPDIR")
+            (staging / TRAIN_ARGS_NAME).write_text(train_args)
     best = {_metric_name(k): float(v) for k, v in metrics.results_dict.items()}
     return TrainingResult(train_images=train_images, epochs=rows, best=best)
 
