@@ -3,6 +3,7 @@
     python benchmarks/evidence.py run --jobs 2          # queue, run, combine, collect
     python benchmarks/evidence.py combine --parts evidence-part0 evidence-part1 --out DIR
     python benchmarks/evidence.py collect --parts ...   # the last two steps alone
+    python benchmarks/evidence.py recipes --runs metrics/evidence metrics/evidence-vae-residual
 
 `run` does what docs/evidence.md describes, with DVC's own machinery:
 
@@ -23,6 +24,12 @@
 4. **collect**: copies that run's metrics and report into `--out` (default metrics/evidence/) and
    writes `provenance.json`: the commit, overrides, threads, CPU, and each detector stage's wall
    time and optimizer steps from the MLflow store (the stages' own runs).
+
+`recipes` tables every collected run's paired differences (`RECIPES_NAME` .csv and .md, the
+README's generation table): each extra-data variant against `handful` and against each other, and
+`handful-synthetic` of two runs against each other over the units both ran, when their `handful`
+detectors scored the same on every common unit (same handfuls, seeds and bits; otherwise they
+are not paired). Holm's correction runs over every row.
 
 The `real` detectors carry no draw, so each part trains them (a part cannot use another's before
 it finishes); with 2 parts that is 2 extra detectors of the 18.
@@ -63,6 +70,11 @@ COLLECTED = [
     "synthetic_grid.png",
 ]
 POLL_S = 30
+RECIPES_NAME = "recipes"  # <out>/recipes.csv and recipes.md
+# overrides that choose the units and variants, not the recipe
+NOT_RECIPE = {"few_shot.draws", "train_detector.seeds", "few_shot.sources"}
+# `handful` of two runs is the same detector when its scores agree this closely (CSV's 6 places)
+SAME_SCORE = 1e-6
 # stages a join must never rerun: they train or generate (minutes each)
 COSTLY = {
     "base",
@@ -233,9 +245,121 @@ def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None
     print(f"collected {len(COLLECTED)} files and provenance.json into {out}")
 
 
+def recipe(overrides: list[str]) -> str:
+    """A run's recipe: its overrides beyond the profile's, less those choosing units."""
+    extra = [o for o in overrides if o not in PROFILE and o.split("=", 1)[0] not in NOT_RECIPE]
+    return ", ".join(extra) or "default"
+
+
+def unit_scores(run: Path) -> dict[str, dict[tuple[int, int], float]]:
+    """{variant: {(draw, seed): test mAP@[.5:.95]}} of the handful variants in a collected run."""
+    import csv
+
+    scores: dict[str, dict[tuple[int, int], float]] = {}
+    with (run / "detection_runs.csv").open() as file:
+        for row in csv.DictReader(file):
+            if row["draw"]:
+                unit = (int(row["draw"]), int(row["seed"]))
+                scores.setdefault(row["variant"], {})[unit] = float(row["map50_95"])
+    return scores
+
+
+def recipes(runs: list[Path], out: Path) -> list[dict]:
+    """Write `out/recipes.csv` and `.md`: the paired comparisons of the collected `runs` (module
+    docstring), Holm-adjusted over all rows; returns the rows."""
+    import csv
+
+    from synthdet.analysis import stats
+
+    found = {run: unit_scores(run) for run in runs}
+    labels = {
+        run: recipe(json.loads((run / "provenance.json").read_text())["overrides"]) for run in runs
+    }
+    pairs = []  # (run, recipe, variant label, reference label, variant units, reference units)
+    for run, scores in found.items():
+        extra = sorted(v for v in scores if v.startswith("handful-"))
+        for index, variant in enumerate(extra):
+            pairs.append(
+                (run.name, labels[run], variant, "handful", scores[variant], scores["handful"])
+            )
+            for other in extra[index + 1 :]:
+                pairs.append(
+                    (run.name, labels[run], variant, other, scores[variant], scores[other])
+                )
+    for index, first in enumerate(runs):
+        for second in runs[index + 1 :]:
+            a, b = found[first], found[second]
+            common = set(a["handful"]) & set(b["handful"])
+            same = common and all(
+                abs(a["handful"][u] - b["handful"][u]) < SAME_SCORE for u in common
+            )
+            if same and "handful-synthetic" in a and "handful-synthetic" in b:
+                pairs.append(
+                    (
+                        f"{second.name} vs {first.name}",
+                        f"{labels[second]} vs {labels[first]}",
+                        f"handful-synthetic ({labels[second]})",
+                        f"handful-synthetic ({labels[first]})",
+                        {u: b["handful-synthetic"][u] for u in common},
+                        {u: a["handful-synthetic"][u] for u in common},
+                    )
+                )
+    rows = []
+    for run, label, variant, reference, ours, theirs in pairs:
+        # stats pairs by key: a unit (draw, seed) becomes one key
+        keyed = {i: u for i, u in enumerate(sorted(set(ours) & set(theirs)))}
+        diff = stats.paired_difference(
+            {i: ours[u] for i, u in keyed.items()}, {i: theirs[u] for i, u in keyed.items()}
+        )
+        rows.append(
+            {
+                "run": run,
+                "recipe": label,
+                "comparison": f"{variant} - {reference}",
+                "units": diff.seeds,
+                "diff": diff.mean,
+                "low": diff.low,
+                "high": diff.high,
+                "p_value": diff.p_value,
+                "mdd": stats.minimum_detectable_difference(diff.std, diff.seeds),
+            }
+        )
+    adjusted = stats.holm({str(i): row["p_value"] for i, row in enumerate(rows)})
+    for i, row in enumerate(rows):
+        row["p_holm"] = adjusted[str(i)]
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{RECIPES_NAME}.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+    def cell(value: object) -> str:
+        return (
+            "n/a" if value is None else f"{value:+.3f}" if isinstance(value, float) else str(value)
+        )
+
+    lines = [
+        "| recipe | comparison | units | difference [95 % interval] | p (Holm) | MDD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        interval = f"{cell(row['diff'])} [{cell(row['low'])}, {cell(row['high'])}]"
+        p = "n/a" if row["p_value"] is None else f"{row['p_value']:.3f} ({row['p_holm']:.3f})"
+        mdd = "n/a" if row["mdd"] is None else f"{row['mdd']:.3f}"
+        lines.append(
+            f"| {row['recipe']} | {row['comparison']} | {row['units']} | {interval} | {p} | {mdd} |"
+        )
+    (out / f"{RECIPES_NAME}.md").write_text("\n".join(lines) + "\n")
+    print(
+        f"{len(rows)} comparisons of {len(runs)} runs written to {out}/{RECIPES_NAME}.csv and .md"
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["run", "combine", "collect"])
+    parser.add_argument("step", choices=["run", "combine", "collect", "recipes"])
     parser.add_argument("--jobs", type=int, default=2, help="parts run side by side")
     parser.add_argument("--draws", type=int, nargs="+", default=DRAWS)
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
@@ -243,7 +367,11 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", help="combine/collect: the parts' names")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--out", type=Path, default=Path("metrics/evidence"))
+    parser.add_argument("--runs", type=Path, nargs="+", help="recipes: collected runs' folders")
     args = parser.parse_args()
+    if args.step == "recipes":
+        recipes(args.runs or [args.out], args.out)
+        return
     os.environ.setdefault("SYNTHDET_TORCH_THREADS", "1")
     split = groups(args.draws, args.jobs)
     parts = args.parts or [f"{args.name}-part{i}" for i in range(len(split))]
