@@ -181,7 +181,7 @@ def combine(parts: list[str], draws: list[int], extra: list[str]) -> None:
             if name in ("evaluate", "report"):
                 continue
             if name in merged["stages"]:
-                if merged["stages"][name] != entry:  # e.g. a detector's args.yaml temp paths
+                if merged["stages"][name] != entry:  # same bits give the same entry
                     print(f"{part}: stage {name}'s entry differs from {parts[0]}'s; kept the first")
                 continue
             merged["stages"][name] = entry
