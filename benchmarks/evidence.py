@@ -25,11 +25,11 @@
    writes `provenance.json`: the commit, overrides, threads, CPU, and each detector stage's wall
    time and optimizer steps from the MLflow store (the stages' own runs).
 
-`recipes` tables every collected run's paired differences (`RECIPES_NAME` .csv and .md, the
-README's generation table): each extra-data variant against `handful` and against each other, and
-`handful-synthetic` of two runs against each other over the units both ran, when their `handful`
-detectors scored the same on every common unit (same handfuls, seeds and bits; otherwise they
-are not paired). Holm's correction runs over every row.
+`recipes` tables every collected run's paired differences in `RECIPES_NAME` .csv and .md (the
+README's generation table; runs of one recipe, e.g. parts collected one by one, are joined):
+each extra-data variant against `handful` and against each other, and `handful-synthetic` of two
+recipes against each other over the units both ran, when their `handful` detectors scored the
+same on every common unit (same handfuls, seeds and bits; otherwise they are not paired). Holm's correction runs over every row.
 
 The `real` detectors carry no draw, so each part trains them (a part cannot use another's before
 it finishes); with 2 parts that is 2 extra detectors of the 18.
@@ -72,7 +72,8 @@ COLLECTED = [
 POLL_S = 30
 RECIPES_NAME = "recipes"  # <out>/recipes.csv and recipes.md
 # overrides that choose the units and variants, not the recipe
-NOT_RECIPE = {"few_shot.draws", "train_detector.seeds", "few_shot.sources"}
+# and generate.num_images: how many are made so that few_shot.extra_images pass the filters
+NOT_RECIPE = {"few_shot.draws", "train_detector.seeds", "few_shot.sources", "generate.num_images"}
 # `handful` of two runs is the same detector when its scores agree this closely (CSV's 6 places)
 SAME_SCORE = 1e-6
 # stages a join must never rerun: they train or generate (minutes each)
@@ -251,43 +252,50 @@ def recipe(overrides: list[str]) -> str:
     return ", ".join(extra) or "default"
 
 
-def unit_scores(run: Path) -> dict[str, dict[tuple[int, int], float]]:
-    """{variant: {(draw, seed): test mAP@[.5:.95]}} of the handful variants in a collected run."""
+def unit_scores(runs: list[Path]) -> dict[str, dict[tuple[int, int], float]]:
+    """{variant: {(draw, seed): test mAP@[.5:.95]}} of the handful variants in collected runs
+    (parts of one recipe's run). Raises SystemExit when two give one unit different scores."""
     import csv
 
     scores: dict[str, dict[tuple[int, int], float]] = {}
-    with (run / "detection_runs.csv").open() as file:
-        for row in csv.DictReader(file):
-            if row["draw"]:
-                unit = (int(row["draw"]), int(row["seed"]))
-                scores.setdefault(row["variant"], {})[unit] = float(row["map50_95"])
+    for run in runs:
+        with (run / "detection_runs.csv").open() as file:
+            for row in csv.DictReader(file):
+                if not row["draw"]:
+                    continue
+                unit, score = (int(row["draw"]), int(row["seed"])), float(row["map50_95"])
+                known = scores.setdefault(row["variant"], {}).setdefault(unit, score)
+                if abs(known - score) >= SAME_SCORE:
+                    raise SystemExit(f"{run}: {row['variant']} {unit} scored {score}, not {known}")
     return scores
 
 
 def recipes(runs: list[Path], out: Path) -> list[dict]:
     """Write `out/recipes.csv` and `.md`: the paired comparisons of the collected `runs` (module
-    docstring), Holm-adjusted over all rows; returns the rows."""
+    docstring; runs of one recipe are its parts, their units joined), Holm-adjusted over all
+    rows; returns the rows."""
     import csv
 
     from synthdet.analysis import stats
 
-    found = {run: unit_scores(run) for run in runs}
-    labels = {
-        run: recipe(json.loads((run / "provenance.json").read_text())["overrides"]) for run in runs
-    }
-    pairs = []  # (run, recipe, variant label, reference label, variant units, reference units)
-    for run, scores in found.items():
+    parts: dict[str, list[Path]] = {}
+    for run in runs:
+        overrides = json.loads((run / "provenance.json").read_text())["overrides"]
+        parts.setdefault(recipe(overrides), []).append(run)
+    found = {label: unit_scores(folders) for label, folders in parts.items()}
+    names = {label: "+".join(run.name for run in folders) for label, folders in parts.items()}
+    pairs = []  # (runs, recipe, variant label, reference label, variant units, reference units)
+    for label, scores in found.items():
         extra = sorted(v for v in scores if v.startswith("handful-"))
         for index, variant in enumerate(extra):
             pairs.append(
-                (run.name, labels[run], variant, "handful", scores[variant], scores["handful"])
+                (names[label], label, variant, "handful", scores[variant], scores["handful"])
             )
             for other in extra[index + 1 :]:
-                pairs.append(
-                    (run.name, labels[run], variant, other, scores[variant], scores[other])
-                )
-    for index, first in enumerate(runs):
-        for second in runs[index + 1 :]:
+                pairs.append((names[label], label, variant, other, scores[variant], scores[other]))
+    labels = list(found)
+    for index, first in enumerate(labels):
+        for second in labels[index + 1 :]:
             a, b = found[first], found[second]
             common = set(a["handful"]) & set(b["handful"])
             same = common and all(
@@ -296,10 +304,10 @@ def recipes(runs: list[Path], out: Path) -> list[dict]:
             if same and "handful-synthetic" in a and "handful-synthetic" in b:
                 pairs.append(
                     (
-                        f"{second.name} vs {first.name}",
-                        f"{labels[second]} vs {labels[first]}",
-                        f"handful-synthetic ({labels[second]})",
-                        f"handful-synthetic ({labels[first]})",
+                        f"{names[second]} vs {names[first]}",
+                        f"{second} vs {first}",
+                        f"handful-synthetic ({second})",
+                        f"handful-synthetic ({first})",
                         {u: b["handful-synthetic"][u] for u in common},
                         {u: a["handful-synthetic"][u] for u in common},
                     )

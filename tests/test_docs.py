@@ -402,13 +402,15 @@ def test_embedded_dataset_card_counts_match_the_files():
     assert {photo: int(n) for photo, n in listed.items()} == photos
 
 
-def _collected_run(folder: Path, overrides: list[str], scores: dict[str, list[float]]) -> Path:
+def _collected_run(
+    folder: Path, overrides: list[str], scores: dict[str, list[float]], first_draw: int = 0
+) -> Path:
     """A collected evidence run's two files the recipes table reads: units (draw d, seed 42)."""
     folder.mkdir(parents=True)
     (folder / "provenance.json").write_text(json.dumps({"overrides": overrides}))
     rows = ["variant,draw,seed,map50_95", "real,,42,0.33"]
     for variant, values in scores.items():
-        rows += [f"{variant},{draw},42,{value}" for draw, value in enumerate(values)]
+        rows += [f"{variant},{first_draw + d},42,{value}" for d, value in enumerate(values)]
     (folder / "detection_runs.csv").write_text("\n".join(rows) + "\n")
     return folder
 
@@ -421,40 +423,50 @@ def test_evidence_recipes_table_pairs_runs_only_over_identical_handful_detectors
         evidence.PROFILE,
         {"handful": handful, "handful-synthetic": [0.24, 0.26, 0.22, 0.22]},
     )
-    residual = _collected_run(
-        tmp_path / "residual",
-        [*evidence.PROFILE, "generate.vae_residual=true", "few_shot.draws=[0,1,2,3]"],
-        {
-            "handful": handful,
-            "handful-synthetic": [0.27, 0.29, 0.25, 0.26],
-            "handful-copy-paste": [0.26, 0.28, 0.23, 0.24],
-        },
-    )
-    rows = evidence.recipes([plain, residual], tmp_path / "out")
-    comparisons = [(row["recipe"], row["comparison"]) for row in rows]
+    # the residual recipe in two parts (draws 0-1, 2-3), the second generating more images
+    residual = [*evidence.PROFILE, "generate.vae_residual=true"]
+    parts = [
+        _collected_run(
+            tmp_path / f"residual{i}",
+            [*residual, *(["generate.num_images=80"] if i else [])],
+            {
+                "handful": handful[2 * i : 2 * i + 2],
+                "handful-synthetic": [0.27, 0.29, 0.25, 0.26][2 * i : 2 * i + 2],
+                "handful-copy-paste": [0.26, 0.28, 0.23, 0.24][2 * i : 2 * i + 2],
+            },
+            first_draw=2 * i,
+        )
+        for i in (0, 1)
+    ]
+    rows = evidence.recipes([plain, *parts], tmp_path / "out")
+    comparisons = [(row["recipe"], row["comparison"], row["units"]) for row in rows]
     assert comparisons == [
-        ("default", "handful-synthetic - handful"),
-        ("generate.vae_residual=true", "handful-copy-paste - handful"),
-        ("generate.vae_residual=true", "handful-copy-paste - handful-synthetic"),
-        ("generate.vae_residual=true", "handful-synthetic - handful"),
+        ("default", "handful-synthetic - handful", 4),
+        ("generate.vae_residual=true", "handful-copy-paste - handful", 4),
+        ("generate.vae_residual=true", "handful-copy-paste - handful-synthetic", 4),
+        ("generate.vae_residual=true", "handful-synthetic - handful", 4),
         (
             "generate.vae_residual=true vs default",
             "handful-synthetic (generate.vae_residual=true) - handful-synthetic (default)",
+            4,
         ),
     ]
-    cross = rows[-1]
-    assert cross["units"] == 4 and cross["diff"] == pytest.approx(0.0325)
+    assert rows[-1]["diff"] == pytest.approx(0.0325)
     tested = [row for row in rows if row["p_value"] is not None]
     assert all(row["p_holm"] >= row["p_value"] for row in tested)
     table = (tmp_path / "out" / "recipes.md").read_text().splitlines()
     assert (
         len(table) == 2 + len(rows) and "| default | handful-synthetic - handful | 4 |" in table[2]
     )
-    # another handful (another draw's bits) is another unit: the runs are not paired
+    # another handful (another draw's bits) is another unit: the recipes are not paired
     other = _collected_run(
         tmp_path / "other",
         evidence.PROFILE,
         {"handful": [0.25, 0.27, 0.22, 0.24], "handful-synthetic": [0.24, 0.26, 0.22, 0.22]},
     )
-    rows = evidence.recipes([other, residual], tmp_path / "out2")
+    rows = evidence.recipes([other, *parts], tmp_path / "out2")
     assert not any(" vs " in row["recipe"] for row in rows)
+    # two parts giving one unit two scores are not one run
+    clash = _collected_run(tmp_path / "clash", evidence.PROFILE, {"handful": [0.3]})
+    with pytest.raises(SystemExit, match="not 0.25"):
+        evidence.recipes([plain, clash], tmp_path / "out3")
