@@ -29,7 +29,8 @@
 README's generation table; runs of one recipe, e.g. parts collected one by one, are joined):
 each extra-data variant against `handful` and against each other, and `handful-synthetic` of two
 recipes against each other over the units both ran, when their `handful` detectors scored the
-same on every common unit (same handfuls, seeds and bits; otherwise they are not paired). Holm's correction runs over every row.
+same on every common unit (same handfuls, seeds and bits; otherwise they are not paired).
+Holm's correction runs over every row.
 
 The `real` detectors carry no draw, so each part trains them (a part cannot use another's before
 it finishes); with 2 parts that is 2 extra detectors of the 18.
@@ -234,7 +235,9 @@ def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None
         "commit": commit,
         "overrides": args,
         "parts": parts,
-        "combined": "the parts' dvc.lock entries joined, then `dvc repro` (evaluate, report)",
+        "combined": "the parts' dvc.lock entries joined, then `dvc repro` (evaluate, report)"
+        if len(parts) > 1
+        else "one experiment's own run, not joined",
         "torch_threads": os.environ.get("SYNTHDET_TORCH_THREADS", "all cores"),
         "cpu_model": environment.get("cpu_model"),
         "cpu_count": os.cpu_count(),
