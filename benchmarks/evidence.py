@@ -249,10 +249,15 @@ def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None
     print(f"collected {len(COLLECTED)} files and provenance.json into {out}")
 
 
-def recipe(overrides: list[str]) -> str:
-    """A run's recipe: its overrides beyond the profile's, less those choosing units."""
-    extra = [o for o in overrides if o not in PROFILE and o.split("=", 1)[0] not in NOT_RECIPE]
-    return ", ".join(extra) or "default"
+def recipe(provenance: dict) -> str:
+    """A collected run's recipe: its overrides beyond the profile's, less those choosing units;
+    none: params.yaml as its commit had it."""
+    extra = [
+        o
+        for o in provenance["overrides"]
+        if o not in PROFILE and o.split("=", 1)[0] not in NOT_RECIPE
+    ]
+    return ", ".join(extra) or f"params.yaml at {provenance['commit'][:7]}"
 
 
 def unit_scores(runs: list[Path]) -> dict[str, dict[tuple[int, int], float]]:
@@ -283,8 +288,7 @@ def recipes(runs: list[Path], out: Path) -> list[dict]:
 
     parts: dict[str, list[Path]] = {}
     for run in runs:
-        overrides = json.loads((run / "provenance.json").read_text())["overrides"]
-        parts.setdefault(recipe(overrides), []).append(run)
+        parts.setdefault(recipe(json.loads((run / "provenance.json").read_text())), []).append(run)
     found = {label: unit_scores(folders) for label, folders in parts.items()}
     names = {label: "+".join(run.name for run in folders) for label, folders in parts.items()}
     pairs = []  # (runs, recipe, variant label, reference label, variant units, reference units)

@@ -407,7 +407,8 @@ def _collected_run(
 ) -> Path:
     """A collected evidence run's two files the recipes table reads: units (draw d, seed 42)."""
     folder.mkdir(parents=True)
-    (folder / "provenance.json").write_text(json.dumps({"overrides": overrides}))
+    provenance = {"overrides": overrides, "commit": "5a55b9caea78698e6af1da55f9c113877453a5d9"}
+    (folder / "provenance.json").write_text(json.dumps(provenance))
     rows = ["variant,draw,seed,map50_95", "real,,42,0.33"]
     for variant, values in scores.items():
         rows += [f"{variant},{first_draw + d},42,{value}" for d, value in enumerate(values)]
@@ -441,13 +442,14 @@ def test_evidence_recipes_table_pairs_runs_only_over_identical_handful_detectors
     rows = evidence.recipes([plain, *parts], tmp_path / "out")
     comparisons = [(row["recipe"], row["comparison"], row["units"]) for row in rows]
     assert comparisons == [
-        ("default", "handful-synthetic - handful", 4),
+        ("params.yaml at 5a55b9c", "handful-synthetic - handful", 4),
         ("generate.vae_residual=true", "handful-copy-paste - handful", 4),
         ("generate.vae_residual=true", "handful-copy-paste - handful-synthetic", 4),
         ("generate.vae_residual=true", "handful-synthetic - handful", 4),
         (
-            "generate.vae_residual=true vs default",
-            "handful-synthetic (generate.vae_residual=true) - handful-synthetic (default)",
+            "generate.vae_residual=true vs params.yaml at 5a55b9c",
+            "handful-synthetic (generate.vae_residual=true) - handful-synthetic (params.yaml at"
+            " 5a55b9c)",
             4,
         ),
     ]
@@ -456,7 +458,8 @@ def test_evidence_recipes_table_pairs_runs_only_over_identical_handful_detectors
     assert all(row["p_holm"] >= row["p_value"] for row in tested)
     table = (tmp_path / "out" / "recipes.md").read_text().splitlines()
     assert (
-        len(table) == 2 + len(rows) and "| default | handful-synthetic - handful | 4 |" in table[2]
+        len(table) == 2 + len(rows)
+        and "| params.yaml at 5a55b9c | handful-synthetic - handful | 4 |" in table[2]
     )
     # another handful (another draw's bits) is another unit: the recipes are not paired
     other = _collected_run(
