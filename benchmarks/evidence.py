@@ -142,7 +142,8 @@ def mlflow_stage_times(names: list[str]) -> list[dict]:
     for run in runs:
         name = run.info.run_name or ""
         part, _, stage = name.partition("/")
-        if part not in names or not stage.startswith("train-") or run.info.end_time is None:
+        finished = run.info.status == "FINISHED"  # a failed stage trained nothing
+        if part not in names or not stage.startswith("train-") or not finished:
             continue
         params = run.data.params
         steps = int(params["yolo.epochs"]) * math.ceil(
@@ -214,8 +215,11 @@ def out_of_date() -> list[str]:
     return list(json.loads(dvc("status", "--json", capture=True) or "{}"))
 
 
-def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None:
-    """Copy the combined run's metrics to `out` and write `out/provenance.json`."""
+def collect(
+    metrics: Path, out: Path, parts: list[str], args: list[str], joined: bool, note: str | None
+) -> None:
+    """Copy the combined run's metrics to `out` and write `out/provenance.json` (`joined`: this
+    process joined the parts; `note`: what else a reader must know, recorded as given)."""
     out.mkdir(parents=True, exist_ok=True)
     missing = [file for file in COLLECTED if not (metrics / file).is_file()]
     if missing:
@@ -236,8 +240,9 @@ def collect(metrics: Path, out: Path, parts: list[str], args: list[str]) -> None
         "overrides": args,
         "parts": parts,
         "combined": "the parts' dvc.lock entries joined, then `dvc repro` (evaluate, report)"
-        if len(parts) > 1
-        else "one experiment's own run, not joined",
+        if joined
+        else "the workspace's run as it was (collect alone)",
+        "note": note,
         "torch_threads": os.environ.get("SYNTHDET_TORCH_THREADS", "all cores"),
         "cpu_model": environment.get("cpu_model"),
         "cpu_count": os.cpu_count(),
@@ -383,6 +388,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--out", type=Path, default=Path("metrics/evidence"))
     parser.add_argument("--runs", type=Path, nargs="+", help="recipes: collected runs' folders")
+    parser.add_argument("--note", help="collect: recorded in provenance.json as given")
     args = parser.parse_args()
     if args.step == "recipes":
         recipes(args.runs or [args.out], args.out)
@@ -397,7 +403,8 @@ def main() -> None:
         wait_for_queue()
     if args.step in ("run", "combine"):
         combine(parts, args.draws, args.set)
-    collect(args.metrics, args.out, parts, overrides(args.draws, args.set)[1::2])
+    joined = args.step in ("run", "combine")
+    collect(args.metrics, args.out, parts, overrides(args.draws, args.set)[1::2], joined, args.note)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ MODES = {
         Mode(
             "img2img",
             uses_source=True,
-            # vae_residual named only when on: the default's image keys stay as they were
+            # vae_residual named only when on: images made without it keep their keys
             description=lambda s: (
                 {"strength": s.strength} | ({"vae_residual": True} if s.vae_residual else {})
             ),
