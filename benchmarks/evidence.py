@@ -3,7 +3,7 @@
     python benchmarks/evidence.py run --jobs 2          # queue, run, combine, collect
     python benchmarks/evidence.py combine --parts evidence-part0 evidence-part1 --out DIR
     python benchmarks/evidence.py collect --parts ...   # the last two steps alone
-    python benchmarks/evidence.py recipes --runs metrics/evidence metrics/evidence-vae-residual
+    python benchmarks/evidence.py recipes --runs metrics/evidence metrics/evidence-vae-residual/*/
 
 `run` does what docs/evidence.md describes, with DVC's own machinery:
 

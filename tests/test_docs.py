@@ -473,3 +473,13 @@ def test_evidence_recipes_table_pairs_runs_only_over_identical_handful_detectors
     clash = _collected_run(tmp_path / "clash", evidence.PROFILE, {"handful": [0.3]})
     with pytest.raises(SystemExit, match="not 0.25"):
         evidence.recipes([plain, clash], tmp_path / "out3")
+
+
+def test_readme_recipe_table_is_the_generated_one(tmp_path):
+    """The README's recipe table is metrics/evidence/recipes.md as `benchmarks/evidence.py
+    recipes` wrote it, and that file is what the collected runs give (not typed by hand)."""
+    table = (REPO / "metrics/evidence/recipes.md").read_text()
+    assert table in (REPO / "README.md").read_text()
+    runs = sorted(p.parent for p in (REPO / "metrics").glob("evidence*/**/provenance.json"))
+    _evidence_script().recipes(runs, tmp_path)
+    assert (tmp_path / "recipes.md").read_text() == table

@@ -14,6 +14,7 @@ def raw() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["generate"]["mode"] = "txt2img"
     params["annotate_with_baseline"]["source_boxes"] = False
+    params["generate"]["vae_residual"] = False
     return params
 
 
@@ -305,6 +306,13 @@ def test_a_subject_with_images_is_enough(raw):
             "'txt2img': txt2img images have no source train image, so no source box would ever "
             "be offered; set generate.mode=img2img (or controlnet), or "
             "annotate_with_baseline.source_boxes=false",
+        ),
+        (
+            {"generate.vae_residual": True},
+            "params: 'generate.vae_residual' is true, but generate.mode is 'txt2img': only "
+            "img2img starts from the real image's latents, so only its output differs from the "
+            "source's VAE round trip by what the denoiser changed; set generate.mode=img2img or "
+            "generate.vae_residual=false",
         ),
         (
             {"generate.controlnet_model": "lllyasviel/sd-controlnet-canny"},

@@ -358,6 +358,7 @@ def _settings(params: Params, prepared: PrepareMetrics, annotated: AnnotateMetri
         f"{params.shared.resolution} px, {generate.num_inference_steps} denoising steps, guidance "
         f"{generate.guidance_scale}"
         + (f", strength {generate.strength}" if generate.mode == "img2img" else "")
+        + (", VAE residual" if generate.mode == "img2img" and generate.vae_residual else "")
         + ".",
         f"- Detectors: `{detector.model_source}` ({detector.architecture}{preset}), "
         f"{yolo.get('epochs', 'the default number of')} epochs at imgsz "

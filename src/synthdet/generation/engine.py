@@ -194,7 +194,7 @@ class Engine:
         with torch.inference_mode():
             output = self.pipeline(**kwargs)
         images = output.images
-        if s.vae_residual and self.mode.name == "img2img":
+        if s.vae_residual:
             images = self._vae_residual(images, sources)
         images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
         flags = getattr(output, "nsfw_content_detected", None) or [False] * len(images)

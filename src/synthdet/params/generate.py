@@ -113,8 +113,8 @@ class GenerateParams:
     # images (few-shot: no label beyond the handful is used); train: every train image
     sources: Literal["handful", "train"] = "handful"
     # img2img: source + (output - the VAE's round trip of the source), so that what the base
-    # VAE loses of the real image (colour, detail) does not reach the generated one. Other modes
-    # start from noise, with no source to add to: there it does nothing, like `strength`
+    # VAE loses of the real image (colour, detail) does not reach the generated one (img2img
+    # only: refused with other modes, which have no source latents to subtract)
     vae_residual: bool = True
 
     def __post_init__(self) -> None:
@@ -133,6 +133,13 @@ class GenerateParams:
         _require(self.guidance_scale >= 0, "generate.guidance_scale", "must be >= 0")
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         _require(0 < self.strength <= 1, "generate.strength", "must be in (0, 1]")
+        _require(
+            self.mode == "img2img" or not self.vae_residual,
+            "generate.vae_residual",
+            f"is true, but generate.mode is {self.mode!r}: only img2img starts from the real "
+            "image's latents, so only its output differs from the source's VAE round trip by "
+            "what the denoiser changed; set generate.mode=img2img or generate.vae_residual=false",
+        )
         if self.mode == "img2img":
             steps = self.num_inference_steps
             _require(

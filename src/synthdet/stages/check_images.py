@@ -142,8 +142,9 @@ def object_metrics(
                 f"objects' own spread: {summary['drift_reason']}. "
                 + (
                     "With img2img the base VAE's round trip sets the objects' colour "
-                    "(docs/generation.md, recipes): -S generate.vae_residual=true keeps the "
-                    "source's colours; or fine-tune the VAE on your images (base.vae_steps)"
+                    "(docs/generation.md, recipes): -S generate.vae_residual=true (the "
+                    "default) keeps the source's colours; or fine-tune the VAE on your images "
+                    "(base.vae_steps)"
                     if generate.mode == "img2img" and not generate.vae_residual
                     else "Start from a base checkpoint whose domain has such objects "
                     "(base.init), fine-tune it on your images (base.vae_steps, "
