@@ -31,7 +31,7 @@ def test_the_committed_file_round_trips_exactly(tmp_path: Path) -> None:
     assert record.real_image_equivalent.images is None  # one seed: not identifiable
     assert record.real_image_equivalent.reason.startswith("not identifiable: 1 seed")
     compared = evaluation.comparison("handful-synthetic", "handful-pseudo")
-    assert (compared.diff_map50_95, compared.seeds, compared.p_value) == (0.065708, 1, None)
+    assert (compared.diff_map50_95, compared.seeds, compared.p_value) == (0.068362, 1, None)
 
 
 @pytest.mark.parametrize(

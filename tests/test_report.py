@@ -118,7 +118,7 @@ def test_the_report_renders_from_the_committed_metrics_files() -> None:
     assert "| handful (labelled train images) | 8 | 95 |" in page  # draw 0's, before the extras
     assert page.index("| handful (labelled") < page.index("| synthetic (generated")
     assert "Real test split: 40 images, 351 boxes." in page
-    assert "| `handful-synthetic` | 1 | 0.179 | 0.440 | 0.119 | +0.179 |" in page
+    assert "| `handful-synthetic` | 1 | 0.182 | 0.422 | 0.132 | +0.182 |" in page
     assert (
         "| `handful-pseudo` − `handful` | 1 | -0.094 | n/a (one seed) | n/a | n/a | n/a | no: 1 "
         "seed" in page
@@ -148,8 +148,8 @@ def test_report_answers_the_few_shot_question_with_intervals() -> None:
     assert "`dreambooth_lora` personalisation" in page and "img2img of the handful images" in page
     assert "the `handful` detector of seed 42 (trained on the handful only" in page
     assert "CLIP score: n/a (evaluate.clip_model is null" in page
-    assert "held-out accuracy 0.992 on 128 images" in page and "p = 3.8e-37" in page
-    assert "FID 184.81 and KID 0.1820 ± 0.0096" in page
+    assert "held-out accuracy 0.794 on 160 images" in page and "p = 1.6e-14" in page
+    assert "FID 99.39 and KID 0.0441 ± 0.0044" in page
     assert "(synthetic_grid.png)" in page and "(real_image_curve.csv)" in page
     assert "3 seeds per variant" in page and "0.031-0.031 mAP@[.5:.95] is the smallest" in page
     assert "handful-synthetic: no test box scored above the annotation confidence" in page
