@@ -39,6 +39,7 @@ it finishes); with 2 parts that is 2 extra detectors of the 18.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -101,11 +102,16 @@ def dvc(*args: str, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
+def override_key(override: str) -> str:
+    """The params key of a `key=value` override."""
+    return override.split("=", 1)[0]
+
+
 def overrides(draws: list[int], extra: list[str]) -> list[str]:
     """`-S` arguments of the profile with these draws and the user's extra overrides (an extra
     override of a profile key replaces it: DVC refuses a key given twice)."""
-    keys = {value.split("=", 1)[0] for value in extra}
-    profile = [value for value in PROFILE if value.split("=", 1)[0] not in keys]
+    keys = {override_key(value) for value in extra}
+    profile = [value for value in PROFILE if override_key(value) not in keys]
     values = [*profile, *extra, f"few_shot.draws=[{','.join(map(str, draws))}]"]
     return [arg for value in values for arg in ("-S", value)]
 
@@ -232,9 +238,7 @@ def collect(
     environment = json.loads((metrics / "environment.json").read_text())
     stages = mlflow_stage_times(parts)
     trained = [row for row in stages if row["experiment"] in parts]
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    commit = git("rev-parse", "HEAD").strip()
     provenance = {
         "commit": commit,
         "overrides": args,
@@ -258,9 +262,7 @@ def recipe(provenance: dict) -> str:
     """A collected run's recipe: its overrides beyond the profile's, less those choosing units;
     none: params.yaml as its commit had it."""
     extra = [
-        o
-        for o in provenance["overrides"]
-        if o not in PROFILE and o.split("=", 1)[0] not in NOT_RECIPE
+        o for o in provenance["overrides"] if o not in PROFILE and override_key(o) not in NOT_RECIPE
     ]
     return ", ".join(extra) or f"params.yaml at {provenance['commit'][:7]}"
 
@@ -268,8 +270,6 @@ def recipe(provenance: dict) -> str:
 def unit_scores(runs: list[Path]) -> dict[str, dict[tuple[int, int], float]]:
     """{variant: {(draw, seed): test mAP@[.5:.95]}} of the handful variants in collected runs
     (parts of one recipe's run). Raises SystemExit when two give one unit different scores."""
-    import csv
-
     scores: dict[str, dict[tuple[int, int], float]] = {}
     for run in runs:
         with (run / "detection_runs.csv").open() as file:
@@ -287,8 +287,6 @@ def recipes(runs: list[Path], out: Path) -> list[dict]:
     """Write `out/recipes.csv` and `.md`: the paired comparisons of the collected `runs` (module
     docstring; runs of one recipe are its parts, their units joined), Holm-adjusted over all
     rows; returns the rows."""
-    import csv
-
     from synthdet.analysis import stats
 
     parts: dict[str, list[Path]] = {}
@@ -401,9 +399,9 @@ def main() -> None:
             dvc("exp", "run", "--queue", "-n", part, *overrides(draws, args.set))
         dvc("queue", "start", "-j", str(args.jobs))
         wait_for_queue()
-    if args.step in ("run", "combine"):
-        combine(parts, args.draws, args.set)
     joined = args.step in ("run", "combine")
+    if joined:
+        combine(parts, args.draws, args.set)
     collect(args.metrics, args.out, parts, overrides(args.draws, args.set)[1::2], joined, args.note)
 
 

@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -395,10 +396,7 @@ def test_embedded_dataset_card_counts_match_the_files():
     )
     assert (tiles, card_boxes) == (len(labels), boxes)
     listed = dict(re.findall(r"- `(\S+)`: (\d+) tiles", card))
-    photos: dict[str, int] = {}
-    for label in labels:
-        photo = label.stem.rsplit("_", 1)[0]
-        photos[photo] = photos.get(photo, 0) + 1
+    photos = Counter(label.stem.rsplit("_", 1)[0] for label in labels)
     assert {photo: int(n) for photo, n in listed.items()} == photos
 
 
